@@ -1,0 +1,1 @@
+"""Pure stage logic over Arrow tables. Never imports ray, duckdb or fastapi."""

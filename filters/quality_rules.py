@@ -1,0 +1,110 @@
+"""``quality_rules_v1``: the Gopher quality heuristics (Rae et al. 2021, appendix A),
+computed as in datatrove's ``GopherQualityFilter`` and with its defaults.
+
+Words are the tokens of ``_TOKEN`` (runs of word characters, or runs of punctuation);
+"symbol words" (punctuation only) are left out of the word count and the mean word
+length, as datatrove does. Deviations from datatrove, on purpose:
+  * stop words are matched case-insensitively ("The" counts; the paper does not say
+    otherwise, and sentence-initial stop words are common);
+  * ``*`` and ``‣`` also count as bullets besides ``•`` and ``-``.
+A document fails at the first rule that fails, in the order of ``reasons``; every
+measure is stored, so re-selecting with other thresholds needs no rescoring.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+
+from filters.base import TEXT, Selection, Stage, StageParams
+
+_TOKEN = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]+")
+_HAS_WORD_CHAR = re.compile(r"\w")
+_HAS_ALPHA = re.compile(r"[^\W\d_]")
+
+
+class QualityRulesParams(StageParams):
+    min_words: int = 50
+    max_words: int = 100_000
+    min_mean_word_length: float = 3.0
+    max_mean_word_length: float = 10.0
+    max_hash_word_ratio: float = 0.1
+    max_ellipsis_word_ratio: float = 0.1
+    max_bullet_line_fraction: float = 0.9
+    max_ellipsis_line_fraction: float = 0.3
+    min_alpha_word_fraction: float = 0.8
+    min_stop_words: int = 2
+    stop_words: tuple[str, ...] = ("the", "be", "to", "of", "and", "that", "have", "with")
+    bullets: tuple[str, ...] = ("•", "-", "*", "‣")
+
+
+def measure(text: str, params: QualityRulesParams) -> dict[str, float]:
+    tokens = _TOKEN.findall(text)
+    words = [t for t in tokens if _HAS_WORD_CHAR.search(t)]
+    n_tokens = len(tokens)
+    lines = [line for line in text.splitlines() if line.strip()]
+    stop_words = set(params.stop_words)
+    ellipses = text.count("...") + text.count("…")
+    return {
+        "word_count": float(len(words)),
+        "mean_word_length": sum(map(len, words)) / len(words) if words else 0.0,
+        "hash_word_ratio": text.count("#") / len(words) if words else 0.0,
+        "ellipsis_word_ratio": ellipses / len(words) if words else 0.0,
+        "bullet_line_fraction": (
+            sum(line.lstrip().startswith(params.bullets) for line in lines) / len(lines) if lines else 0.0
+        ),
+        "ellipsis_line_fraction": (
+            sum(line.rstrip().endswith(("...", "…")) for line in lines) / len(lines) if lines else 0.0
+        ),
+        # Share of all tokens (punctuation included, as in datatrove) with a letter in them.
+        "alpha_word_fraction": (
+            sum(bool(_HAS_ALPHA.search(t)) for t in tokens) / n_tokens if n_tokens else 0.0
+        ),
+        "stop_word_count": float(sum(w.lower() in stop_words for w in words)),
+    }
+
+
+def first_failure(m: dict[str, float], p: QualityRulesParams) -> str | None:
+    checks = (
+        (m["word_count"] < p.min_words, "quality_rules.too_few_words"),
+        (m["word_count"] > p.max_words, "quality_rules.too_many_words"),
+        (m["mean_word_length"] < p.min_mean_word_length, "quality_rules.short_mean_word_length"),
+        (m["mean_word_length"] > p.max_mean_word_length, "quality_rules.long_mean_word_length"),
+        (m["hash_word_ratio"] > p.max_hash_word_ratio, "quality_rules.hash_ratio"),
+        (m["ellipsis_word_ratio"] > p.max_ellipsis_word_ratio, "quality_rules.ellipsis_ratio"),
+        (m["bullet_line_fraction"] > p.max_bullet_line_fraction, "quality_rules.bullet_lines"),
+        (m["ellipsis_line_fraction"] > p.max_ellipsis_line_fraction, "quality_rules.ellipsis_lines"),
+        (m["alpha_word_fraction"] < p.min_alpha_word_fraction, "quality_rules.few_alpha_words"),
+        (m["stop_word_count"] < p.min_stop_words, "quality_rules.few_stop_words"),
+    )
+    return next((reason for failed, reason in checks if failed), None)
+
+
+class QualityRulesV1(Stage):
+    name = "quality_rules_v1"
+    Params = QualityRulesParams
+    reasons = (
+        "quality_rules.too_few_words",
+        "quality_rules.too_many_words",
+        "quality_rules.short_mean_word_length",
+        "quality_rules.long_mean_word_length",
+        "quality_rules.hash_ratio",
+        "quality_rules.ellipsis_ratio",
+        "quality_rules.bullet_lines",
+        "quality_rules.ellipsis_lines",
+        "quality_rules.few_alpha_words",
+        "quality_rules.few_stop_words",
+    )
+
+    def score(self, docs: pa.Table) -> pa.Table:
+        rows = [measure(t or "", self.params) for t in docs[TEXT].to_pylist()]
+        names = list(measure("", self.params))
+        return pa.table({n: pa.array([r[n] for r in rows], pa.float64()) for n in names})
+
+    def select(self, scores: pa.Table, fitted: pa.Table | None) -> Selection:
+        columns = {n: scores[n].to_pylist() for n in measure("", self.params)}
+        reasons = [
+            first_failure({n: columns[n][i] for n in columns}, self.params) for i in range(len(scores))
+        ]
+        return Selection(keep=[r is None for r in reasons], reason=reasons)

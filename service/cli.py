@@ -1,0 +1,182 @@
+"""The ``curate`` command line: ingest, run, demo, why, jobs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from service.catalog import Catalog, CatalogError, default_path
+from workers.driver import JobError, run_job
+from workers.shards import InputError
+from workers.spec import SpecError, load_spec, parse_spec
+
+
+def _register(output: str, catalog: str | None, error: str | None = None) -> None:
+    """Record the job in the catalog; a busy catalog is a warning, the job folder has it all."""
+    try:
+        with Catalog(catalog) as c:
+            c.register_job(output, error=error)
+    except CatalogError as exc:
+        print(f"warning: lineage not registered: {exc}", file=sys.stderr)
+
+
+def format_funnel(manifest: dict) -> str:
+    lines = [f"{'stage':<22}{'in':>9}{'kept':>9}{'dropped':>9}  top reasons"]
+    for row in manifest["funnel"]:
+        reasons = ", ".join(f"{r}={n}" for r, n in list(row["reasons"].items())[:3])
+        lines.append(f"{row['stage']:<22}{row['docs_in']:>9}{row['kept']:>9}{row['dropped']:>9}  {reasons}")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    try:
+        manifest = run_job(spec, overwrite=args.overwrite, progress=not args.no_progress)
+    except (InputError, JobError) as exc:
+        if Path(spec.output, "job.json").exists():
+            _register(spec.output, args.catalog, error=str(exc))
+        raise
+    _register(spec.output, args.catalog)
+    print(format_funnel(manifest))
+    print(f"\njob {manifest['job_id']}: {manifest['output']['rows']} of {manifest['input']['rows']} docs kept "
+          f"in {len(manifest['files'])} shards under {Path(spec.output, 'data')}")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from workers.ingest import ingest
+
+    result = ingest(args.inputs, args.out, text_field=args.text_field, id_field=args.id_field,
+                    shard_rows=args.shard_rows, shard_mb=args.shard_mb, overwrite=args.overwrite)
+    note = " (ids derived from file name and record number)" if result.derived_ids else ""
+    print(f"wrote {result.rows} docs in {len(result.files)} shards to {args.out}{note}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from workers.demo_corpus import build_demo_corpus
+    from workers.ingest import ingest
+
+    root = Path(args.out).resolve()
+    raw, n = build_demo_corpus(root / "raw" / "demo.jsonl", max_docs=args.max_docs)
+    shards = ingest([str(raw)], root / "shards", shard_rows=args.shard_rows, overwrite=True)
+    print(f"demo corpus: {n} docs (stdlib docstrings, installed package licences/readmes, planted faults) "
+          f"→ {len(shards.files)} shards in {root / 'shards'}")
+    spec_data = {
+        "name": "demo", "inputs": [str(root / "shards" / "*.parquet")], "output": str(root / "run"),
+        "stages": [{"stage": "exact_dedup_v1"}, {"stage": "quality_rules_v1"}],
+    }
+    spec_path = root / "demo.yaml"
+    spec_path.write_text(yaml.safe_dump(spec_data, sort_keys=False))
+    spec = parse_spec(spec_data, str(spec_path))
+    manifest = run_job(spec, overwrite=True, progress=not args.no_progress)
+    _register(spec.output, args.catalog)
+    print(format_funnel(manifest))
+    print(f"\noutputs:  {root / 'run' / 'data'} ({manifest['output']['rows']} docs, manifest.json beside it)")
+    print(f"lineage:  {root / 'run' / 'stages'} (decision Parquet per stage) and the catalog "
+          f"{args.catalog or default_path()}")
+    print(f"spec:     {spec_path} (rerun with: curate run {spec_path})")
+    _print_examples(manifest["job_id"], args.catalog)
+    return 0
+
+
+def _print_examples(job_id: str, catalog: str | None) -> None:
+    with Catalog(catalog, read_only=True) as c:
+        dropped = c.con.execute(
+            "SELECT doc_id, reason FROM decisions WHERE job_id = ? AND decision = 'drop' "
+            "AND stage = 'quality_rules_v1' ORDER BY doc_id LIMIT 1", [job_id]).fetchone()
+        kept = c.con.execute(
+            "SELECT doc_id FROM decisions WHERE job_id = ? AND decision = 'keep' "
+            "AND stage = 'quality_rules_v1' ORDER BY doc_id LIMIT 1", [job_id]).fetchone()
+    print("ask why:")
+    for row in (dropped, kept):
+        if row:
+            print(f"  curate why {job_id} '{row[0]}'")
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    with Catalog(args.catalog, read_only=True) as c:
+        answer = c.why(args.job, args.doc_id)
+    if args.json:
+        print(json.dumps(answer, indent=2, default=str))
+        return 0 if answer["outcome"] != "unknown" else 1
+    if answer["outcome"] == "unknown":
+        print(f"document {args.doc_id!r} never reached any stage of job {answer['job_id']} (unknown id?)")
+        return 1
+    head = {"kept": "KEPT: passed every stage",
+            "dropped": f"DROPPED at {answer['dropped_at']}: {answer['reason']}",
+            "pending": "still in progress (job not finished)"}[answer["outcome"]]
+    print(f"{answer['doc_id']} in job {answer['job_id']}: {head}")
+    for s in answer["stages"]:
+        extra = ""
+        if s["cluster_id"]:
+            extra = f"  cluster={s['cluster_id'][:12]} survivor={s['survivor_id']}"
+        scores = ", ".join(f"{k}={v:.4g}" for k, v in (s["scores"] or {}).items())
+        print(f"  [{s['stage_index']}] {s['stage']:<18} {s['decision']:<5} {s['reason'] or '':<34}{extra}")
+        if scores:
+            print(f"      {scores}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with Catalog(args.catalog, read_only=True) as c:
+        for j in c.jobs():
+            print(f"{j['job_id']:<32} {j['status']:<11} {j['input_rows'] or 0:>8} → {j['output_rows'] or 0:<8} "
+                  f"{j['output']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="curate", description="Curate pretraining data with per-document lineage.")
+    p.add_argument("--catalog", help="DuckDB catalog file (default: $CURATE_HOME/catalog.duckdb, ~/.curate)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) a curation job from a YAML/JSON spec")
+    run.add_argument("spec")
+    run.add_argument("--overwrite", action="store_true", help="replace an output folder that holds another job")
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(func=cmd_run)
+
+    ing = sub.add_parser("ingest", help="JSONL / JSONL.gz / Parquet → Parquet shards with id and text")
+    ing.add_argument("inputs", nargs="+", help="files, folders or globs")
+    ing.add_argument("--out", required=True)
+    ing.add_argument("--text-field", default="text")
+    ing.add_argument("--id-field", default="id")
+    ing.add_argument("--shard-rows", type=int, default=10_000, help="max docs per shard")
+    ing.add_argument("--shard-mb", type=float, help="max text megabytes per shard")
+    ing.add_argument("--overwrite", action="store_true")
+    ing.set_defaults(func=cmd_ingest)
+
+    demo = sub.add_parser("demo", help="build a corpus from this Python install and curate it end to end")
+    demo.add_argument("--out", default="curate-demo")
+    demo.add_argument("--max-docs", type=int, default=3000)
+    demo.add_argument("--shard-rows", type=int, default=500)
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    why = sub.add_parser("why", help="explain what happened to one document in a job")
+    why.add_argument("job", help="job id, job name (latest run) or output folder")
+    why.add_argument("doc_id")
+    why.add_argument("--json", action="store_true")
+    why.set_defaults(func=cmd_why)
+
+    jobs = sub.add_parser("jobs", help="list jobs in the catalog")
+    jobs.set_defaults(func=cmd_jobs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SpecError, InputError, JobError, CatalogError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

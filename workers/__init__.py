@@ -1,0 +1,1 @@
+"""Runs curation jobs at scale on Ray: shard I/O, batching, corpus-wide steps, resume."""

@@ -1,0 +1,250 @@
+"""The job driver: pre-flight, then segments of per-shard steps on Ray Data with a
+corpus-wide ``fit`` between them, then the manifest.
+
+Steps are grouped so a job needs one Ray Data pass per corpus-wide stage plus one:
+per-document stages (score+select) chain inside a pass; a corpus-wide stage's
+score ends a pass, its fit runs in the driver over the stored scores, and its select
+opens the next pass. Each pass maps over *shards* (one row per shard) with an actor
+pool, so a shard's outputs and completion markers stay one-to-one and every write is
+atomic; Ray Data's own ``write_parquet`` names files itself and cannot give that.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from filters.base import ID, ORDER
+from workers import atomic
+from workers.layout import JobLayout
+from workers.runner import ShardRunner, Step, build_stages
+from workers.shards import ROW, Shard, preflight
+from workers.spec import JobSpec
+
+log = logging.getLogger("curate")
+
+
+class JobError(RuntimeError):
+    """A job that could not finish; the message names the shard and the cause."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    steps: list[Step]
+    fit_after: Step | None  # the corpus-wide stage whose fit runs once this segment is done
+
+
+def plan_segments(stage_names: list[str], corpus_wide: list[bool]) -> list[Segment]:
+    segments, steps = [], []
+    for i, (name, is_global) in enumerate(zip(stage_names, corpus_wide, strict=True)):
+        steps.append(Step("score", i, name))
+        if is_global:
+            segments.append(Segment(steps, Step("fit", i, name)))  # type: ignore[arg-type]
+            steps = []
+        steps.append(Step("select", i, name))
+    steps.append(Step("write"))
+    segments.append(Segment(steps, None))
+    return segments
+
+
+def code_version() -> str:
+    here = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"], cwd=here,
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+        return f"git:{out.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        try:
+            return f"curate=={version('curate')}"
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def connect_ray() -> None:
+    """Join ``RAY_ADDRESS`` when set, otherwise start a local cluster bound to loopback."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address and "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists():
+        # `ray start` enables token auth and stores the token there; drivers must opt in too.
+        os.environ["RAY_AUTH_MODE"] = "token"
+    kwargs = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)
+
+
+class _RunnerActor:
+    """Ray Data callable: one ShardRunner per actor, so stages/models load once."""
+
+    def __init__(self, spec_json: str, job_id: str, steps: list[dict]) -> None:
+        self.runner = ShardRunner(JobSpec.model_validate_json(spec_json), job_id)
+        self.steps = [Step(**s) for s in steps]
+
+    def __call__(self, batch: dict) -> dict:
+        results = [self.runner.run(Shard(**_shard_fields(row)), self.steps) for row in _rows(batch)]
+        return {"shard": [r["shard"] for r in results], "error": [r["error"] or "" for r in results]}
+
+
+def _rows(batch: dict) -> list[dict]:
+    keys = list(batch)
+    return [dict(zip(keys, values, strict=True)) for values in zip(*(batch[k] for k in keys), strict=True)]
+
+
+def _shard_fields(row: dict) -> dict:
+    return {"index": int(row["index"]), "path": str(row["path"]), "rows": int(row["rows"]),
+            "has_id": bool(row["has_id"])}
+
+
+def run_pass(spec: JobSpec, job_id: str, shards: list[Shard], steps: list[Step], *, workers: int,
+             desc: str, progress: bool) -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ds = ray.data.from_items([asdict(s) for s in shards], override_num_blocks=len(shards)).map_batches(
+        _RunnerActor,
+        fn_constructor_kwargs={"spec_json": spec.model_dump_json(), "job_id": job_id,
+                               "steps": [asdict(s) for s in steps]},
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(shards)))),
+        num_cpus=1,
+    )
+    errors = []
+    with tqdm(total=len(shards), desc=desc, unit="shard", disable=not progress) as bar:
+        for row in ds.iter_rows():
+            if row["error"]:
+                errors.append(row["error"])
+            bar.update(1)
+    if errors:
+        raise JobError(errors[0] if len(errors) == 1 else f"{len(errors)} shards failed; first:\n{errors[0]}")
+
+
+def run_fit(layout: JobLayout, shards: list[Shard], step: Step, stage) -> None:
+    marker = layout.marker(step.name)
+    if marker.exists():
+        return
+    started = time.perf_counter()
+    parts = []
+    for shard in shards:
+        t = pq.read_table(layout.scores(step.stage_index, step.stage, shard.key))
+        order = pc.add(pc.multiply(pa.scalar(shard.index, pa.int64()), pa.scalar(1 << 32, pa.int64())), t[ROW])
+        parts.append(t.append_column(ORDER, order))
+    scores = pa.concat_tables(parts)
+    fitted = stage.fit(scores.select([ID, ORDER] + [c for c in scores.column_names if c not in (ID, ORDER, ROW)]))
+    atomic.write_parquet(fitted, layout.fit(step.stage_index, step.stage))
+    atomic.write_json({"rows": scores.num_rows, "seconds": round(time.perf_counter() - started, 6)}, marker)
+
+
+def _prepare_folder(spec: JobSpec, layout: JobLayout, overwrite: bool) -> None:
+    if layout.job_file.exists():
+        previous = atomic.read_json(layout.job_file)
+        if previous.get("spec_hash") != spec.spec_hash():
+            if not overwrite:
+                raise JobError(
+                    f"{layout.root} holds job {previous.get('job_id')} with another spec; "
+                    "use a new output folder or --overwrite to replace it"
+                )
+            shutil.rmtree(layout.root)
+    elif layout.root.exists() and any(layout.root.iterdir()):
+        if not overwrite:
+            raise JobError(f"{layout.root} exists and is not a curate job folder; refusing to write into it")
+        shutil.rmtree(layout.root)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    removed = atomic.remove_stale_temporaries(layout.root)
+    if removed:
+        log.info("removed %d temporary files left by an interrupted run", removed)
+
+
+def run_job(spec: JobSpec, *, progress: bool = True, overwrite: bool = False) -> dict:
+    """Run (or resume) a job; returns the manifest."""
+    layout = JobLayout(spec.output)
+    _prepare_folder(spec, layout, overwrite)
+    if layout.manifest.exists():
+        return atomic.read_json(layout.manifest)
+    job_id = spec.job_id()
+    shards = preflight(spec)
+    stages = build_stages(spec)
+    model_hashes = {f: atomic.sha256_file(Path(f)) for s in stages for f in s.model_files()}
+    if not layout.job_file.exists():
+        atomic.write_json({
+            "job_id": job_id, "name": spec.name, "spec_hash": spec.spec_hash(), "spec": spec.model_dump(mode="json"),
+            "code_version": code_version(), "model_hashes": model_hashes,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "stages": [s.name for s in stages],
+            "inputs": [asdict(s) | {"key": s.key} for s in shards],
+        }, layout.job_file)
+    connect_ray()
+    import ray
+
+    workers = spec.execution.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    segments = plan_segments([s.name for s in stages], [s.corpus_wide for s in stages])
+    for n, segment in enumerate(segments, 1):
+        pending = [s for s in shards if any(not layout.marker(st.name, s.key).exists() for st in segment.steps)]
+        if pending:
+            names = " → ".join(dict.fromkeys(st.stage or "write" for st in segment.steps))
+            run_pass(spec, job_id, pending, segment.steps, workers=workers,
+                     desc=f"pass {n}/{len(segments)} [{names}]", progress=progress)
+        if segment.fit_after is not None:
+            run_fit(layout, shards, segment.fit_after, stages[segment.fit_after.stage_index])
+    manifest = build_manifest(spec, layout, shards, stages, job_id, model_hashes)
+    atomic.write_json(manifest, layout.manifest)
+    return manifest
+
+
+def funnel(layout: JobLayout, shards: list[Shard], stage_names: list[str]) -> list[dict]:
+    rows = []
+    for i, name in enumerate(stage_names):
+        totals = {"stage_index": i, "stage": name, "docs_in": 0, "kept": 0, "dropped": 0, "reasons": {},
+                  "text_bytes_in": 0, "text_bytes_kept": 0}
+        for shard in shards:
+            stats = atomic.read_json(layout.stats(i, name, shard.key))
+            for key in ("docs_in", "kept", "dropped", "text_bytes_in", "text_bytes_kept"):
+                totals[key] += stats[key]
+            for reason, count in stats["reasons"].items():
+                totals["reasons"][reason] = totals["reasons"].get(reason, 0) + count
+        totals["reasons"] = dict(sorted(totals["reasons"].items(), key=lambda kv: -kv[1]))
+        rows.append(totals)
+    return rows
+
+
+def build_manifest(spec: JobSpec, layout: JobLayout, shards: list[Shard], stages, job_id: str,
+                   model_hashes: dict) -> dict:
+    files = []
+    for shard in shards:
+        facts = atomic.read_json(layout.marker("write", shard.key))
+        files.append({"path": str(layout.output(shard.key).relative_to(layout.root)), "source": shard.path,
+                      "rows": facts["rows"], "bytes": facts["bytes"], "sha256": facts["sha256"]})
+    stage_funnel = funnel(layout, shards, [s.name for s in stages])
+    kept_text = stage_funnel[-1]["text_bytes_kept"]
+    return {
+        "job_id": job_id, "name": spec.name, "spec_hash": spec.spec_hash(), "code_version": code_version(),
+        "model_hashes": model_hashes, "columns": spec.columns.model_dump(),
+        "input": {"shards": len(shards), "rows": sum(s.rows for s in shards)},
+        "output": {"rows": sum(f["rows"] for f in files), "bytes": sum(f["bytes"] for f in files),
+                   "text_bytes": kept_text,
+                   # ~4 UTF-8 bytes per token for English BPE vocabularies; a planning estimate only.
+                   "est_tokens": kept_text // 4},
+        "files": files,
+        "funnel": stage_funnel,
+        "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }

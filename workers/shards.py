@@ -1,0 +1,181 @@
+"""Input shards: discovery, the pre-flight check run before any work starts, and the
+normalised view (``id``, ``text``, ``row``) that stages see."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from filters.base import ID, TEXT
+from workers.spec import JobSpec
+
+ROW = "row"
+_TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary(), pa.null())
+
+
+class InputError(ValueError):
+    """Bad input data; the message names the file, and the row or column where known."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    path: str
+    rows: int
+    has_id: bool
+
+    @property
+    def key(self) -> str:
+        """Stable name for everything derived from this shard (scores, decisions, output)."""
+        stem = PurePosixPath(self.path).name.removesuffix(".parquet")
+        return f"{self.index:05d}-{stem}"
+
+    @property
+    def stem(self) -> str:
+        return PurePosixPath(self.path).name.removesuffix(".parquet")
+
+
+def discover(patterns: list[str]) -> list[str]:
+    """Expand paths and globs (fsspec URLs allowed) into a sorted, de-duplicated list."""
+    found: list[str] = []
+    for i, pattern in enumerate(patterns):
+        fs, root = fsspec.core.url_to_fs(pattern)
+        if fs.isdir(root):
+            root = root.rstrip("/") + "/*.parquet"
+        matches = sorted(fs.glob(root))
+        if not matches:
+            raise InputError(f"inputs[{i}]: {pattern!r} matches no file")
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        for m in matches:
+            url = m if protocol in ("file", "local") else f"{protocol}://{m}"
+            if url not in found:
+                found.append(url)
+    return found
+
+
+def _open(path: str) -> pq.ParquetFile:
+    if "://" not in path:
+        return pq.ParquetFile(path)
+    fs, p = fsspec.core.url_to_fs(path)
+    return pq.ParquetFile(fs.open(p, "rb"))
+
+
+def open_parquet(path: str) -> pq.ParquetFile:
+    try:
+        return _open(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
+
+
+def derived_ids(stem: str, n: int) -> pa.Array:
+    return pa.array([f"{stem}:{i}" for i in range(n)], pa.string())
+
+
+def _read_ids(shard_path: str, pf: pq.ParquetFile, id_col: str) -> pa.Array:
+    try:
+        ids = pf.read(columns=[id_col])[id_col].combine_chunks()
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{shard_path}: cannot read id column {id_col!r} ({exc})") from None
+    nulls = pc.is_null(ids)
+    if pc.any(nulls).as_py():
+        row = pc.index(nulls, True).as_py()
+        raise InputError(f"{shard_path} row {row}: id column {id_col!r} is null")
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type) or pa.types.is_integer(ids.type)):
+        raise InputError(f"{shard_path}: id column {id_col!r} has type {ids.type}; expected string or integer")
+    return pc.cast(ids, pa.string())
+
+
+def preflight(spec: JobSpec) -> list[Shard]:
+    """Check every input before the job starts: readable, right columns, unique ids."""
+    text_col, id_col = spec.columns.text, spec.columns.id
+    shards: list[Shard] = []
+    id_tables: list[pa.Table] = []
+    for index, path in enumerate(discover(spec.inputs)):
+        pf = open_parquet(path)
+        schema = pf.schema_arrow
+        if text_col not in schema.names:
+            raise InputError(
+                f"{path}: text column {text_col!r} not found (columns: {', '.join(schema.names)}); "
+                "set columns.text in the spec"
+            )
+        text_type = schema.field(text_col).type
+        if text_type not in _TEXT_TYPES:
+            raise InputError(f"{path}: text column {text_col!r} has type {text_type}; expected string")
+        rows = pf.metadata.num_rows
+        if rows == 0 and not spec.execution.allow_empty_shards:
+            raise InputError(
+                f"{path}: shard has 0 rows; remove it or set execution.allow_empty_shards: true"
+            )
+        has_id = id_col in schema.names
+        shard = Shard(index=index, path=path, rows=rows, has_id=has_id)
+        ids = _read_ids(path, pf, id_col) if has_id else derived_ids(shard.stem, rows)
+        id_tables.append(pa.table({ID: ids, "shard": pa.repeat(index, rows) if rows else pa.array([], pa.int64()),
+                                   ROW: pa.array(range(rows), pa.int64())}))
+        shards.append(shard)
+    _check_unique_ids(pa.concat_tables(id_tables) if id_tables else None, shards)
+    return shards
+
+
+def _check_unique_ids(ids: pa.Table | None, shards: list[Shard]) -> None:
+    if ids is None or ids.num_rows == 0:
+        return
+    counts = ids.group_by(ID).aggregate([(ID, "count")])
+    dupes = counts.filter(pc.greater(counts[f"{ID}_count"], 1))
+    if dupes.num_rows == 0:
+        return
+    first = dupes[ID][0].as_py()
+    where = ids.filter(pc.equal(ids[ID], first))
+    places = [
+        f"{shards[s].path} row {r}" for s, r in zip(where["shard"].to_pylist(), where[ROW].to_pylist(), strict=True)
+    ]
+    raise InputError(
+        f"duplicate document id {first!r} ({dupes.num_rows} duplicated ids in all): found in "
+        + " and ".join(places[:3])
+    )
+
+
+def _validated_text(path: str, column: pa.ChunkedArray) -> pa.Array:
+    """Return the text column as Arrow strings, failing on the first invalid UTF-8 row."""
+    arr = column.combine_chunks()
+    if pa.types.is_null(arr.type):
+        return pa.nulls(len(arr), pa.string())
+    as_text = arr.view(pa.string() if arr.type in (pa.string(), pa.binary()) else pa.large_string())
+    try:
+        as_text.validate(full=True)
+    except pa.ArrowInvalid:
+        for row, value in enumerate(arr.cast(pa.large_binary()).to_pylist()):
+            if value is None:
+                continue
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    f"{path} row {row}: text is not valid UTF-8 (byte 0x{value[exc.start]:02x} at offset {exc.start})"
+                ) from None
+        raise
+    return pc.cast(as_text, pa.string())
+
+
+def read_shard(shard: Shard, spec: JobSpec) -> tuple[pa.Table, pa.Table]:
+    """Return (the shard as stored, with an id column added if derived; the docs view)."""
+    try:
+        table = open_parquet(shard.path).read()
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{shard.path}: cannot read Parquet data ({exc})") from None
+    id_col, text_col = spec.columns.id, spec.columns.text
+    if shard.has_id:
+        ids = pc.cast(table[id_col], pa.string())
+    else:
+        ids = derived_ids(shard.stem, table.num_rows)
+        table = table.append_column(id_col, ids)
+    docs = pa.table({
+        ID: ids,
+        TEXT: _validated_text(shard.path, table[text_col]),
+        ROW: pa.array(range(table.num_rows), pa.int64()),
+    })
+    return table, docs
