@@ -54,6 +54,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                     shard_rows=args.shard_rows, shard_mb=args.shard_mb, overwrite=args.overwrite)
     note = " (ids derived from file name and record number)" if result.derived_ids else ""
     print(f"wrote {result.rows} docs in {len(result.files)} shards to {args.out}{note}")
+    if result.skipped:
+        kinds = ", ".join(f"{k}={n}" for k, n in sorted(result.skipped.items()))
+        print(f"skipped WARC records without text: {kinds}")
     return 0
 
 
@@ -141,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true")
     run.set_defaults(func=cmd_run)
 
-    ing = sub.add_parser("ingest", help="JSONL / JSONL.gz / Parquet → Parquet shards with id and text")
+    ing = sub.add_parser("ingest", help="JSONL(.gz) / Parquet / WARC / WET / text files → Parquet shards")
     ing.add_argument("inputs", nargs="+", help="files, folders or globs")
     ing.add_argument("--out", required=True)
     ing.add_argument("--text-field", default="text")

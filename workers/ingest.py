@@ -1,4 +1,8 @@
-"""``curate ingest``: JSONL / JSONL.gz / Parquet files → Parquet shards with ``id`` and ``text``.
+"""``curate ingest``: files → Parquet shards with ``id`` and ``text``.
+
+Formats: JSONL / JSON lines (optionally .gz), Parquet (any text/id column names),
+WARC (HTML responses, text extracted with resiliparse) and WET, and any other file
+as one plain-text document named after the file (e.g. a folder of licence texts).
 
 Every input record becomes exactly one output row (null texts included; the job's
 input check records them). Bad input stops the ingest with the file and line named,
@@ -8,6 +12,7 @@ looks complete.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
 from collections.abc import Iterator
@@ -22,6 +27,8 @@ from workers import atomic
 from workers.shards import InputError
 
 JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjson.gz")
+WARC_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz")
+RECORD_SUFFIXES = (".parquet", *JSON_SUFFIXES, *WARC_SUFFIXES)
 
 
 @dataclass
@@ -29,11 +36,13 @@ class IngestResult:
     files: list[dict] = field(default_factory=list)
     rows: int = 0
     derived_ids: bool = False
+    # WARC records that carry no text (images, redirects...): counted by content type.
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suffix in (".parquet", *JSON_SUFFIXES):
+    for suffix in RECORD_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
@@ -76,12 +85,57 @@ def _parquet_records(path: Path) -> Iterator[tuple[str, dict]]:
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
 
 
-def iter_records(path: Path) -> Iterator[tuple[str, dict]]:
+def _warc_records(path: Path, skipped: dict[str, int]) -> Iterator[tuple[str, dict]]:
+    """WET conversion records as they are; HTML responses through resiliparse's extractor."""
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+    from resiliparse.extract.html2text import extract_plain_text
+    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+
+    kinds = WarcRecordType.response | WarcRecordType.conversion
+    try:
+        with open(path, "rb") as f:
+            for n, record in enumerate(ArchiveIterator(f, record_types=kinds)):
+                body = record.reader.read()
+                if record.record_type == WarcRecordType.response:
+                    ctype = (record.http_headers.get("Content-Type") or "unknown") if record.http_headers else "unknown"
+                    if "html" not in ctype.lower():
+                        kind = ctype.split(";")[0].strip()
+                        skipped[kind] = skipped.get(kind, 0) + 1
+                        continue
+                    text = extract_plain_text(bytes_to_str(body, detect_encoding(body)), main_content=True)
+                else:
+                    text = body.decode("utf-8", errors="replace")
+                headers = record.headers
+                yield f"{path} record {n}", {
+                    "id": (headers.get("WARC-Record-ID") or f"{_stem(path)}:{n}").strip("<>").removeprefix("urn:uuid:"),
+                    "text": text,
+                    "url": (headers.get("WARC-Target-URI") or "").strip("<>") or None,
+                    "date": headers.get("WARC-Date"),
+                }
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read WARC ({exc})") from None
+
+
+def _text_file_record(path: Path) -> Iterator[tuple[str, dict]]:
+    """Any other file is one plain-text document whose id is the file name."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path}: not a known data format and not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+        ) from None
+    yield str(path), {"id": path.name, "text": text}
+
+
+def iter_records(path: Path, skipped: dict[str, int]) -> Iterator[tuple[str, dict]]:
     if path.name.endswith(".parquet"):
         return _parquet_records(path)
     if path.name.endswith(JSON_SUFFIXES):
         return _json_records(path)
-    raise InputError(f"{path}: unsupported file type (expected .parquet or one of {', '.join(JSON_SUFFIXES)})")
+    if path.name.endswith(WARC_SUFFIXES):
+        return _warc_records(path, skipped)
+    return _text_file_record(path)
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -89,9 +143,9 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith((".parquet", *JSON_SUFFIXES)))
+            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith((".", "_")))
         else:
-            found = sorted(Path(x) for x in map(str, Path().glob(item))) if any(c in item for c in "*?[") else [p]
+            found = sorted(map(Path, glob.glob(item))) if any(c in item for c in "*?[") else [p]
         if not found:
             raise InputError(f"{item}: no input files found")
         for f in found:
@@ -158,7 +212,7 @@ def ingest(inputs: list[str], out: str | Path, *, text_field: str = "text", id_f
     max_bytes = int(shard_mb * 2**20) if shard_mb else None
     for path in files:
         stem = _stem(path)
-        for n, (where, record) in enumerate(iter_records(path)):
+        for n, (where, record) in enumerate(iter_records(path, writer.result.skipped)):
             if text_field not in record:
                 raise InputError(f"{where}: no field {text_field!r} (fields: {', '.join(record) or 'none'})")
             text = record.pop(text_field)

@@ -1,0 +1,53 @@
+import pyarrow as pa
+import pytest
+
+from filters.exact_dedup import ExactDedupParams, ExactDedupV1, normalise
+
+
+def corpus(texts):
+    return pa.table({"id": [f"d{i}" for i in range(len(texts))], "text": texts})
+
+
+def score_fit_select(stage, texts, order=None):
+    docs = corpus(texts)
+    scores = stage.score(docs)
+    full = scores.append_column("id", docs["id"]).append_column(
+        "order", pa.array(order or list(range(len(texts))), pa.int64())
+    )
+    fitted = stage.fit(full)
+    return stage.select(full, fitted)
+
+
+def test_normalisation_is_documented_behaviour():
+    p = ExactDedupParams()
+    assert normalise("  Hello\t\tWORLD \n", p) == "hello world"
+    assert normalise("Cafe\u0301", p) == normalise("Café", p)  # NFC joins the combining accent
+    assert normalise("A  B", ExactDedupParams(collapse_whitespace=False, lowercase=False)) == "A  B"
+
+
+def test_one_survivor_per_group_first_in_input_order():
+    stage = ExactDedupV1()
+    sel = score_fit_select(stage, ["Same text here", "other", "same  TEXT here", "SAME text here\n"])
+    assert sel.keep == [True, True, False, False]
+    assert sel.reason == [None, None, "exact_dedup.duplicate", "exact_dedup.duplicate"]
+    assert sel.survivor_id == ["d0", None, "d0", "d0"]
+    assert sel.cluster_id[0] == sel.cluster_id[2] == sel.cluster_id[3] and sel.cluster_id[1] is None
+    assert sel.extra_scores["group_size"] == [3.0, 1.0, 3.0, 3.0]
+
+
+def test_survivor_follows_order_not_row_position():
+    stage = ExactDedupV1()
+    sel = score_fit_select(stage, ["x y", "x y"], order=[10, 5])
+    assert sel.keep == [False, True] and sel.survivor_id == ["d1", "d1"]
+
+
+def test_case_sensitive_when_configured():
+    sel = score_fit_select(ExactDedupV1({"lowercase": False}), ["Text", "text"])
+    assert sel.keep == [True, True]
+
+
+def test_select_without_fit_is_an_error():
+    stage = ExactDedupV1()
+    scores = stage.score(corpus(["a"])).append_column("id", pa.array(["d0"]))
+    with pytest.raises(ValueError, match="needs the result of fit"):
+        stage.select(scores, None)
