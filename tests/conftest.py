@@ -17,7 +17,8 @@ WEB_POOL = SHARED_DATA / "web" / "combined_web_pool.parquet"
 
 
 def needs_shared(path: Path):
-    return pytest.mark.skipif(not path.exists(), reason=f"shared test data absent: {path} (see ../shared/data/README.md)")
+    reason = f"shared test data absent: {path} (see ../shared/data/README.md)"
+    return pytest.mark.skipif(not path.exists(), reason=reason)
 
 
 @pytest.fixture(scope="session")
