@@ -14,7 +14,6 @@ cluster id and the survivor's id.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from typing import Literal
 
@@ -22,8 +21,6 @@ import pyarrow as pa
 import xxhash
 
 from filters.base import ID, ORDER, TEXT, Selection, Stage, StageParams
-
-_WHITESPACE = re.compile(r"\s+")
 
 
 class ExactDedupParams(StageParams):
@@ -38,7 +35,7 @@ def normalise(text: str, params: ExactDedupParams) -> str:
     if params.lowercase:
         text = text.lower()
     if params.collapse_whitespace:
-        text = _WHITESPACE.sub(" ", text).strip()
+        text = " ".join(text.split())  # str.split() splits on runs of Unicode whitespace
     return text
 
 

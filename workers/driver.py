@@ -4,9 +4,9 @@ corpus-wide ``fit`` between them, then the manifest.
 Steps are grouped so a job needs one Ray Data pass per corpus-wide stage plus one:
 per-document stages (score+select) chain inside a pass; a corpus-wide stage's
 score ends a pass, its fit runs in the driver over the stored scores, and its select
-opens the next pass. Each pass maps over *shards* (one row per shard) with an actor
-pool, so a shard's outputs and completion markers stay one-to-one and every write is
-atomic; Ray Data's own ``write_parquet`` names files itself and cannot give that.
+opens the next pass. Each pass maps over *shards* (one row per shard), so a shard's
+outputs and completion markers stay one-to-one and every write is atomic; Ray Data's
+own ``write_parquet`` names files itself and cannot give that.
 """
 
 from __future__ import annotations
@@ -92,16 +92,25 @@ def connect_ray() -> None:
         ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)
 
 
-class _RunnerActor:
-    """Ray Data callable: one ShardRunner per actor, so stages/models load once."""
+# One ShardRunner per worker process and job: Ray reuses worker processes across
+# tasks, so stages (and any model they load) are built once per process, not per shard.
+_RUNNERS: dict[tuple[str, str], ShardRunner] = {}
 
-    def __init__(self, spec_json: str, job_id: str, steps: list[dict]) -> None:
-        self.runner = ShardRunner(JobSpec.model_validate_json(spec_json), job_id)
-        self.steps = [Step(**s) for s in steps]
 
-    def __call__(self, batch: dict) -> dict:
-        results = [self.runner.run(Shard(**_shard_fields(row)), self.steps) for row in _rows(batch)]
-        return {"shard": [r["shard"] for r in results], "error": [r["error"] or "" for r in results]}
+def _runner_for(spec_json: str, job_id: str) -> ShardRunner:
+    key = (spec_json, job_id)
+    if key not in _RUNNERS:
+        _RUNNERS.clear()  # keep only the current job's stages in memory
+        _RUNNERS[key] = ShardRunner(JobSpec.model_validate_json(spec_json), job_id)
+    return _RUNNERS[key]
+
+
+def _run_shards(batch: dict, spec_json: str, job_id: str, steps: list[dict]) -> dict:
+    """Ray Data task: run the pass's steps on each shard of the batch (one, in practice)."""
+    runner = _runner_for(spec_json, job_id)
+    todo = [Step(**s) for s in steps]
+    results = [runner.run(Shard(**_shard_fields(row)), todo) for row in _rows(batch)]
+    return {"shard": [r["shard"] for r in results], "error": [r["error"] or "" for r in results]}
 
 
 def _rows(batch: dict) -> list[dict]:
@@ -121,12 +130,14 @@ def run_pass(spec: JobSpec, job_id: str, shards: list[Shard], steps: list[Step],
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Tasks, not an actor pool: a new actor pool per pass costs seconds of process
+    # start-up, while pooled task workers are warm after the first pass (measured:
+    # ~3.5 s vs ~0.15 s per pass on 2 cores).
     ds = ray.data.from_items([asdict(s) for s in shards], override_num_blocks=len(shards)).map_batches(
-        _RunnerActor,
-        fn_constructor_kwargs={"spec_json": spec.model_dump_json(), "job_id": job_id,
-                               "steps": [asdict(s) for s in steps]},
+        _run_shards,
+        fn_kwargs={"spec_json": spec.model_dump_json(), "job_id": job_id, "steps": [asdict(s) for s in steps]},
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(shards)))),
+        compute=ray.data.TaskPoolStrategy(size=max(1, min(workers, len(shards)))),
         num_cpus=1,
     )
     errors = []
