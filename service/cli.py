@@ -119,7 +119,7 @@ def cmd_why(args: argparse.Namespace) -> int:
         if s["cluster_id"]:
             extra = f"  cluster={s['cluster_id'][:12]} survivor={s['survivor_id']}"
         scores = ", ".join(f"{k}={v:.4g}" for k, v in (s["scores"] or {}).items())
-        print(f"  [{s['stage_index']}] {s['stage']:<18} {s['decision']:<5} {s['reason'] or '':<34}{extra}")
+        print(f"  [{s['stage_index']}] {s['stage']:<18} {s['decision']:<5} {s['reason'] or '':<34}{extra}".rstrip())
         if scores:
             print(f"      {scores}")
     return 0
@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, InputError, JobError, CatalogError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `curate why ... | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
