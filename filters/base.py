@@ -65,6 +65,9 @@ class Stage:
     corpus_wide: ClassVar[bool] = False
     # Every reason string this stage can emit; tests and the API list them.
     reasons: ClassVar[tuple[str, ...]] = ()
+    # Params that change ``score`` itself; all others only change ``select``, so a new
+    # value for them is a re-select over stored scores.
+    score_params: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: StageParams | dict | None = None) -> None:
         if params is None or isinstance(params, dict):

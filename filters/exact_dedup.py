@@ -44,6 +44,7 @@ class ExactDedupV1(Stage):
     Params = ExactDedupParams
     corpus_wide = True
     reasons = ("exact_dedup.duplicate",)
+    score_params = frozenset(ExactDedupParams.model_fields)
 
     def score(self, docs: pa.Table) -> pa.Table:
         hashes = [

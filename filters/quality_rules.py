@@ -90,6 +90,7 @@ def first_failure(m: dict[str, float], p: QualityRulesParams) -> str | None:
 class QualityRulesV1(Stage):
     name = "quality_rules_v1"
     Params = QualityRulesParams
+    score_params = frozenset({"stop_words", "bullets"})
     reasons = (
         "quality_rules.too_few_words",
         "quality_rules.too_many_words",

@@ -133,6 +133,41 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from service.ray_head import LOOPBACK_ENV
+
+    os.environ.update(LOOPBACK_ENV)  # before Ray is imported anywhere
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = Settings(**overrides)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from service.auth import KeyStore
+    from service.settings import Settings
+
+    store = KeyStore(Settings().keys_path)
+    if args.action == "create":
+        key, entry = store.create(args.role, note=args.note or "")
+        print(key)
+        print(f"(key id {entry['id']}, role {entry['role']}; shown once, only its hash is stored)", file=sys.stderr)
+    elif args.action == "list":
+        for k in store.list():
+            print(f"{k['id']}  {k['role']:<5}  {k['created_at']}  {k['note']}")
+    elif not store.revoke(args.key_id):
+        print(f"error: no key with id {args.key_id}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="curate", description="Curate pretraining data with per-document lineage.")
     p.add_argument("--catalog", help="DuckDB catalog file (default: $CURATE_HOME/catalog.duckdb, ~/.curate)")
@@ -166,6 +201,21 @@ def build_parser() -> argparse.ArgumentParser:
     why.add_argument("doc_id")
     why.add_argument("--json", action="store_true")
     why.set_defaults(func=cmd_why)
+
+    serve = sub.add_parser("serve", help="start the REST API (and a local Ray head unless RAY_ADDRESS is set)")
+    serve.add_argument("--host", help="default $CURATE_HOST or 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default $CURATE_PORT or 8000")
+    serve.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="action", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it once")
+    create.add_argument("--role", choices=["admin", "read"], default="read")
+    create.add_argument("--note")
+    keys_sub.add_parser("list", help="list key ids and roles")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id")
+    keys.set_defaults(func=cmd_keys)
 
     jobs = sub.add_parser("jobs", help="list jobs in the catalog")
     jobs.set_defaults(func=cmd_jobs)

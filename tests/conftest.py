@@ -10,7 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+# Before anything imports Ray: loopback only, and token auth (what `ray start` enables).
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_AUTH_MODE"] = "token"
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WEB_POOL = SHARED_DATA / "web" / "combined_web_pool.parquet"
@@ -22,19 +24,31 @@ def needs_shared(path: Path):
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """A real local Ray cluster; subprocess drivers join it through RAY_ADDRESS."""
+def ray_head():
+    """One real local Ray head with its job server for the whole session (loopback only).
+    In-process drivers and subprocess drivers (CLI, Ray jobs) all run on it."""
+    from service.ray_head import LOOPBACK_ENV, LocalRayHead
+
+    head = LocalRayHead(num_cpus=2).start()
+    os.environ.update(LOOPBACK_ENV)
+    os.environ["RAY_ADDRESS"] = head.address
+    yield head
+    import ray
+
+    ray.shutdown()
+    os.environ.pop("RAY_ADDRESS", None)
+    head.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_head):
+    """This test process connected to the session's Ray head as a driver."""
     import ray
 
     from workers.driver import connect_ray
 
-    os.environ.pop("RAY_ADDRESS", None)
     connect_ray()
-    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    yield ray
-    ray.shutdown()
-    os.environ.pop("RAY_ADDRESS", None)
+    return ray
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,94 @@
+"""The FastAPI application: lifespan (Ray head, catalog, poller), auth, error shape."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import asynccontextmanager
+from typing import Annotated, Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service import errors
+from service.auth import KeyStore
+from service.jobs import Database, JobService
+from service.ray_head import LOOPBACK_ENV, LocalRayHead
+from service.settings import Settings
+
+log = logging.getLogger("curate.api")
+
+DESCRIPTION = """Launch curation jobs on Ray, watch them, and ask why each document was kept or dropped.
+
+Every `/jobs` route needs `Authorization: Bearer <key>`; `curate keys create --role admin|read`
+makes keys, and the first start prints an admin key. Every error has the body
+`{"error": {"code", "message", "details"}}`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        os.environ.update(LOOPBACK_ENV)
+        settings.home.mkdir(parents=True, exist_ok=True)
+        settings.outputs.mkdir(parents=True, exist_ok=True)
+        keys = KeyStore(settings.keys_path)
+        first_key = keys.ensure_admin()
+        if first_key:
+            print(f"curate: no API keys yet; created an admin key (shown once, store it now):\n  {first_key}",
+                  flush=True)
+        head = None
+        jobs_url = settings.jobs_url()
+        if jobs_url is None:
+            head = LocalRayHead()
+            log.info("starting a local Ray head (RAY_ADDRESS unset)")
+            head.start()
+            jobs_url = head.jobs_url
+        db = Database(settings.catalog_path)
+        service = JobService(settings, db, jobs_url)
+        try:
+            await service.start()
+            app.state.jobs, app.state.keys, app.state.db, app.state.settings = service, keys, db, settings
+            yield
+        finally:
+            await service.stop()
+            db.close()
+            if head is not None:
+                head.stop()
+
+    app = FastAPI(title="curate", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  responses={401: {"model": errors.ErrorBody}, 422: {"model": errors.ErrorBody}})
+    errors.install(app)
+    app.add_middleware(errors.BodySizeLimit, max_bytes=settings.max_body_bytes)
+    from service.routes import router
+
+    app.include_router(router)
+    return app
+
+
+_bearer = HTTPBearer(auto_error=False, description="an API key from `curate keys create`")
+
+
+def _require(role: Literal["admin", "read"]):
+    def check(request: Request,
+              creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+        if creds is None or not creds.credentials:
+            raise errors.ServiceError(401, "missing API key: send Authorization: Bearer <key>")
+        granted = request.app.state.keys.role_of(creds.credentials)
+        if granted is None:
+            raise errors.ServiceError(401, "invalid API key")
+        if role == "admin" and granted != "admin":
+            raise errors.ServiceError(403, "this API key is read-only; this route needs an admin key")
+        return granted
+
+    return check
+
+
+def get_jobs(request: Request) -> JobService:
+    return request.app.state.jobs
+
+
+Jobs = Annotated[JobService, Depends(get_jobs)]
+ReadKey = Annotated[str, Depends(_require("read"))]
+AdminKey = Annotated[str, Depends(_require("admin"))]

@@ -1,0 +1,241 @@
+"""The REST API in-process (FastAPI TestClient, lifespan included) against the
+session's real Ray head and job server, with a real DuckDB catalog file."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import GOOD, write_shard
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.auth import KeyStore
+from service.settings import Settings
+
+SPEC = {"name": "api", "inputs": ["small/*.parquet"], "output": "api",
+        "stages": [{"stage": "exact_dedup_v1"}, {"stage": "quality_rules_v1"}]}
+WORDS = GOOD.lower().replace(",", "").replace(".", "").split()
+
+
+@pytest.fixture(scope="module")
+def api(ray_head, tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    data = root / "data"
+    write_shard(data / "small" / "a.parquet", [GOOD, GOOD.upper(), "Too short.", None], ids=["a0", "a1", "a2", "a3"])
+    write_shard(data / "small" / "b.parquet", [GOOD.replace("city", "town"), "#x " * 60], ids=["b0", "b1"])
+    rng = random.Random(3)
+    for s in range(6):  # a slower corpus for cancel/poll tests
+        texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(50, 400))) for _ in range(2500)]
+        write_shard(data / "slow" / f"s{s}.parquet", texts, ids=[f"s{s}-{i}" for i in range(len(texts))])
+    settings = Settings(home=root / "home", data_roots=[data], output_root=root / "runs",
+                        ray_jobs_url=ray_head.jobs_url, ray_address=ray_head.address, poll_seconds=0.3,
+                        max_body_bytes=64_000)
+    keys = KeyStore(settings.keys_path)
+    admin, _ = keys.create("admin")
+    read, _ = keys.create("read")
+    with TestClient(create_app(settings)) as client:
+        client.admin = {"Authorization": f"Bearer {admin}"}
+        client.read = {"Authorization": f"Bearer {read}"}
+        client.data = data
+        client.root = root
+        yield client
+
+
+def assert_error(resp, status: int, code: str, fragment: str = "") -> dict:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
+    assert body["error"]["code"] == code, body
+    assert fragment in body["error"]["message"], body
+    return body["error"]
+
+
+def wait_for(client, job_id, states=("succeeded", "failed", "cancelled"), timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.get(f"/jobs/{job_id}", headers=client.read).json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} stuck in {job['state']}")
+
+
+def submit(client, spec, **headers):
+    return client.post("/jobs", json=spec, headers={**client.admin, **headers})
+
+
+@pytest.fixture(scope="module")
+def done_job(api):
+    resp = submit(api, SPEC)
+    assert resp.status_code == 201, resp.text
+    job = wait_for(api, resp.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    return job
+
+
+def test_health_and_readiness_need_no_key(api):
+    assert api.get("/healthz").json() == {"status": "ok", "checks": {}}
+    assert api.get("/readyz").json() == {"status": "ready", "checks": {"duckdb": True, "ray": True}}
+
+
+def test_job_lifecycle_lineage_and_download(api, done_job):
+    job_id = done_job["job_id"]
+    stages = done_job["progress"]["stages"]
+    assert [(s["stage"], s["docs_in"], s["docs_out"]) for s in stages] == [
+        ("input_v1", 6, 5), ("exact_dedup_v1", 5, 4), ("quality_rules_v1", 4, 2)]
+    assert all(s["shards_done"] == s["shards_total"] == 2 for s in stages)
+
+    stats = api.get(f"/jobs/{job_id}/stats", headers=api.read).json()
+    assert stats["stages"][1]["reasons"] == {"exact_dedup.duplicate": 1}
+    assert len(stats["stages"][2]["shards"]) == 2
+
+    doc = api.get(f"/jobs/{job_id}/documents/a1", headers=api.read).json()
+    assert doc["outcome"] == "dropped" and doc["reason"] == "exact_dedup.duplicate"
+    assert doc["stages"][1]["survivor_id"] == "a0"
+
+    drops = api.get(f"/jobs/{job_id}/drops", params={"stage": "quality_rules_v1"}, headers=api.read).json()
+    assert sorted((d["doc_id"], d["reason"]) for d in drops) == [
+        ("a2", "quality_rules.too_few_words"), ("b1", "quality_rules.short_mean_word_length")]
+    assert drops[0]["text_preview"] in ("Too short.", "#x " * 60)
+    null = api.get(f"/jobs/{job_id}/drops", params={"reason": "input.null_text"}, headers=api.read).json()
+    assert [d["doc_id"] for d in null] == ["a3"] and null[0]["text_preview"] is None
+
+    manifest = api.get(f"/jobs/{job_id}/manifest", headers=api.read).json()
+    assert manifest["output"]["rows"] == 2
+    name = manifest["files"][0]["path"].split("/")[-1]
+    resp = api.get(f"/jobs/{job_id}/outputs/{name}", headers=api.read)
+    assert resp.status_code == 200
+    sha = hashlib.sha256(resp.content).hexdigest()
+    assert sha == resp.headers["x-content-sha256"] == manifest["files"][0]["sha256"]
+    assert pq.read_table(io.BytesIO(resp.content))["id"].to_pylist() == ["a0"]
+
+    logs = api.get(f"/jobs/{job_id}/logs", headers=api.read).text
+    assert f"job {job_id} complete: 2 rows" in logs
+    assert any(j["job_id"] == job_id for j in api.get("/jobs", headers=api.read).json())
+
+
+def test_preview_selection_reuses_stored_scores(api, done_job):
+    job_id = done_job["job_id"]
+    scores = api.root / "runs" / "api" / "stages" / "02-quality_rules_v1" / "scores"
+    before = {p.name: p.stat().st_mtime_ns for p in scores.iterdir()}
+    resp = api.post(f"/jobs/{job_id}/preview-selection", headers=api.read,
+                    json={"stage": "quality_rules_v1",
+                          "params": {"min_words": 2, "min_alpha_word_fraction": 0.5, "min_stop_words": 0}})
+    body = resp.json()
+    assert resp.status_code == 200, body
+    # "Too short." (a2) now passes; "#x #x ..." (b1) still fails on its 1-letter words.
+    assert body["before"]["kept"] == 2 and body["after"]["kept"] == 3 and body["newly_kept"] == 1
+    assert body["after"]["reasons"] == {"quality_rules.short_mean_word_length": 1}
+    assert body["changed_params"] == ["min_alpha_word_fraction", "min_stop_words", "min_words"]
+    assert {p.name: p.stat().st_mtime_ns for p in scores.iterdir()} == before  # nothing re-scored
+    assert_error(api.post(f"/jobs/{job_id}/preview-selection", headers=api.read,
+                          json={"stage": "exact_dedup_v1", "params": {"lowercase": False}}),
+                 422, "cannot_reselect", "lowercase change how exact_dedup_v1 scores documents")
+    assert_error(api.post(f"/jobs/{job_id}/preview-selection", headers=api.read,
+                          json={"stage": "quality_rules_v1", "params": {"min_words": "x"}}),
+                 422, "invalid_request", "params.min_words")
+
+
+def test_idempotency_key_and_duplicate_submission(api, done_job):
+    spec = {**SPEC, "name": "idem", "output": "idem"}
+    first = submit(api, spec, **{"Idempotency-Key": "k-1"})
+    again = submit(api, spec, **{"Idempotency-Key": "k-1"})
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.json()["job_id"] == first.json()["job_id"] and again.json()["attempts"] == 1
+    assert_error(submit(api, {**spec, "name": "other", "output": "other"}, **{"Idempotency-Key": "k-1"}),
+                 409, "idempotency_key_reused")
+    assert_error(submit(api, SPEC), 409, "job_exists", f"job {done_job['job_id']} already exists (succeeded)")
+    wait_for(api, first.json()["job_id"])
+
+
+@pytest.mark.parametrize(("spec", "status", "code", "fragment"), [
+    ({**SPEC, "stages": [{"stage": "quality_rules_v1", "params": {"min_words": "many"}}]}, 422, "invalid_request",
+     "body.stages.0: params.min_words: Input should be a valid integer"),
+    ({**SPEC, "stages": [{"stage": "nope_v1"}]}, 422, "invalid_request", "unknown stage 'nope_v1'"),
+    ({**SPEC, "inputs": ["../secrets/*.parquet"]}, 400, "path_not_allowed", "'..' is not allowed"),
+    ({**SPEC, "inputs": ["/etc/passwd"]}, 400, "path_not_allowed", "outside the allowed input roots"),
+    ({**SPEC, "inputs": ["s3://bucket/x.parquet"]}, 400, "path_not_allowed", "remote URLs"),
+    ({**SPEC, "output": "/tmp/elsewhere"}, 400, "path_not_allowed", "outside the output root"),
+    ({**SPEC, "output": "a/../../escape"}, 400, "path_not_allowed", "'..' is not allowed"),
+])
+def test_bad_specs_and_paths_are_rejected_before_launch(api, spec, status, code, fragment):
+    assert_error(submit(api, spec), status, code, fragment)
+
+
+def test_symlink_out_of_the_data_root_is_rejected(api, tmp_path):
+    outside = write_shard(tmp_path / "outside.parquet", [GOOD], ids=["x"])
+    link = api.data / "link"
+    link.mkdir(exist_ok=True)
+    if not (link / "x.parquet").exists():
+        os.symlink(outside, link / "x.parquet")
+    assert_error(submit(api, {**SPEC, "inputs": ["link/*.parquet"], "output": "sym"}), 400, "path_not_allowed",
+                 "resolves outside the allowed input roots")
+
+
+def test_auth_on_every_jobs_route(api, done_job):
+    job_id = done_job["job_id"]
+    routes = [("get", "/jobs"), ("post", "/jobs"), ("get", f"/jobs/{job_id}"), ("post", f"/jobs/{job_id}/cancel"),
+              ("post", f"/jobs/{job_id}/retry"), ("get", f"/jobs/{job_id}/logs"), ("get", f"/jobs/{job_id}/stats"),
+              ("get", f"/jobs/{job_id}/documents/a0"), ("get", f"/jobs/{job_id}/drops"),
+              ("post", f"/jobs/{job_id}/preview-selection"), ("get", f"/jobs/{job_id}/manifest"),
+              ("get", f"/jobs/{job_id}/outputs/x.parquet")]
+    documented = {(m, p) for p, ops in api.get("/openapi.json").json()["paths"].items() for m in ops
+                  if p.startswith("/jobs")}
+    assert len(documented) == len(routes)  # every documented /jobs route is in this list
+    for method, path in routes:
+        assert_error(getattr(api, method)(path), 401, "unauthorized", "missing API key")
+        assert_error(getattr(api, method)(path, headers={"Authorization": "Bearer wrong"}), 401, "unauthorized",
+                     "invalid API key")
+        if method == "post" and "preview" not in path:
+            assert_error(getattr(api, method)(path, headers=api.read, json=SPEC), 403, "forbidden", "read-only")
+
+
+def test_error_shapes_on_not_found_and_conflicts(api, done_job):
+    job_id = done_job["job_id"]
+    assert_error(api.get("/jobs/nope", headers=api.read), 404, "job_not_found")
+    assert_error(api.get(f"/jobs/{job_id}/documents/zzz", headers=api.read), 404, "document_not_found")
+    assert_error(api.get(f"/jobs/{job_id}/outputs/other.parquet", headers=api.read), 404, "file_not_found")
+    assert_error(api.post(f"/jobs/{job_id}/cancel", headers=api.admin), 409, "job_not_running", "already succeeded")
+    assert_error(api.post(f"/jobs/{job_id}/retry", headers=api.admin), 409, "job_not_retryable")
+    assert_error(api.get("/no-such-route"), 404, "not_found")
+    assert_error(api.get(f"/jobs/{job_id}/drops", params={"limit": 0}, headers=api.read), 422, "invalid_request",
+                 "query.limit")
+    big = {**SPEC, "name": "big", "inputs": ["x" * 70_000]}
+    assert_error(submit(api, big), 413, "request_too_large", "exceeds 64000 bytes")
+
+
+def test_cancel_a_running_job_then_retry_resumes(api):
+    spec = {**SPEC, "name": "slow", "inputs": ["slow/*.parquet"], "output": "slow",
+            "execution": {"num_workers": 1}}
+    job_id = submit(api, spec).json()["job_id"]
+    wait_for(api, job_id, states=("running",), timeout=60)
+    cancelled = api.post(f"/jobs/{job_id}/cancel", headers=api.admin).json()
+    assert cancelled["state"] == "cancelled"
+    assert not (api.root / "runs" / "slow" / "manifest.json").exists()
+    retried = api.post(f"/jobs/{job_id}/retry", headers=api.admin).json()
+    assert retried["attempts"] == 2 and retried["state"] in ("queued", "running")
+    done = wait_for(api, job_id, timeout=180)
+    assert done["state"] == "succeeded"
+    assert done["progress"]["stages"][0]["docs_in"] == 6 * 2500
+
+
+def test_failed_job_reports_the_error_and_retry_succeeds_after_a_fix(api):
+    bad = api.data / "fixme" / "x.parquet"
+    bad.parent.mkdir()
+    raw = pa.array([GOOD.encode(), b"caf\xe9"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"id": ["f0", "f1"], "text": raw}), bad)
+    job_id = submit(api, {**SPEC, "name": "fixme", "inputs": ["fixme/*.parquet"], "output": "fixme"}).json()["job_id"]
+    failed = wait_for(api, job_id)
+    assert failed["state"] == "failed"
+    assert "x.parquet row 1: text is not valid UTF-8 (byte 0xe9 at offset 3)" in failed["error"]
+    write_shard(bad, [GOOD, "café"], ids=["f0", "f1"])
+    api.post(f"/jobs/{job_id}/retry", headers=api.admin)
+    done = wait_for(api, job_id)
+    assert done["state"] == "succeeded" and done["error"] is None and done["attempts"] == 2
