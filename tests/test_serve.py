@@ -1,0 +1,152 @@
+"""`curate serve` as a real uvicorn process on 127.0.0.1: first-start admin key,
+a job submitted and polled by 20 parallel clients, output download, a property-based
+run of the OpenAPI schema, and the local Ray head started and stopped with the server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import hypothesis
+import pytest
+import schemathesis
+from conftest import GOOD, write_shard
+from schemathesis.checks import not_a_server_error
+
+from service.ray_head import _pids_with, free_port
+
+
+def start_server(tmp_path, env_extra: dict[str, str], unset: tuple[str, ...] = ()):
+    port = free_port()
+    env = {**os.environ, "CURATE_HOME": str(tmp_path / "home"), "CURATE_DATA_ROOTS": str(tmp_path / "data"),
+           "CURATE_PORT": str(port), "CURATE_POLL_SECONDS": "0.3", **env_extra}
+    for key in unset:
+        env.pop(key, None)
+    log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 - kept open for the server's lifetime
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    else:
+        proc.kill()
+        raise AssertionError("server not ready: " + (tmp_path / "serve.log").read_text()[-3000:])
+    key = re.search(r"(curate_[\w-]+)", (tmp_path / "serve.log").read_text()).group(1)
+    return proc, base, {"Authorization": f"Bearer {key}"}
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def stop_server(proc) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
+@pytest.fixture(scope="module")
+def server(ray_head, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("serve")
+    for s in range(4):
+        write_shard(tmp_path / "data" / f"s{s}.parquet", [GOOD + f" Shard {s}, doc {i}." for i in range(300)]
+                    + [GOOD, "Too short."], ids=[f"s{s}-{i}" for i in range(302)])
+    proc, base, auth = start_server(tmp_path, {"RAY_ADDRESS": ray_head.address,
+                                               "CURATE_RAY_JOBS_URL": ray_head.jobs_url})
+    yield base, auth, tmp_path
+    stop_server(proc)
+
+
+def test_first_start_prints_an_admin_key_once(server):
+    base, auth, tmp_path = server
+    log = (tmp_path / "serve.log").read_text()
+    assert log.count("created an admin key (shown once") == 1
+    assert httpx.get(f"{base}/jobs", headers=auth).status_code == 200
+    stored = (tmp_path / "home" / "api_keys.json").read_text()
+    assert auth["Authorization"].split()[1] not in stored  # only the hash is stored
+
+
+def test_submit_poll_in_parallel_and_download(server):
+    base, auth, _ = server
+    spec = {"name": "served", "inputs": ["*.parquet"], "output": "served",
+            "stages": [{"stage": "exact_dedup_v1"}, {"stage": "quality_rules_v1"}]}
+    resp = httpx.post(f"{base}/jobs", json=spec, headers=auth, timeout=30)
+    assert resp.status_code == 201, resp.text
+    job_id = resp.json()["job_id"]
+
+    def poll(_):
+        r = httpx.get(f"{base}/jobs/{job_id}", headers=auth, timeout=30)
+        return r.status_code, r.json()["state"]
+
+    seen = set()
+    deadline = time.time() + 120
+    with ThreadPoolExecutor(20) as pool:
+        while time.time() < deadline:
+            results = list(pool.map(poll, range(20)))  # 20 parallel status polls while the job runs
+            assert all(code == 200 for code, _ in results)
+            seen |= {state for _, state in results}
+            if "succeeded" in seen or "failed" in seen:
+                break
+    assert "succeeded" in seen, seen
+    job = httpx.get(f"{base}/jobs/{job_id}", headers=auth).json()
+    # GOOD and "Too short." are in every shard: 3 + 3 exact duplicates.
+    assert job["progress"]["stages"][1]["docs_out"] == 4 * 302 - 6
+    doc = httpx.get(f"{base}/jobs/{job_id}/documents/s0-301", headers=auth).json()
+    assert doc["reason"] == "quality_rules.too_few_words"
+    dup = httpx.get(f"{base}/jobs/{job_id}/documents/s2-301", headers=auth).json()
+    assert dup["reason"] == "exact_dedup.duplicate" and dup["stages"][1]["survivor_id"] == "s0-301"
+    manifest = httpx.get(f"{base}/jobs/{job_id}/manifest", headers=auth).json()
+    for f in manifest["files"]:
+        r = httpx.get(f"{base}/jobs/{job_id}/outputs/{f['path'].split('/')[-1]}", headers=auth)
+        assert hashlib.sha256(r.content).hexdigest() == f["sha256"] == r.headers["x-content-sha256"]
+
+
+@pytest.fixture(scope="module")
+def api_schema(server):
+    base, _, _ = server
+    return schemathesis.openapi.from_url(f"{base}/openapi.json")
+
+
+fuzz = schemathesis.pytest.from_fixture("api_schema")
+
+
+@fuzz.parametrize()
+@hypothesis.settings(max_examples=25, deadline=None, suppress_health_check=list(hypothesis.HealthCheck),
+                     database=None)
+def test_openapi_schema_fuzz_finds_no_server_errors(case, server):
+    """Property-based requests from the OpenAPI schema, authenticated: never a 5xx."""
+    base, auth, _ = server
+    case.call_and_validate(base_url=base, headers=auth, checks=[not_a_server_error])
+
+
+def test_serve_without_ray_address_owns_a_local_head(tmp_path, ray_head):
+    (tmp_path / "data").mkdir()
+    proc, base, _ = start_server(tmp_path, {}, unset=("RAY_ADDRESS", "CURATE_RAY_JOBS_URL"))
+    temp_dirs = set(re.findall(r"/tmp/curate-ray-\w+", " ".join(map(_cmdline, _pids_with("/tmp/curate-ray-")))))
+    own = temp_dirs - {str(ray_head.temp_dir)}
+    assert len(own) == 1, temp_dirs  # the server started exactly one head of its own
+    assert httpx.get(f"{base}/readyz").json()["checks"] == {"duckdb": True, "ray": True}
+    stop_server(proc)
+    assert not _pids_with(own.pop())  # ... and stopped it on shutdown
+    assert _pids_with(str(ray_head.temp_dir))  # other clusters untouched
