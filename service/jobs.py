@@ -66,11 +66,6 @@ class Database:
         self._executor.shutdown()
 
 
-def _row(catalog: Catalog, job_id: str) -> dict | None:
-    row = catalog.con.execute(f"SELECT {', '.join(COLUMNS)} FROM api_jobs WHERE job_id = ?", [job_id]).fetchone()
-    return dict(zip(COLUMNS, row, strict=True)) if row else None
-
-
 def _rows(catalog: Catalog, where: str = "", params: list | None = None) -> list[dict]:
     sql = f"SELECT {', '.join(COLUMNS)} FROM api_jobs {where} ORDER BY created_at, job_id"
     return [dict(zip(COLUMNS, r, strict=True)) for r in catalog.con.execute(sql, params or []).fetchall()]
@@ -126,6 +121,9 @@ class JobService:
     def __init__(self, settings: Settings, db: Database, jobs_url: str) -> None:
         self.settings, self.db, self.jobs_url = settings, db, jobs_url
         self.live: dict[str, dict] = {}  # job_id -> {"state", "progress", "checked_at"}
+        # The api_jobs rows, mirrored in memory: this process is their only writer, so
+        # status reads need neither the DuckDB thread nor a query.
+        self.rows: dict[str, dict] = {}
         self._client = None
         self._poller: asyncio.Task | None = None
 
@@ -135,6 +133,7 @@ class JobService:
 
         self._client = await asyncio.to_thread(JobSubmissionClient, self.jobs_url)
         for row in await self.db.run(_rows):
+            self.rows[row["job_id"]] = row
             self.live[row["job_id"]] = {"state": row["state"], "progress": None, "checked_at": 0.0}
         self._poller = asyncio.create_task(self._poll_forever())
 
@@ -176,7 +175,7 @@ class JobService:
         if state in TERMINAL and row["state"] not in TERMINAL:
             error = await self._failure_reason(row, info) if state == "failed" else None
             row.update(state=state, error=error)
-            await self.db.run(_upsert, row)
+            await self._save(row)
             await self.db.run(_register, row["output"], error)
         live["state"] = state
         return live
@@ -200,13 +199,13 @@ class JobService:
         spec = self.confine(spec)
         job_id = spec.job_id()
         if idempotency_key:
-            same = await self.db.run(_rows, "WHERE idempotency_key = ?", [idempotency_key])
+            same = [r for r in self.rows.values() if r["idempotency_key"] == idempotency_key]
             if same:
                 if same[0]["job_id"] != job_id:
                     raise ServiceError(409, "this Idempotency-Key was used for a different job spec",
                                        code="idempotency_key_reused", details={"job_id": same[0]["job_id"]})
                 return await self.view(job_id), False
-        existing = await self.db.run(_row, job_id)
+        existing = self.rows.get(job_id)
         if existing:
             state = self.live.get(job_id, {}).get("state", existing["state"])
             hint = "POST /jobs/{id}/retry to resume it" if state in ("failed", "cancelled") else "see GET /jobs/{id}"
@@ -229,8 +228,12 @@ class JobService:
         await asyncio.to_thread(self._client.submit_job, entrypoint=entrypoint, submission_id=row["submission_id"],
                                 metadata={"curate_job_id": row["job_id"]})
         row.update(state="queued", error=None)
-        await self.db.run(_upsert, row)
+        await self._save(row)
         self.live[row["job_id"]] = {"state": "queued", "progress": None, "checked_at": 0.0}
+
+    async def _save(self, row: dict) -> None:
+        await self.db.run(_upsert, row)
+        self.rows[row["job_id"]] = dict(row)
 
     async def cancel(self, job_id: str) -> dict:
         row = await self._get_row(job_id)
@@ -256,10 +259,10 @@ class JobService:
 
     # -- queries ------------------------------------------------------------------------
     async def _get_row(self, job_id: str) -> dict:
-        row = await self.db.run(_row, job_id)
+        row = self.rows.get(job_id)
         if row is None:
             raise ServiceError(404, f"no job {job_id!r}", code="job_not_found")
-        return row
+        return dict(row)
 
     async def view(self, job_id: str) -> dict:
         row = await self._get_row(job_id)
@@ -275,7 +278,8 @@ class JobService:
                 "ray_submission_id": row["submission_id"], "progress": live.get("progress")}
 
     async def list(self) -> list[dict]:
-        return [self._view(r, self.live.get(r["job_id"], {"state": r["state"]})) for r in await self.db.run(_rows)]
+        rows = sorted(self.rows.values(), key=lambda r: (r["created_at"], r["job_id"]))
+        return [self._view(r, self.live.get(r["job_id"], {"state": r["state"]})) for r in rows]
 
     async def logs(self, job_id: str) -> str:
         row = await self._get_row(job_id)
