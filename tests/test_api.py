@@ -239,3 +239,21 @@ def test_failed_job_reports_the_error_and_retry_succeeds_after_a_fix(api):
     api.post(f"/jobs/{job_id}/retry", headers=api.admin)
     done = wait_for(api, job_id)
     assert done["state"] == "succeeded" and done["error"] is None and done["attempts"] == 2
+
+
+def test_unavailable_and_internal_errors_use_the_same_body(api, done_job, monkeypatch):
+    jobs = api.app.state.jobs
+
+    async def unreachable() -> bool:
+        return False
+
+    async def broken(job_id: str) -> dict:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(jobs, "ray_reachable", unreachable)
+    error = assert_error(api.get("/readyz"), 503, "unavailable", "not ready")
+    assert error["details"] == {"duckdb": True, "ray": False}
+    monkeypatch.setattr(jobs, "stats", broken)
+    quiet = TestClient(api.app, raise_server_exceptions=False)  # same running app, no second lifespan
+    assert_error(quiet.get(f"/jobs/{done_job['job_id']}/stats", headers=api.read), 500, "internal_error",
+                 "RuntimeError: disk on fire")
