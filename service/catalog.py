@@ -39,13 +39,11 @@ CREATE TABLE IF NOT EXISTS stage_stats (
 );
 """
 
-EMPTY_DECISIONS = """
-CREATE OR REPLACE VIEW decisions AS SELECT
+NO_DECISIONS = """SELECT
     NULL::VARCHAR AS job_id, NULL::INTEGER AS stage_index, NULL::VARCHAR AS stage, NULL::VARCHAR AS shard,
     NULL::BIGINT AS row, NULL::VARCHAR AS doc_id, NULL::VARCHAR AS decision, NULL::VARCHAR AS reason,
     NULL::MAP(VARCHAR, DOUBLE) AS scores, NULL::VARCHAR AS cluster_id, NULL::VARCHAR AS survivor_id
-WHERE false
-"""
+WHERE false"""
 
 
 class CatalogError(RuntimeError):
@@ -139,7 +137,7 @@ class Catalog:
         globs = [JobLayout(o).decisions_glob() for o in outputs]
         globs = [g for g in globs if glob.glob(g)]
         if not globs:
-            self.con.execute(EMPTY_DECISIONS)
+            self.con.execute(f"CREATE OR REPLACE VIEW decisions AS {NO_DECISIONS}")
             return
         files = ", ".join("'" + g.replace("'", "''") + "'" for g in globs)
         self.con.execute(f"CREATE OR REPLACE VIEW decisions AS SELECT * FROM read_parquet([{files}])")
@@ -163,12 +161,22 @@ class Catalog:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
+    def job_decisions(self, job: dict[str, Any]) -> str:
+        """A FROM clause over one job's decision files only (the ``decisions`` view spans
+        every job, and breaks if any job folder was deleted since it was built)."""
+        pattern = JobLayout(job["output"]).decisions_glob()
+        if not glob.glob(pattern):
+            if not Path(job["output"]).exists():
+                raise CatalogError(f"job {job['job_id']}: its folder {job['output']} no longer exists")
+            return f"({NO_DECISIONS})"
+        return "read_parquet('" + pattern.replace("'", "''") + "')"
+
     def why(self, job_ref: str, doc_id: str) -> dict[str, Any]:
         """Every stage the document reached, its scores, decision and reason."""
         job = self.resolve_job(job_ref)
         cur = self.con.execute(
             "SELECT stage_index, stage, decision, reason, scores, cluster_id, survivor_id, shard, row "
-            "FROM decisions WHERE job_id = ? AND doc_id = ? ORDER BY stage_index",
+            f"FROM {self.job_decisions(job)} WHERE job_id = ? AND doc_id = ? ORDER BY stage_index",
             [job["job_id"], doc_id],
         )
         names = [d[0] for d in cur.description]

@@ -89,11 +89,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _print_examples(job_id: str, catalog: str | None) -> None:
     with Catalog(catalog, read_only=True) as c:
+        source = c.job_decisions(c.resolve_job(job_id))
         dropped = c.con.execute(
-            "SELECT doc_id, reason FROM decisions WHERE job_id = ? AND decision = 'drop' "
+            f"SELECT doc_id, reason FROM {source} WHERE job_id = ? AND decision = 'drop' "
             "AND stage = 'quality_rules_v1' ORDER BY doc_id LIMIT 1", [job_id]).fetchone()
         kept = c.con.execute(
-            "SELECT doc_id FROM decisions WHERE job_id = ? AND decision = 'keep' "
+            f"SELECT doc_id FROM {source} WHERE job_id = ? AND decision = 'keep' "
             "AND stage = 'quality_rules_v1' ORDER BY doc_id LIMIT 1", [job_id]).fetchone()
     print("ask why:")
     for row in (dropped, kept):

@@ -87,8 +87,9 @@ def _why(catalog: Catalog, job_id: str, doc_id: str) -> dict:
 
 
 def _drops(catalog: Catalog, job_id: str, stage: str | None, reason: str | None, limit: int) -> list[dict]:
-    sql = ("SELECT doc_id, stage, reason, scores, cluster_id, survivor_id, shard, row FROM decisions "
-           "WHERE job_id = ? AND decision = 'drop'")
+    source = catalog.job_decisions(catalog.resolve_job(job_id))
+    sql = ("SELECT doc_id, stage, reason, scores, cluster_id, survivor_id, shard, row "
+           f"FROM {source} WHERE job_id = ? AND decision = 'drop'")
     params: list[Any] = [job_id]
     if stage:
         sql += " AND stage = ?"

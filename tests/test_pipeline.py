@@ -133,3 +133,19 @@ def test_web_pool_rows_equal_input_minus_recorded_drops(tmp_path):
         f"SELECT doc_id FROM read_parquet('{spec.output}/stages/*/decisions/*.parquet') WHERE decision='drop'"
     ).fetchnumpy()["doc_id"].tolist())
     assert out_ids | dropped_ids == all_ids and not out_ids & dropped_ids
+
+
+def test_why_survives_a_deleted_job_folder(tmp_path, inline_job):
+    import shutil
+
+    spec, _ = inline_job
+    other = make_spec(tmp_path / "second", spec.inputs, name="second")
+    run_job(other, progress=False)
+    with Catalog() as c:
+        c.register_job(other.output)
+    shutil.rmtree(spec.output)  # the first job's folder is gone
+    assert why("second", "a0")["outcome"] == "kept"  # other jobs still answer
+    from service.catalog import CatalogError
+
+    with pytest.raises(CatalogError, match="its folder .* no longer exists"):
+        why("t", "a0")
