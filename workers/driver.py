@@ -123,8 +123,17 @@ def _shard_fields(row: dict) -> dict:
             "has_id": bool(row["has_id"])}
 
 
+def _bar_labels(steps: list[Step]) -> list[str]:
+    """One progress bar per stage of the pass, e.g. ``exact_dedup_v1 (select)``."""
+    phases: dict[str, list[str]] = {}
+    for st in steps:
+        phases.setdefault(st.stage or "write outputs", []).append(st.kind)
+    return [name if name == "write outputs" or kinds == ["score", "select"] else f"{name} ({'+'.join(kinds)})"
+            for name, kinds in phases.items()]
+
+
 def run_pass(spec: JobSpec, job_id: str, shards: list[Shard], steps: list[Step], *, workers: int,
-             desc: str, progress: bool) -> None:
+             label: str, progress: bool) -> None:
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -141,11 +150,19 @@ def run_pass(spec: JobSpec, job_id: str, shards: list[Shard], steps: list[Step],
         num_cpus=1,
     )
     errors = []
-    with tqdm(total=len(shards), desc=desc, unit="shard", disable=not progress) as bar:
+    # A shard finishes every step of the pass in one task, so the bars advance together;
+    # each still names its stage, so a user sees where the job is.
+    bars = [tqdm(total=len(shards), desc=f"{label} {name}", unit="shard", disable=not progress, position=i,
+                 leave=True) for i, name in enumerate(_bar_labels(steps))]
+    try:
         for row in ds.iter_rows():
             if row["error"]:
                 errors.append(row["error"])
-            bar.update(1)
+            for bar in bars:
+                bar.update(1)
+    finally:
+        for bar in bars:
+            bar.close()
     if errors:
         raise JobError(errors[0] if len(errors) == 1 else f"{len(errors)} shards failed; first:\n{errors[0]}")
 
@@ -212,9 +229,8 @@ def run_job(spec: JobSpec, *, progress: bool = True, overwrite: bool = False) ->
     for n, segment in enumerate(segments, 1):
         pending = [s for s in shards if any(not layout.marker(st.name, s.key).exists() for st in segment.steps)]
         if pending:
-            names = " → ".join(dict.fromkeys(st.stage or "write" for st in segment.steps))
-            run_pass(spec, job_id, pending, segment.steps, workers=workers,
-                     desc=f"pass {n}/{len(segments)} [{names}]", progress=progress)
+            run_pass(spec, job_id, pending, segment.steps, workers=workers, label=f"[pass {n}/{len(segments)}]",
+                     progress=progress)
         if segment.fit_after is not None:
             run_fit(layout, shards, segment.fit_after, stages[segment.fit_after.stage_index])
     manifest = build_manifest(spec, layout, shards, stages, job_id, model_hashes)
