@@ -167,20 +167,27 @@ def run_pass(spec: JobSpec, job_id: str, shards: list[Shard], steps: list[Step],
         raise JobError(errors[0] if len(errors) == 1 else f"{len(errors)} shards failed; first:\n{errors[0]}")
 
 
-def run_fit(layout: JobLayout, shards: list[Shard], step: Step, stage) -> None:
+def run_fit(layout: JobLayout, shards: list[Shard], step: Step, stage, stage_names: list[str]) -> None:
     marker = layout.marker(step.name)
     if marker.exists():
         return
     started = time.perf_counter()
-    parts = []
-    for shard in shards:
-        t = pq.read_table(layout.scores(step.stage_index, step.stage, shard.key))
-        order = pc.add(pc.multiply(pa.scalar(shard.index, pa.int64()), pa.scalar(1 << 32, pa.int64())), t[ROW])
-        parts.append(t.append_column(ORDER, order))
-    scores = pa.concat_tables(parts)
-    fitted = stage.fit(scores.select([ID, ORDER] + [c for c in scores.column_names if c not in (ID, ORDER, ROW)]))
+    if step.stage == "minhash_dedup_v1":  # out of core: DuckDB over the score files
+        from workers.minhash_fit import fit_minhash
+
+        fitted = fit_minhash(layout, shards, step.stage_index, stage, stage_names)
+        rows = sum(s.rows for s in shards)
+    else:
+        parts = []
+        for shard in shards:
+            t = pq.read_table(layout.scores(step.stage_index, step.stage, shard.key))
+            order = pc.add(pc.multiply(pa.scalar(shard.index, pa.int64()), pa.scalar(1 << 32, pa.int64())), t[ROW])
+            parts.append(t.append_column(ORDER, order))
+        scores = pa.concat_tables(parts)
+        fitted = stage.fit(scores.select([ID, ORDER] + [c for c in scores.column_names if c not in (ID, ORDER, ROW)]))
+        rows = scores.num_rows
     atomic.write_parquet(fitted, layout.fit(step.stage_index, step.stage))
-    atomic.write_json({"rows": scores.num_rows, "seconds": round(time.perf_counter() - started, 6)}, marker)
+    atomic.write_json({"rows": rows, "seconds": round(time.perf_counter() - started, 6)}, marker)
 
 
 def _prepare_folder(spec: JobSpec, layout: JobLayout, overwrite: bool) -> None:
@@ -232,7 +239,8 @@ def run_job(spec: JobSpec, *, progress: bool = True, overwrite: bool = False) ->
             run_pass(spec, job_id, pending, segment.steps, workers=workers, label=f"[pass {n}/{len(segments)}]",
                      progress=progress)
         if segment.fit_after is not None:
-            run_fit(layout, shards, segment.fit_after, stages[segment.fit_after.stage_index])
+            run_fit(layout, shards, segment.fit_after, stages[segment.fit_after.stage_index],
+                    [s.name for s in stages])
     manifest = build_manifest(spec, layout, shards, stages, job_id, model_hashes)
     atomic.write_json(manifest, layout.manifest)
     return manifest

@@ -1,0 +1,243 @@
+"""``minhash_dedup_v1``: MinHash near-duplicate removal with LSH banding and verified edges.
+
+Score (per document, vectorised with numpy):
+  * normalise as datatrove's ``simplify_text`` (each step switchable): lowercase,
+    numbers → ``0``, punctuation/symbols → space, whitespace collapsed, accents
+    stripped (NFD, drop Mn);
+  * word n-grams (default 5) hashed to 64 bits. Deviation from datatrove, documented:
+    instead of xxhash of each n-gram string, each distinct word is hashed once
+    (xxh64) and an n-gram's hash is a splitmix64-finalised polynomial of its word
+    hashes — the same set semantics and 64-bit collision odds, without a Python call
+    per n-gram;
+  * ``K = bands × rows`` permutations ``(a·x + b) mod (2^61 − 1)`` with ``a, b`` from
+    ``np.random.RandomState(seed)`` and uint64 wrap-around in ``a·x`` exactly as
+    datasketch and datatrove compute it, so every worker gets identical signatures;
+  * one 64-bit key per band (xxh64 of the band's ``rows`` values).
+Documents with fewer words than the n-gram size get no signature and the score flag
+``too_short_to_compare`` (never a duplicate, never a drop).
+
+Fit (corpus-wide, in ``workers/minhash_fit.py``, out of core with DuckDB): candidate
+pairs share a band key; each is verified by the exact Jaccard of the two n-gram
+sets; union-find over verified edges gives components; inside a component documents
+are removed only when their *own* Jaccard to the survivor they are assigned to
+reaches the threshold, so a chain A~B~C with low J(A, C) never removes C for A
+(C starts a cluster of its own instead). Survivors follow ``survivor``.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import sys
+import unicodedata
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import xxhash
+from pydantic import Field, model_validator
+
+from filters.base import ID, TEXT, Selection, Stage, StageParams
+
+MERSENNE = np.uint64((1 << 61) - 1)
+_NUMBERS = re.compile(r"\d+(?:[.,]\d+)?")
+
+
+@lru_cache(maxsize=1)
+def _unicode_table() -> list:
+    """For str.translate, indexed by code point: punctuation (P*), symbols (S*) and
+    controls → space, combining marks (Mn, after NFD) → deleted, the rest unchanged.
+    A list, not a dict: str.translate looks it up ~2× faster."""
+    table: list = list(range(sys.maxunicode + 1))
+    for cp in range(sys.maxunicode + 1):
+        cat = unicodedata.category(chr(cp))
+        if cat[0] in "PS" or (cat == "Cc" and not chr(cp).isspace()):
+            table[cp] = " "
+        elif cat == "Mn":
+            table[cp] = None
+    return table
+
+
+class MinHashParams(StageParams):
+    ngram: int = Field(5, ge=1, le=32)
+    bands: int = Field(20, ge=1, le=512)
+    rows: int = Field(6, ge=1, le=64)
+    seed: int = 1
+    threshold: float = Field(0.8, gt=0, le=1, description="Jaccard a candidate pair must reach to be an edge")
+    verify: Literal["exact", "signature"] = "exact"
+    survivor: str = Field("min_id", description="min_id | longest | best_score:<stage>.<score>")
+    lowercase: bool = True
+    numbers_to_zero: bool = True
+    strip_punctuation: bool = True
+    strip_accents: bool = True
+
+    @model_validator(mode="after")
+    def _survivor_rule(self) -> MinHashParams:
+        if self.survivor not in ("min_id", "longest") and not re.fullmatch(r"best_score:\w+\.\w+", self.survivor):
+            raise ValueError("survivor must be min_id, longest or best_score:<stage>.<score>")
+        return self
+
+
+# ASCII punctuation and controls → space, as one 256-byte table for bytes.translate.
+_ASCII_PUNCT = bytes(
+    ord(" ") if (chr(i) in string.punctuation or (i < 32 and not chr(i).isspace()) or i == 127) else i
+    for i in range(256)
+)
+
+
+def normalise(text: str, p: MinHashParams) -> str:
+    if p.lowercase:
+        text = text.lower()
+    if p.numbers_to_zero:
+        text = _NUMBERS.sub("0", text)
+    if text.isascii():  # fast path: no accents; punctuation through a byte table
+        if p.strip_punctuation:
+            text = text.encode("ascii").translate(_ASCII_PUNCT).decode("ascii")
+    elif p.strip_punctuation and p.strip_accents:  # one pass: NFD, then punctuation and marks
+        text = unicodedata.normalize("NFD", text).translate(_unicode_table())
+    elif p.strip_punctuation:
+        text = text.translate({cp: " " for cp, v in enumerate(_unicode_table()) if v == " "})
+    elif p.strip_accents:
+        text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
+    return " ".join(text.split())
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def shingle_hashes(words: list[str], n: int, cache: dict[str, int]) -> np.ndarray:
+    """Sorted unique 64-bit hashes of the word n-grams."""
+    if len(words) < n:
+        return np.empty(0, np.uint64)
+    for word in set(words).difference(cache):
+        cache[word] = xxhash.xxh64_intdigest(word.encode())
+    w = np.fromiter(map(cache.__getitem__, words), np.uint64, len(words))
+    m = len(w) - n + 1
+    acc = np.zeros(m, np.uint64)
+    with np.errstate(over="ignore"):
+        for i in range(n):
+            acc = acc * np.uint64(0x100000001B3) + w[i : i + m]
+        return np.unique(_splitmix64(acc))
+
+
+@lru_cache(maxsize=8)
+def permutations(k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    gen = np.random.RandomState(seed)
+    a = gen.randint(1, int(MERSENNE), size=k, dtype=np.uint64)
+    b = gen.randint(0, int(MERSENNE), size=k, dtype=np.uint64)
+    return a, b
+
+
+def _permute(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(a·x + b) mod (2^61 − 1)`` with ``a·x + b`` wrapping at 2^64 (as datasketch);
+    the modulo by bit folding, which equals ``%`` and is ~3× faster in numpy."""
+    h = x[:, None] * a[None, :]
+    h += b[None, :]
+    r = h & MERSENNE
+    h >>= np.uint64(61)
+    r += h
+    r -= MERSENNE * (r >= MERSENNE)
+    return r
+
+
+def signatures(sets: list[np.ndarray], k: int, seed: int, chunk: int = 4096) -> np.ndarray:
+    """MinHash signatures (len(sets) × k, uint64) of non-empty sets, all in numpy."""
+    a, b = permutations(k, seed)
+    lengths = np.array([len(s) for s in sets], dtype=np.int64)
+    if len(sets) == 0:
+        return np.empty((0, k), np.uint64)
+    flat = np.concatenate(sets)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    out = np.full((len(sets), k), np.iinfo(np.uint64).max, np.uint64)
+    # Whole documents in chunks of ~`chunk` shingles: chunk × k × 8 bytes stays in cache.
+    doc = 0
+    with np.errstate(over="ignore"):
+        while doc < len(sets):
+            end = doc
+            total = 0
+            while end < len(sets) and (total == 0 or total + lengths[end] <= chunk):
+                total += lengths[end]
+                end += 1
+            lo, hi = starts[doc], starts[end - 1] + lengths[end - 1]
+            h = _permute(flat[lo:hi], a, b)
+            out[doc:end] = np.minimum.reduceat(h, starts[doc:end] - lo, axis=0)
+            doc = end
+    return out
+
+
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """One 64-bit key per band (docs × bands)."""
+    keys = np.empty((len(sig), bands), np.uint64)
+    for j in range(bands):
+        part = np.ascontiguousarray(sig[:, j * rows : (j + 1) * rows])
+        keys[:, j] = [xxhash.xxh64_intdigest(row.tobytes(), seed=j) for row in part]
+    return keys
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact Jaccard of two sorted unique hash arrays."""
+    if len(a) == 0 or len(b) == 0:
+        return 0.0
+    inter = len(np.intersect1d(a, b, assume_unique=True))
+    return inter / (len(a) + len(b) - inter)
+
+
+def collision_probability(s: float, bands: int, rows: int) -> float:
+    """P(two documents with Jaccard s share at least one band) = 1 − (1 − s^r)^b."""
+    return 1 - (1 - s**rows) ** bands
+
+
+class MinHashDedupV1(Stage):
+    name = "minhash_dedup_v1"
+    Params = MinHashParams
+    corpus_wide = True
+    reasons = ("minhash.duplicate",)
+    score_params = frozenset({"ngram", "bands", "rows", "seed", "lowercase", "numbers_to_zero",
+                              "strip_punctuation", "strip_accents"})
+
+    def score(self, docs: pa.Table) -> pa.Table:
+        p = self.params
+        cache: dict[str, int] = {}
+        texts = [t or "" for t in docs[TEXT].to_pylist()]
+        sets = [shingle_hashes(normalise(t, p).split(), p.ngram, cache) for t in texts]
+        comparable = [i for i, s in enumerate(sets) if len(s)]
+        k = p.bands * p.rows
+        sig = signatures([sets[i] for i in comparable], k, p.seed)
+        keys = band_keys(sig, p.bands, p.rows)
+        n = len(texts)
+        sig_col: list = [None] * n
+        key_col: list = [None] * n
+        for j, i in enumerate(comparable):
+            sig_col[i] = sig[j]
+            key_col[i] = keys[j]
+        return pa.table({
+            "too_short_to_compare": pa.array([len(s) == 0 for s in sets]),
+            "n_shingles": pa.array([len(s) for s in sets], pa.int64()),
+            "chars": pa.array([len(t) for t in texts], pa.int64()),
+            "shingles": pa.array(sets, pa.list_(pa.uint64())),
+            "signature": pa.array(sig_col, pa.list_(pa.uint64())),
+            "band_keys": pa.array(key_col, pa.list_(pa.uint64())),
+        })
+
+    def select(self, scores: pa.Table, fitted: pa.Table | None) -> Selection:
+        if fitted is None:
+            raise ValueError("minhash_dedup_v1.select needs the result of fit()")
+        clusters = {row[ID]: row for row in fitted.to_pylist()}
+        keep, reason, cluster, survivor = [], [], [], []
+        extra: dict[str, list[float | None]] = {"cluster_size": [], "survivor_jaccard": [], "max_jaccard": []}
+        for doc_id in scores[ID].to_pylist():
+            c = clusters.get(doc_id)
+            dropped = c is not None and c["survivor_id"] != doc_id
+            keep.append(not dropped)
+            reason.append("minhash.duplicate" if dropped else None)
+            cluster.append(c["cluster_id"] if c else None)
+            survivor.append(c["survivor_id"] if c else None)
+            extra["cluster_size"].append(float(c["cluster_size"]) if c else 1.0)
+            extra["survivor_jaccard"].append(c["survivor_jaccard"] if c else None)
+            extra["max_jaccard"].append(c["max_jaccard"] if c else None)
+        return Selection(keep=keep, reason=reason, cluster_id=cluster, survivor_id=survivor, extra_scores=extra)

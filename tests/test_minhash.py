@@ -1,0 +1,131 @@
+"""minhash_dedup_v1: the pure parts on inline data, and the whole stage on Ray with a
+hand-made duplicate structure (chain, cross-shard cluster, short docs)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_shard
+
+from filters.minhash import (
+    MinHashDedupV1,
+    MinHashParams,
+    collision_probability,
+    jaccard,
+    normalise,
+    shingle_hashes,
+    signatures,
+)
+from workers.driver import run_job
+from workers.minhash_fit import cluster_members
+from workers.spec import parse_spec
+
+_letters = random.Random(7)
+VOCAB = ["".join(_letters.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(7)) for _ in range(2000)]
+
+
+def edit(words: list[str], positions: list[int], tag: str) -> list[str]:
+    """Substitute the words at ``positions`` with new, unique, digit-free words."""
+    out = list(words)
+    for p in positions:
+        out[p] = tag + "".join(chr(ord("a") + int(c)) for c in str(p))
+    return out
+
+
+def sets_of(*texts: str) -> list[np.ndarray]:
+    p = MinHashParams()
+    return [shingle_hashes(normalise(t, p).split(), 5, {}) for t in texts]
+
+
+def test_normalisation_follows_datatrove_steps():
+    p = MinHashParams()
+    assert normalise("Hello, WORLD! Price: 12.50 €  in 2024…", p) == "hello world price 0 in 0"
+    assert normalise("Café naïve — déjà vu", p) == "cafe naive deja vu"
+    assert normalise("A-b", MinHashParams(strip_punctuation=False)) == "a-b"
+
+
+def test_short_documents_are_flagged_not_dropped():
+    stage = MinHashDedupV1()
+    scores = stage.score(pa.table({"id": ["a", "b"], "text": ["only four words here", "one two three four five"]}))
+    assert scores["too_short_to_compare"].to_pylist() == [True, False]
+    assert scores["n_shingles"].to_pylist() == [0, 1]
+
+
+def test_signatures_are_deterministic_and_estimate_jaccard():
+    rng = random.Random(0)
+    base = [rng.choice(VOCAB) for _ in range(400)]
+    a, b = sets_of(" ".join(base), " ".join(edit(base, list(range(0, 400, 20)), "x")))
+    exact = jaccard(a, b)
+    sig = signatures([a, b], 256, seed=1)
+    again = signatures([b, a], 256, seed=1)
+    assert np.array_equal(sig[0], again[1]) and np.array_equal(sig[1], again[0])  # order-independent
+    assert abs(np.mean(sig[0] == sig[1]) - exact) < 0.08
+    assert not np.array_equal(signatures([a], 256, seed=2)[0], sig[0])
+
+
+def test_default_banding_recalls_at_least_90_percent_at_08():
+    p = MinHashParams()
+    assert collision_probability(0.8, p.bands, p.rows) >= 0.99
+    assert collision_probability(0.8, 9, 13) < 0.5  # datasketch's "optimal" split for 0.8 / 128
+
+
+@pytest.fixture
+def planted(tmp_path):
+    rng = random.Random(42)
+    a = [rng.choice(VOCAB) for _ in range(300)]
+    b = edit(a, [10, 80, 150, 220], "b")  # 4 substitutions, >= 5 words apart
+    c = edit(b, [40, 110, 180, 260], "c")
+    d = [rng.choice(VOCAB) for _ in range(200)]
+    g = [rng.choice(VOCAB) for _ in range(200)]
+    texts = {"A": a, "B": b, "C": c, "D": d, "G": g}
+    write_shard(tmp_path / "in" / "s0.parquet", [" ".join(texts[k]) for k in "ABCD"] + ["too short to compare"],
+                ids=["A", "B", "C", "D", "F"])
+    write_shard(tmp_path / "in" / "s1.parquet", [" ".join(d), " ".join(g)], ids=["D2", "G"])
+    ja, jb, jc = sets_of(*(" ".join(texts[k]) for k in "ABC"))
+    return tmp_path, {"AB": jaccard(ja, jb), "BC": jaccard(jb, jc), "AC": jaccard(ja, jc)}
+
+
+def run(tmp_path, out, workers=None, **params):
+    spec = parse_spec({"name": "mh", "inputs": [str(tmp_path / "in" / "*.parquet")], "output": str(tmp_path / out),
+                       "stages": [{"stage": "minhash_dedup_v1", "params": params}],
+                       "execution": {"num_workers": workers}})
+    manifest = run_job(spec, progress=False)
+    d = pa.concat_tables(pq.read_table(p) for p in sorted(
+        (tmp_path / out / "stages" / "01-minhash_dedup_v1" / "decisions").glob("*.parquet")))
+    return manifest, {r["doc_id"]: {**r, "scores": dict(r["scores"])} for r in d.to_pylist()}
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_known_structure_chain_cross_shard_and_short(planted):
+    tmp_path, j = planted
+    assert j["AB"] >= 0.8 and j["BC"] >= 0.8 and j["AC"] < 0.8  # a real chain
+    manifest, d = run(tmp_path, "out")
+    assert set(d) == {"A", "B", "C", "D", "F", "D2", "G"}  # a lineage row for every document
+    assert d["B"]["decision"] == "drop" and d["B"]["reason"] == "minhash.duplicate"
+    assert d["B"]["survivor_id"] == "A" and d["B"]["scores"]["survivor_jaccard"] == pytest.approx(j["AB"])
+    # C's only verified edge is to B; its Jaccard to the survivor A is below 0.8, so it is kept.
+    assert d["C"]["decision"] == "keep" and d["C"]["survivor_id"] is None
+    assert d["D2"]["decision"] == "drop" and d["D2"]["survivor_id"] == "D"  # cluster across shards
+    assert d["D2"]["scores"]["cluster_size"] == 2 and d["D2"]["scores"]["max_jaccard"] == 1.0
+    assert d["F"]["decision"] == "keep" and d["F"]["scores"]["too_short_to_compare"] == 1.0
+    assert d["G"]["decision"] == "keep" and d["G"]["cluster_id"] is None
+    assert manifest["output"]["rows"] == 5
+    members = cluster_members(tmp_path / "out", "A")
+    assert members["members"] == ["A", "B"] and members["pairs"][0]["jaccard"] == pytest.approx(j["AB"])
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_survivors_are_the_same_for_any_worker_count_and_rule(planted):
+    tmp_path, _ = planted
+    m1, d1 = run(tmp_path, "w1", workers=1)
+    m2, d2 = run(tmp_path, "w2", workers=2)
+    assert {k: (v["decision"], v["survivor_id"]) for k, v in d1.items()} == {
+        k: (v["decision"], v["survivor_id"]) for k, v in d2.items()}
+    assert [f["sha256"] for f in m1["files"]] == [f["sha256"] for f in m2["files"]]
+    _, longest = run(tmp_path, "longest", survivor="longest")
+    assert longest["D"]["survivor_id"] == longest["D2"]["survivor_id"]  # equal length: ties go to the smaller id
+    assert longest["A"]["survivor_id"] in ("A", "B")
