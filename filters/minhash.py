@@ -18,10 +18,12 @@ Documents with fewer words than the n-gram size get no signature and the score f
 
 Fit (corpus-wide, in ``workers/minhash_fit.py``, out of core with DuckDB): candidate
 pairs share a band key; each is verified by the exact Jaccard of the two n-gram
-sets; union-find over verified edges gives components; inside a component documents
-are removed only when their *own* Jaccard to the survivor they are assigned to
-reaches the threshold, so a chain A~B~C with low J(A, C) never removes C for A
-(C starts a cluster of its own instead). Survivors follow ``survivor``.
+sets (≥ ``threshold``); union-find over verified edges gives components, as in
+datatrove. Chains can drift (A~B~C~… with a low J(A, Z)), so inside a component a
+document is removed only when its *own* Jaccard to the survivor it is assigned to is
+at least ``min_survivor_jaccard`` (default 0.5); otherwise it starts a cluster of its
+own among the rest. No document is ever removed for a survivor it shares less than
+half its n-grams with. Survivors follow ``survivor``.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class MinHashParams(StageParams):
     rows: int = Field(6, ge=1, le=64)
     seed: int = 1
     threshold: float = Field(0.8, gt=0, le=1, description="Jaccard a candidate pair must reach to be an edge")
+    min_survivor_jaccard: float = Field(
+        0.5, ge=0, le=1, description="a document is removed only if its Jaccard to its survivor is at least this")
     verify: Literal["exact", "signature"] = "exact"
     survivor: str = Field("min_id", description="min_id | longest | best_score:<stage>.<score>")
     lowercase: bool = True

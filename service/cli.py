@@ -71,7 +71,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"→ {len(shards.files)} shards in {root / 'shards'}")
     spec_data = {
         "name": "demo", "inputs": [str(root / "shards" / "*.parquet")], "output": str(root / "run"),
-        "stages": [{"stage": "exact_dedup_v1"}, {"stage": "quality_rules_v1"}],
+        "stages": [{"stage": "exact_dedup_v1"}, {"stage": "minhash_dedup_v1"}, {"stage": "quality_rules_v1"}],
     }
     spec_path = root / "demo.yaml"
     spec_path.write_text(yaml.safe_dump(spec_data, sort_keys=False))

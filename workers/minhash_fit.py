@@ -61,20 +61,58 @@ def _candidate_pairs(con) -> None:
     """)
 
 
-def _similarity_sql(verify: str, k: int) -> str:
-    if verify == "signature":
-        return f"len(list_filter(list_zip(x.signature, y.signature), lambda z: z[1] = z[2])) / {k}"
-    return ("len(list_intersect(x.shingles, y.shingles)) "
-            "/ (x.n_shingles + y.n_shingles - len(list_intersect(x.shingles, y.shingles)))")
+class _Endpoints:
+    """Signatures and n-gram sets of the documents in at least one candidate pair: the
+    only per-document data that comes into memory (duplicates, not the corpus)."""
+
+    def __init__(self, con, k: int) -> None:
+        t = con.sql("""
+            SELECT ord, shingles, signature FROM docs
+            WHERE ord IN (SELECT a FROM pairs UNION SELECT b FROM pairs) ORDER BY ord
+        """).to_arrow_table()
+        self.ords = t["ord"].to_numpy()
+        sets = t["shingles"].combine_chunks()
+        self.offsets = sets.offsets.to_numpy()
+        self.values = sets.values.to_numpy()
+        self.sig = t["signature"].combine_chunks().values.to_numpy().reshape(-1, k)
+
+    def _rows(self, ords: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.ords, ords)
+
+    def estimate(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        ia, ib = self._rows(a), self._rows(b)
+        out = np.empty(len(ia))
+        for lo in range(0, len(ia), 1 << 16):
+            out[lo:lo + (1 << 16)] = (self.sig[ia[lo:lo + (1 << 16)]] == self.sig[ib[lo:lo + (1 << 16)]]).mean(axis=1)
+        return out
+
+    def exact(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        off, vals = self.offsets, self.values
+        out = np.empty(len(a))
+        for n, (i, j) in enumerate(zip(self._rows(a).tolist(), self._rows(b).tolist(), strict=True)):
+            x, y = vals[off[i]:off[i + 1]], vals[off[j]:off[j + 1]]
+            inter = len(np.intersect1d(x, y, assume_unique=True))
+            out[n] = inter / (len(x) + len(y) - inter)
+        return out
+
+    def similarity(self, a: np.ndarray, b: np.ndarray, verify: str) -> np.ndarray:
+        return self.estimate(a, b) if verify == "signature" else self.exact(a, b)
 
 
-def _jaccard(con, table: str, verify: str, k: int) -> np.ndarray:
-    """Similarity of every (a, b) row of ``table``, as an (n, 3) float array [a, b, J]."""
-    rows = con.execute(f"""
-        SELECT p.a, p.b, {_similarity_sql(verify, k)} AS j
-        FROM {table} p JOIN docs x ON x.ord = p.a JOIN docs y ON y.ord = p.b
-    """).fetchnumpy()
-    return rows
+def _verified_edges(con, ends: _Endpoints, threshold: float, k: int, verify: str):
+    """Candidate pairs at or above the threshold, with their similarity.
+
+    The signature estimate of J has standard deviation sqrt(J(1 − J)/k) (0.037 at
+    J = 0.8, k = 120): pairs estimated more than 5 of those below the threshold are
+    rejected without the dearer exact n-gram intersection."""
+    pairs = con.execute("SELECT a, b FROM pairs").fetchnumpy()
+    a, b = pairs["a"], pairs["b"]
+    est = ends.estimate(a, b)
+    floor = threshold - 5 * (threshold * (1 - threshold) / k) ** 0.5 if verify == "exact" else threshold
+    a, b, est = a[est >= floor], b[est >= floor], est[est >= floor]
+    sim = est if verify == "signature" else ends.exact(a, b)
+    ok = sim >= threshold
+    return a[ok], b[ok], sim[ok]
 
 
 def _find(parent: dict[int, int], x: int) -> int:
@@ -129,16 +167,15 @@ def fit_minhash(layout: JobLayout, shards: list[Shard], index: int, stage: MinHa
         con = _connect(Path(scratch))
         _load_docs(con, layout, shards, index, stage.name)
         _candidate_pairs(con)
-        scored = _jaccard(con, "pairs", p.verify, k)
-        ok = scored["j"] >= p.threshold
-        a, b, j = scored["a"][ok], scored["b"][ok], scored["j"][ok]
+        ends = _Endpoints(con, k)
+        a, b, j = _verified_edges(con, ends, p.threshold, k, p.verify)
         best: dict[int, float] = defaultdict(float)
         for u, v, s in zip(a.tolist(), b.tolist(), j.tolist(), strict=True):
             best[u] = max(best[u], s)
             best[v] = max(best[v], s)
         groups = _components(a, b)
         order = _survivor_order(con, layout, p.survivor, stage_names, [m for g in groups for m in g])
-        assigned = _assign(con, groups, order, p.threshold, p.verify, k)
+        assigned = _assign(ends, groups, order, p.min_survivor_jaccard, p.verify)
         ids = dict(con.execute("SELECT ord, id FROM docs WHERE ord IN (SELECT ord FROM members)").fetchall())
         con.close()
     sizes: dict[int, int] = defaultdict(int)
@@ -155,11 +192,12 @@ def fit_minhash(layout: JobLayout, shards: list[Shard], index: int, stage: MinHa
     })
 
 
-def _assign(con, groups: list[list[int]], order: dict, threshold: float, verify: str, k: int) -> dict:
+def _assign(ends: _Endpoints, groups: list[list[int]], order: dict, threshold: float, verify: str) -> dict:
     """Member → (survivor, its Jaccard to the survivor). In each component, the first
-    member by survivor order survives; members at ≥ threshold to it join it; the rest
-    repeat the procedure among themselves (a chain never removes a document for a
-    survivor it is not itself similar to)."""
+    member by survivor order survives; members at ≥ ``threshold`` (the stage's
+    ``min_survivor_jaccard``) to it join it; the rest repeat the procedure among
+    themselves, so a drifting chain never removes a document for a survivor it is not
+    itself similar to."""
     assigned: dict[int, tuple[int, float]] = {}
     pending = [sorted(g, key=order.__getitem__) for g in groups]
     while pending:
@@ -168,9 +206,8 @@ def _assign(con, groups: list[list[int]], order: dict, threshold: float, verify:
             assigned[g[0]] = (g[0], 1.0)
             pairs_a += [g[0]] * (len(g) - 1)
             pairs_b += g[1:]
-        con.register("probe", pa.table({"a": pa.array(pairs_a, pa.int64()), "b": pa.array(pairs_b, pa.int64())}))
-        sims = _jaccard(con, "probe", verify, k)
-        sim = {(u, v): s for u, v, s in zip(sims["a"].tolist(), sims["b"].tolist(), sims["j"].tolist(), strict=True)}
+        sims = ends.similarity(np.array(pairs_a, np.int64), np.array(pairs_b, np.int64), verify).tolist()
+        sim = dict(zip(zip(pairs_a, pairs_b, strict=True), sims, strict=True))
         nxt = []
         for g in pending:
             rest = []

@@ -1,0 +1,110 @@
+"""MinHash signature throughput: ``minhash_dedup_v1`` vs datasketch, same documents, same run.
+
+* baseline: datasketch ``MinHash(num_perm=K).update_batch`` once per document on the
+  document's 5-gram strings (its default sha1 hashing) — datasketch's per-document path;
+* ours, signatures only: ``filters.minhash.signatures`` over the same documents' 5-gram
+  hash sets (numpy, chunked);
+* ours, whole score step: normalise + shingle + signatures + band keys
+  (``MinHashDedupV1.score``), on 1 core and on all cores (one process per core).
+
+Shingling for the first two columns is done beforehand and not timed.
+
+    python bench/bench_minhash.py [--docs 5000] [--data ../shared/data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import random
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pyarrow as pa
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from filters.minhash import MinHashDedupV1, MinHashParams, normalise, shingle_hashes, signatures  # noqa: E402
+
+
+def synthetic(n: int, seed: int = 0) -> list[str]:
+    """~2 kB documents of random English-like words."""
+    rng = random.Random(seed)
+    vocab = ["".join(rng.choice("etaoinshrdlucmfwypvbgkjqxz") for _ in range(rng.randint(2, 9))) for _ in range(20000)]
+    docs = []
+    for _ in range(n):
+        words, size = [], 0
+        while size < 2000:
+            w = rng.choice(vocab)
+            words.append(w)
+            size += len(w) + 1
+        docs.append(" ".join(words))
+    return docs
+
+
+def _score(texts: list[str]) -> int:
+    MinHashDedupV1().score(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts}))
+    return len(texts)
+
+
+def measure(name: str, texts: list[str], cores: int) -> str:
+    from datasketch import MinHash
+
+    p = MinHashParams()
+    k = p.bands * p.rows
+    words = [normalise(t, p).split() for t in texts]
+    grams = [[" ".join(w[i:i + 5]).encode() for i in range(len(w) - 4)] for w in words]
+    keep = [i for i, g in enumerate(grams) if g]
+    grams = [grams[i] for i in keep]
+    cache: dict[str, int] = {}
+    sets = [shingle_hashes(words[i], 5, cache) for i in keep]
+
+    t = time.perf_counter()
+    for g in grams:
+        m = MinHash(num_perm=k, seed=1)
+        m.update_batch(g)
+    base = len(grams) / (time.perf_counter() - t)
+
+    t = time.perf_counter()
+    signatures(sets, k, p.seed)
+    ours = len(sets) / (time.perf_counter() - t)
+
+    t = time.perf_counter()
+    _score(texts)
+    full1 = len(texts) / (time.perf_counter() - t)
+
+    parts = [texts[i::cores] for i in range(cores)]
+    with ProcessPoolExecutor(cores) as pool:
+        list(pool.map(_score, [p[:50] for p in parts]))  # warm the workers (imports, tables)
+        t = time.perf_counter()
+        list(pool.map(_score, parts))
+        full_all = len(texts) / (time.perf_counter() - t)
+    return (f"| {name} | {len(texts)} | {k} | {base:,.0f} | {ours:,.0f} | {ours / base:.1f}× | {full1:,.0f} "
+            f"| {full_all:,.0f} ({cores} cores) |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--docs", type=int, default=5000, help="synthetic documents")
+    args = ap.parse_args()
+    cores = os.cpu_count() or 1
+    print("| corpus | docs | perms | datasketch update_batch docs/s (1 core) | ours signatures docs/s (1 core) "
+          "| ours ÷ datasketch | ours full score docs/s (1 core) | ours full score docs/s (all cores) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    man = args.data / "debian" / "manpages_rendered.jsonl.gz"
+    if man.exists():
+        with gzip.open(man, "rt", encoding="utf-8") as f:
+            print(measure("debian man pages", [json.loads(line)["text"] for line in f], cores))
+    else:
+        print(f"(skipped the man pages: {man} absent)", file=sys.stderr)
+    print(measure("synthetic 2 kB", synthetic(args.docs), cores))
+
+
+if __name__ == "__main__":
+    main()
