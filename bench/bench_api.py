@@ -20,7 +20,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,11 @@ from pathlib import Path
 import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from service.ray_head import free_port  # noqa: E402
 
 WORDS = [
     "the", "of", "and", "to", "in", "is", "that", "with", "for", "as", "on", "was", "by", "it", "be", "at",
@@ -45,12 +49,6 @@ def build_corpus(folder: Path, shards: int, docs: int) -> None:
         texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(50, 600))) + "." for _ in range(docs)]
         ids = [f"s{s}-{i}" for i in range(docs)]
         pq.write_table(pa.table({"id": ids, "text": texts}), folder / f"s{s:02d}.parquet")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def hammer(client: httpx.AsyncClient, url: str, headers: dict, clients: int, until) -> list[float]:
