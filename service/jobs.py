@@ -167,13 +167,22 @@ class JobService:
     async def refresh(self, job_id: str) -> dict:
         row = await self._get_row(job_id)
         live = self.live.setdefault(job_id, {"state": row["state"], "progress": None, "checked_at": 0.0})
-        if row["state"] in TERMINAL and live.get("progress") is not None:
+        if row["state"] in TERMINAL:  # final: Ray need not remember it (e.g. after a restart)
+            if live.get("progress") is None:
+                live["progress"] = await asyncio.to_thread(job_progress, row["output"])
+                live["checked_at"] = time.time()
+            live["state"] = row["state"]
             return live
-        info = await asyncio.to_thread(self._client.get_job_info, row["submission_id"])
-        state = RAY_STATES.get(str(info.status).split(".")[-1], "queued")
+        try:
+            info = await asyncio.to_thread(self._client.get_job_info, row["submission_id"])
+            state = RAY_STATES.get(str(info.status).split(".")[-1], "queued")
+        except RuntimeError as exc:  # the cluster no longer knows the submission
+            if "not exist" not in str(exc) and "not found" not in str(exc).lower():
+                raise
+            info, state = None, "failed"
         live["progress"] = await asyncio.to_thread(job_progress, row["output"])
         live["checked_at"] = time.time()
-        if state in TERMINAL and row["state"] not in TERMINAL:
+        if state in TERMINAL:
             error = await self._failure_reason(row, info) if state == "failed" else None
             row.update(state=state, error=error)
             await self._save(row)
@@ -182,6 +191,9 @@ class JobService:
         return live
 
     async def _failure_reason(self, row: dict, info: Any) -> str:
+        if info is None:
+            return (f"Ray has no record of submission {row['submission_id']} (was the cluster restarted?); "
+                    f"POST /jobs/{row['job_id']}/retry resumes the job from its completion markers")
         try:
             logs = await asyncio.to_thread(self._client.get_job_logs, row["submission_id"])
         except Exception:  # noqa: BLE001 - fall back to Ray's own message
@@ -266,11 +278,11 @@ class JobService:
         return dict(row)
 
     async def view(self, job_id: str) -> dict:
-        row = await self._get_row(job_id)
-        live = self.live.get(job_id) or await self.refresh(job_id)
-        if live.get("checked_at", 0) == 0:
+        await self._get_row(job_id)  # 404 for an unknown job
+        live = self.live.get(job_id)
+        if live is None or not live.get("checked_at"):
             live = await self.refresh(job_id)
-        return self._view(row, live)
+        return self._view(self.rows[job_id], live)
 
     def _view(self, row: dict, live: dict) -> dict:
         state = live["state"] if row["state"] not in TERMINAL else row["state"]

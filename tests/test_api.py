@@ -257,3 +257,16 @@ def test_unavailable_and_internal_errors_use_the_same_body(api, done_job, monkey
     quiet = TestClient(api.app, raise_server_exceptions=False)  # same running app, no second lifespan
     assert_error(quiet.get(f"/jobs/{done_job['job_id']}/stats", headers=api.read), 500, "internal_error",
                  "RuntimeError: disk on fire")
+
+
+def test_a_job_ray_forgot_is_reported_failed_and_can_be_retried(api, done_job):
+    """After a restart of a local Ray head, Ray no longer knows running submissions."""
+    jobs = api.app.state.jobs
+    row = {**jobs.rows[done_job["job_id"]], "job_id": "lost-0000000000", "state": "running",
+           "submission_id": "lost-0000000000-1-abcdef", "idempotency_key": None,
+           "output": str(api.root / "runs" / "lost")}
+    api.portal.call(jobs._save, row)
+    jobs.live.pop("lost-0000000000", None)
+    job = api.get("/jobs/lost-0000000000", headers=api.read).json()
+    assert job["state"] == "failed" and "Ray has no record of submission" in job["error"]
+    assert "POST /jobs/lost-0000000000/retry" in job["error"]
