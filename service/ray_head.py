@@ -108,14 +108,18 @@ class LocalRayHead:
 
 
 def _pids_with(marker: str) -> list[int]:
+    """Processes whose command line mentions ``marker`` or that hold a file under it.
+    Ray renames some of its processes (``ray::DashboardAgent``), so the command line
+    alone misses them; they all keep log files open in the head's temp dir."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            hit = marker in cmdline or any(marker in os.readlink(fd) for fd in (entry / "fd").iterdir())
         except OSError:
             continue
-        if marker in cmdline:
+        if hit:
             pids.append(int(entry.name))
     return pids

@@ -1,8 +1,8 @@
 """The corpus-wide step of ``minhash_dedup_v1``, out of core with DuckDB.
 
-Band keys, signatures and n-gram sets stay in the stage's score files; DuckDB groups
-band keys into buckets, expands buckets into candidate pairs and verifies them, and
-spills to disk when they do not fit in memory. Python only ever holds the verified
+Band keys, signatures and n-gram sets stay in the stage's score files (``docs`` is a
+view over them: nothing is copied); DuckDB groups band keys into buckets and expands
+buckets into candidate pairs, spilling to disk when they do not fit in memory. Python only ever holds the verified
 edges and the members of non-trivial clusters, never a per-document dict of the
 corpus.
 """
@@ -35,16 +35,20 @@ def _connect(scratch: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def _sql_list(paths: list[str]) -> str:
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+
+
 def _load_docs(con, layout: JobLayout, shards: list[Shard], index: int, stage: str) -> None:
     paths = [str(layout.scores(index, stage, s.key)) for s in shards]
     con.register("shard_files", pa.table({"filename": paths, "shard": pa.array([s.index for s in shards], pa.int64())}))
-    con.execute("""
-        CREATE TEMP TABLE docs AS
+    con.execute(f"""
+        CREATE TEMP VIEW docs AS
         SELECT (f.shard << 32) + s.row AS ord, s.id, s.chars, s.n_shingles, s.shingles, s.signature, s.band_keys
-        FROM read_parquet($paths, filename = true) s
+        FROM read_parquet({_sql_list(paths)}, filename = true) s
         JOIN shard_files f USING (filename)
         WHERE NOT s.too_short_to_compare
-    """, {"paths": paths})
+    """)
 
 
 def _candidate_pairs(con) -> None:
