@@ -63,6 +63,11 @@ def _unicode_table() -> list:
     return table
 
 
+@lru_cache(maxsize=1)
+def _punctuation_only() -> dict[int, str]:
+    return {cp: " " for cp, v in enumerate(_unicode_table()) if v == " "}
+
+
 class MinHashParams(StageParams):
     ngram: int = Field(5, ge=1, le=32)
     bands: int = Field(20, ge=1, le=512)
@@ -103,7 +108,7 @@ def normalise(text: str, p: MinHashParams) -> str:
     elif p.strip_punctuation and p.strip_accents:  # one pass: NFD, then punctuation and marks
         text = unicodedata.normalize("NFD", text).translate(_unicode_table())
     elif p.strip_punctuation:
-        text = text.translate({cp: " " for cp, v in enumerate(_unicode_table()) if v == " "})
+        text = text.translate(_punctuation_only())
     elif p.strip_accents:
         text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
     return " ".join(text.split())

@@ -11,6 +11,7 @@ own ``write_parquet`` names files itself and cannot give that.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shutil
@@ -167,15 +168,20 @@ def run_pass(spec: JobSpec, job_id: str, shards: list[Shard], steps: list[Step],
         raise JobError(errors[0] if len(errors) == 1 else f"{len(errors)} shards failed; first:\n{errors[0]}")
 
 
+# Corpus-wide fits that read the stage's score files themselves (out of core, e.g. with
+# DuckDB) instead of receiving every score in one in-memory table.
+FILE_FITS = {"minhash_dedup_v1": "workers.minhash_fit:fit_minhash"}
+
+
 def run_fit(layout: JobLayout, shards: list[Shard], step: Step, stage, stage_names: list[str]) -> None:
     marker = layout.marker(step.name)
     if marker.exists():
         return
     started = time.perf_counter()
-    if step.stage == "minhash_dedup_v1":  # out of core: DuckDB over the score files
-        from workers.minhash_fit import fit_minhash
-
-        fitted = fit_minhash(layout, shards, step.stage_index, stage, stage_names)
+    if step.stage in FILE_FITS:  # out of core: the fit reads the score files itself
+        module, _, name = FILE_FITS[step.stage].partition(":")
+        fit = getattr(importlib.import_module(module), name)
+        fitted = fit(layout, shards, step.stage_index, stage, stage_names)
         rows = sum(s.rows for s in shards)
     else:
         parts = []
