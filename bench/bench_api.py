@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import re
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +30,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.ray_head import free_port  # noqa: E402
+from service.local_server import LocalServer  # noqa: E402
 
 WORDS = [
     "the", "of", "and", "to", "in", "is", "that", "with", "for", "as", "on", "was", "by", "it", "be", "at",
@@ -83,7 +79,7 @@ async def measure(base: str, auth: dict, clients: int) -> None:
         async def state() -> str:
             return (await client.get(job_url, headers=auth)).json()["state"]
 
-        while await state() != "running":
+        while await state() == "queued":
             await asyncio.sleep(0.2)
         rows = []
         t_end = time.monotonic() + 5
@@ -120,30 +116,14 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=4000)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="curate-bench-api-"))
-    port = free_port()
     build_corpus(work / "data", args.shards, args.docs)
-    env = {**os.environ, "CURATE_HOME": str(work / "home"), "CURATE_DATA_ROOTS": str(work / "data"),
-           "CURATE_PORT": str(port)}
-    env.pop("RAY_ADDRESS", None)
-    log = open(work / "serve.log", "w+")  # noqa: SIM115 - open for the server's lifetime
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        key = re.search(r"(curate_[\w-]+)", (work / "serve.log").read_text()).group(1)
-        asyncio.run(measure(base, {"Authorization": f"Bearer {key}"}, args.clients))
+        # RAY_ADDRESS unset: the server starts (and stops) its own local Ray head.
+        with LocalServer(work / "home", work / "data", unset=("RAY_ADDRESS",), log=work / "serve.log",
+                         ) as server:
+            asyncio.run(measure(server.base, server.auth, args.clients))
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
         shutil.rmtree(work, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

@@ -24,9 +24,10 @@ from pydantic import BaseModel, ConfigDict
 
 ID = "id"
 TEXT = "text"
-# Global input order (shard index << 32 | row), given to ``fit`` so survivors are
+# Global input order (shard index << ORDER_SHARD_SHIFT | row), given to ``fit`` so survivors are
 # chosen by a rule that does not depend on worker count or scheduling.
 ORDER = "order"
+ORDER_SHARD_SHIFT = 32
 
 
 class StageParams(BaseModel):

@@ -66,9 +66,9 @@ class Database:
         self._executor.shutdown()
 
 
-def _rows(catalog: Catalog, where: str = "", params: list | None = None) -> list[dict]:
-    sql = f"SELECT {', '.join(COLUMNS)} FROM api_jobs {where} ORDER BY created_at, job_id"
-    return [dict(zip(COLUMNS, r, strict=True)) for r in catalog.con.execute(sql, params or []).fetchall()]
+def _rows(catalog: Catalog) -> list[dict]:
+    sql = f"SELECT {', '.join(COLUMNS)} FROM api_jobs ORDER BY created_at, job_id"
+    return [dict(zip(COLUMNS, r, strict=True)) for r in catalog.con.execute(sql).fetchall()]
 
 
 def _upsert(catalog: Catalog, row: dict) -> None:

@@ -5,11 +5,7 @@ run of the OpenAPI schema, and the local Ray head started and stopped with the s
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,33 +17,14 @@ import schemathesis
 from conftest import GOOD, write_shard
 from schemathesis.checks import not_a_server_error
 
-from service.ray_head import _pids_with, free_port
+from service.local_server import LocalServer
+from service.ray_head import _pids_with
 
 
 def start_server(tmp_path, env_extra: dict[str, str], unset: tuple[str, ...] = ()):
-    port = free_port()
-    env = {**os.environ, "CURATE_HOME": str(tmp_path / "home"), "CURATE_DATA_ROOTS": str(tmp_path / "data"),
-           "CURATE_PORT": str(port), "CURATE_POLL_SECONDS": "0.3", **env_extra}
-    for key in unset:
-        env.pop(key, None)
-    log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 - kept open for the server's lifetime
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    else:
-        proc.kill()
-        raise AssertionError("server not ready: " + (tmp_path / "serve.log").read_text()[-3000:])
-    key = re.search(r"(curate_[\w-]+)", (tmp_path / "serve.log").read_text()).group(1)
-    return proc, base, {"Authorization": f"Bearer {key}"}
+    server = LocalServer(tmp_path / "home", tmp_path / "data", env={"CURATE_POLL_SECONDS": "0.3", **env_extra},
+                         unset=unset, log=tmp_path / "serve.log").start()
+    return server, server.base, server.auth
 
 
 def _cmdline(pid: int) -> str:
@@ -57,25 +34,16 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def stop_server(proc) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-
-
 @pytest.fixture(scope="module")
 def server(ray_head, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("serve")
     for s in range(4):
         write_shard(tmp_path / "data" / f"s{s}.parquet", [GOOD + f" Shard {s}, doc {i}." for i in range(300)]
                     + [GOOD, "Too short."], ids=[f"s{s}-{i}" for i in range(302)])
-    proc, base, auth = start_server(tmp_path, {"RAY_ADDRESS": ray_head.address,
-                                               "CURATE_RAY_JOBS_URL": ray_head.jobs_url})
+    running, base, auth = start_server(tmp_path, {"RAY_ADDRESS": ray_head.address,
+                                                "CURATE_RAY_JOBS_URL": ray_head.jobs_url})
     yield base, auth, tmp_path
-    stop_server(proc)
+    running.stop()
 
 
 def test_first_start_prints_an_admin_key_once(server):
@@ -142,11 +110,11 @@ def test_openapi_schema_fuzz_finds_no_server_errors(case, server):
 
 def test_serve_without_ray_address_owns_a_local_head(tmp_path, ray_head):
     (tmp_path / "data").mkdir()
-    proc, base, _ = start_server(tmp_path, {}, unset=("RAY_ADDRESS", "CURATE_RAY_JOBS_URL"))
+    server, base, _ = start_server(tmp_path, {}, unset=("RAY_ADDRESS", "CURATE_RAY_JOBS_URL"))
     temp_dirs = set(re.findall(r"/tmp/curate-ray-\w+", " ".join(map(_cmdline, _pids_with("/tmp/curate-ray-")))))
     own = temp_dirs - {str(ray_head.temp_dir)}
     assert len(own) == 1, temp_dirs  # the server started exactly one head of its own
     assert httpx.get(f"{base}/readyz").json()["checks"] == {"duckdb": True, "ray": True}
-    stop_server(proc)
+    server.stop()
     assert not _pids_with(own.pop())  # ... and stopped it on shutdown
     assert _pids_with(str(ray_head.temp_dir))  # other clusters untouched

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from filters.base import ID, ORDER
+from filters.base import ID, ORDER, ORDER_SHARD_SHIFT
 from workers import atomic
 from workers.layout import JobLayout
 from workers.runner import ShardRunner, Step, build_stages
@@ -187,7 +187,7 @@ def run_fit(layout: JobLayout, shards: list[Shard], step: Step, stage, stage_nam
         parts = []
         for shard in shards:
             t = pq.read_table(layout.scores(step.stage_index, step.stage, shard.key))
-            order = pc.add(pc.multiply(pa.scalar(shard.index, pa.int64()), pa.scalar(1 << 32, pa.int64())), t[ROW])
+            order = pc.add(pa.scalar(shard.index << ORDER_SHARD_SHIFT, pa.int64()), t[ROW])
             parts.append(t.append_column(ORDER, order))
         scores = pa.concat_tables(parts)
         fitted = stage.fit(scores.select([ID, ORDER] + [c for c in scores.column_names if c not in (ID, ORDER, ROW)]))

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from filters.base import ID
+from filters.base import ID, ORDER_SHARD_SHIFT
 from filters.minhash import MinHashDedupV1, jaccard
 from workers.layout import JobLayout
 from workers.shards import Shard
@@ -44,7 +44,8 @@ def _load_docs(con, layout: JobLayout, shards: list[Shard], index: int, stage: s
     con.register("shard_files", pa.table({"filename": paths, "shard": pa.array([s.index for s in shards], pa.int64())}))
     con.execute(f"""
         CREATE TEMP VIEW docs AS
-        SELECT (f.shard << 32) + s.row AS ord, s.id, s.chars, s.n_shingles, s.shingles, s.signature, s.band_keys
+        SELECT (f.shard << {ORDER_SHARD_SHIFT}) + s.row AS ord,
+               s.id, s.chars, s.n_shingles, s.shingles, s.signature, s.band_keys
         FROM read_parquet({_sql_list(paths)}, filename = true) s
         JOIN shard_files f USING (filename)
         WHERE NOT s.too_short_to_compare
