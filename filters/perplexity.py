@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from filters.base import TEXT, Selection, Stage, StageParams
 from filters.lm.base import DocScore
-from filters.lm.models import SMOLLM2, resolve_model
+from filters.lm.models import SMOLLM2, check_model, resolve_model
 
 
 class _Mode(BaseModel):
@@ -113,6 +113,12 @@ class PerplexityParams(StageParams):
             raise ValueError("the kenlm backend needs model: <path to a KenLM .arpa or .bin>")
         if self.num_gpus and self.backend != "transformers":
             raise ValueError("num_gpus needs backend: transformers")
+        for path in (self.model, self.sp_model):
+            if path is not None:
+                try:
+                    check_model(path)
+                except (FileNotFoundError, ImportError) as exc:
+                    raise ValueError(str(exc)) from None
         return self
 
 

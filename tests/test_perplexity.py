@@ -12,7 +12,6 @@ import pytest
 from conftest import GOOD, write_shard
 
 from workers.driver import run_job
-from workers.layout import JobLayout
 from workers.reselect import ReselectError, preview_selection
 from workers.spec import parse_spec
 
@@ -98,3 +97,32 @@ def test_new_mode_or_threshold_is_a_reselect_never_a_rescore(ray_cluster, corpus
     with pytest.raises(ReselectError, match="window"):
         preview_selection(out, 1, {"window": 128})
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in score_files} == before
+
+
+def test_gpu_request_on_a_cpu_cluster_fails_before_waiting(ray_cluster, corpus):
+    from workers.driver import JobError
+
+    tmp_path, _, _ = corpus
+    with pytest.raises(JobError, match=r"num_gpus=1\.0 per actor but the Ray cluster has 0 GPUs"):
+        run_job(_spec(tmp_path, {"num_gpus": 1}), progress=False)
+
+
+def test_corrupt_model_file_fails_the_job_naming_the_stage(ray_cluster, corpus):
+    from workers.driver import JobError
+
+    tmp_path, _, _ = corpus
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(JobError, match="perplexity_v1: cannot load its model"):
+        run_job(_spec(tmp_path, {"backend": "llama_cpp", "model": str(bad)}), progress=False)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_missing_model_or_package_is_a_spec_error(tmp_path):
+    from filters.lm.base import MissingDependency, require
+    from workers.spec import SpecError
+
+    with pytest.raises(SpecError, match="params: model not found: /no/such.arpa"):
+        _spec(tmp_path, {"backend": "kenlm", "model": "/no/such.arpa"})
+    with pytest.raises(MissingDependency, match="pip install no-such-package"):
+        require("no_such_module", "no-such-package", "test")

@@ -25,7 +25,7 @@ def tiny_lm(tmp_path_factory):
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                                 unk_token="<unk>")
     config = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
                                       bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config)
@@ -122,3 +122,8 @@ def test_llama_cpp_truncates_to_the_window(smollm2):
     [score] = smollm2.score([text])
     assert score.tokens == 128 and score.doc_tokens > 128 and score.truncated
     assert 0 < score.bytes < len(text)
+
+
+def test_window_beyond_the_trained_context_is_refused(tiny_lm):
+    with pytest.raises(ValueError, match="window 2048 exceeds the context 1024"):
+        _scorer(tiny_lm["random"], window=2048)

@@ -111,7 +111,7 @@ def test_selection_on_bits_per_byte():
 @pytest.mark.parametrize("params,field", [
     ({"window": 64, "stride": 65}, "stride"),
     ({"backend": "kenlm"}, "kenlm"),
-    ({"num_gpus": 1}, "num_gpus"),
+    ({"num_gpus": 1, "backend": "llama_cpp"}, "num_gpus"),
     ({"select": {"mode": "band", "keep_ratio": 0}}, "keep_ratio"),
     ({"select": {"mode": "buckets", "percentiles": [60, 30]}}, "ascending"),
     ({"select": {"mode": "buckets", "percentiles": [30, 60], "cutoffs": [1, 2]}}, "either"),

@@ -134,16 +134,38 @@ def _bar_labels(steps: list[Step]) -> list[str]:
 
 
 class _ShardActor:
-    """Ray Data actor for passes that score with a model: the model loads once, in
-    ``__init__``, and then serves every shard the actor is given."""
+    """Ray Data actor for passes that score with a model: the model loads once, on the
+    actor's first batch, and then serves every shard the actor is given. (No constructor
+    arguments: Ray warns that actors restarted from object-store arguments may fail.)"""
 
-    def __init__(self, spec_json: str, job_id: str, load: list[int]) -> None:
-        self.runner = _runner_for(spec_json, job_id)
-        for index in load:
-            self.runner.stages[index].load()
+    def __init__(self) -> None:
+        self.loaded = False
 
     def __call__(self, batch: dict, spec_json: str, job_id: str, steps: list[dict]) -> dict:
+        if not self.loaded:
+            runner = _runner_for(spec_json, job_id)
+            try:
+                for st in steps:
+                    if st["kind"] == "score":
+                        runner.stages[st["stage_index"]].load()
+            except Exception as exc:  # noqa: BLE001 - reported per shard, like any stage error
+                error = f"{st['stage']}: cannot load its model: {type(exc).__name__}: {exc}"
+                return {"shard": [str(p) for p in batch["path"]], "error": [error] * len(batch["path"])}
+            self.loaded = True
         return _run_shards(batch, spec_json, job_id, steps)
+
+
+def _actor_count(params, stage: str) -> int:
+    """Actors for a model stage; refuses requests the cluster can never meet (Ray would wait forever)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus, gpus = int(resources.get("CPU", 0)), resources.get("GPU", 0)
+    if params.cpus_per_actor > cpus:
+        raise JobError(f"{stage}: cpus_per_actor={params.cpus_per_actor} but the Ray cluster has {cpus} CPUs")
+    if params.num_gpus > gpus:
+        raise JobError(f"{stage}: num_gpus={params.num_gpus} per actor but the Ray cluster has {gpus:g} GPUs")
+    return params.num_actors or max(1, cpus // params.cpus_per_actor)
 
 
 def _model_scoring(stages, steps: list[Step]) -> list[int]:
@@ -164,12 +186,10 @@ def run_pass(spec: JobSpec, job_id: str, shards: list[Shard], steps: list[Step],
     if model_stages:
         # One actor per model replica, each holding the model for the whole pass.
         params = stages[model_stages[0]].params
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        size = params.num_actors or max(1, cpus // params.cpus_per_actor)
+        size = _actor_count(params, stages[model_stages[0]].name)
         ds = ds.map_batches(
-            _ShardActor, fn_kwargs=fn_kwargs,
-            fn_constructor_kwargs={"spec_json": fn_kwargs["spec_json"], "job_id": job_id, "load": model_stages},
-            batch_size=1, compute=ray.data.ActorPoolStrategy(size=max(1, min(size, len(shards)))),
+            _ShardActor, fn_kwargs=fn_kwargs, batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=max(1, min(size, len(shards)))),
             num_cpus=params.cpus_per_actor, num_gpus=params.num_gpus or None,
         )
     else:

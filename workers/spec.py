@@ -46,7 +46,8 @@ class StageSpec(_Strict):
             self.params = cls.Params.model_validate(self.params).model_dump(mode="json")
         except ValidationError as exc:
             details = "; ".join(
-                f"params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+                f"params{''.join('.' + str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
             )
             raise ValueError(details) from None
         return self

