@@ -157,6 +157,9 @@ def cutoffs(sorted_scores: np.ndarray, select) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+_UNSET = object()
+
+
 class PerplexityV1(Stage):
     name = "perplexity_v1"
     Params = PerplexityParams
@@ -171,6 +174,8 @@ class PerplexityV1(Stage):
     def __init__(self, params=None) -> None:
         super().__init__(params)
         self._scorer = None
+        self._dist_source: object = _UNSET
+        self._dist = np.array([])
 
     def load(self) -> None:
         """Load the model now (once per actor) rather than on the first shard."""
@@ -200,20 +205,28 @@ class PerplexityV1(Stage):
         })
 
     def fit(self, scores: pa.Table) -> pa.Table:
-        """The sorted score distribution (both scores), independent of the selection params."""
-        out = {}
-        for column in ("perplexity", "bits_per_byte"):
-            values = scores[column].drop_null().to_numpy(zero_copy_only=False)
-            out[column] = np.sort(values[np.isfinite(values)])
-        n = max(len(v) for v in out.values())
-        return pa.table({c: pa.array(np.pad(v, (0, n - len(v)), constant_values=np.nan)) for c, v in out.items()})
+        """This job's score distribution (both scores and the length), independent of the
+        selection params, so any mode or threshold can be cut from it later."""
+        return scores.select(["perplexity", "bits_per_byte", "chars"])
+
+    def _distribution(self, fitted: pa.Table | None) -> np.ndarray:
+        """Sorted scores of the documents ``select`` ranks: scored and at least ``min_chars`` long."""
+        p = self.params
+        if fitted is not self._dist_source:  # one sort per fit result, not one per shard
+            if fitted is None:
+                dist = np.array([])
+            else:
+                values = fitted[p.score].to_numpy(zero_copy_only=False).astype(float)
+                long_enough = fitted["chars"].to_numpy(zero_copy_only=False) >= p.min_chars
+                dist = np.sort(values[long_enough & np.isfinite(values)])
+            self._dist_source, self._dist = fitted, dist
+        return self._dist
 
     def select(self, scores: pa.Table, fitted: pa.Table | None) -> Selection:
         p = self.params
         values = scores[p.score].to_pylist()
         eligible = [c >= p.min_chars for c in scores["chars"].to_pylist()]
-        dist = np.array([]) if fitted is None else fitted[p.score].to_numpy(zero_copy_only=False)
-        dist = dist[~np.isnan(dist)]
+        dist = self._distribution(fitted)
         sel = p.select
         lo = hi = None
         if isinstance(sel, (Band, Buckets)):

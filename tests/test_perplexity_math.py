@@ -103,6 +103,15 @@ def test_threshold_empty_and_short_reasons():
     assert sel.reason == [None, "perplexity.too_high", "perplexity.too_low", "perplexity.empty", "perplexity.too_short"]
 
 
+def test_too_short_documents_are_left_out_of_the_band():
+    stage = PerplexityV1({"select": {"mode": "band", "band": "low", "keep_ratio": 0.5}, "min_chars": 300})
+    table = _scores([float(v) for v in range(1, 11)])
+    table = table.set_column(2, "chars", pa.array([100] * 4 + [1000] * 6, pa.int64()))  # 1-4 too short
+    sel = stage.select(table, stage.fit(table))
+    assert sel.reason[:4] == ["perplexity.too_short"] * 4
+    assert sel.keep == [False] * 4 + [True] * 3 + [False] * 3  # half of the 6 ranked documents
+
+
 def test_selection_on_bits_per_byte():
     stage = PerplexityV1({"select": {"mode": "max_perplexity", "max": 0.5}, "score": "bits_per_byte"})
     assert stage.select(_scores([10.0, 60.0]), None).keep == [True, False]  # bpb 0.1 and 0.6

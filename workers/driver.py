@@ -135,8 +135,9 @@ def _bar_labels(steps: list[Step]) -> list[str]:
 
 class _ShardActor:
     """Ray Data actor for passes that score with a model: the model loads once, on the
-    actor's first batch, and then serves every shard the actor is given. (No constructor
-    arguments: Ray warns that actors restarted from object-store arguments may fail.)"""
+    actor's first batch, and then serves every shard the actor is given. Loading there
+    rather than in ``__init__`` lets a model that fails to load fail the job with the
+    stage named, like any shard error, instead of as a crashed actor."""
 
     def __init__(self) -> None:
         self.loaded = False
