@@ -237,8 +237,18 @@ class PerplexityV1(Stage):
             keep.append(why is None)
             reason.append(why)
             bucket.append(b)
-        extra = {"bucket": bucket} if isinstance(sel, Buckets) else None
+        extra = None
+        if lo is not None:
+            # The cut itself goes into lineage, so "why" shows the score and the bound it crossed.
+            n = len(values)
+            extra = {"cutoff_low": [_finite(lo)] * n, "cutoff_high": [_finite(hi)] * n}
+            if isinstance(sel, Buckets):
+                extra["bucket"] = bucket
         return Selection(keep=keep, reason=reason, extra_scores=extra)
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def _decide(v: float | None, long_enough: bool, sel, lo, hi) -> tuple[str | None, float | None]:

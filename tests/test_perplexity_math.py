@@ -92,6 +92,7 @@ def test_fixed_bucket_cutoffs_and_bucket_recorded():
     sel = stage.select(_scores([100.0, 340.0, 519.9, 520.0, 9000.0]), stage.fit(_scores([1.0])))
     assert sel.reason == [None, None, None, "perplexity.bucket_tail", "perplexity.bucket_tail"]
     assert sel.extra_scores["bucket"] == [0.0, 1.0, 1.0, 2.0, 2.0]
+    assert sel.extra_scores["cutoff_low"] == [340] * 5 and sel.extra_scores["cutoff_high"] == [520] * 5
 
 
 def test_threshold_empty_and_short_reasons():
