@@ -32,7 +32,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from filters.base import TEXT, Selection, Stage, StageParams
-from filters.lm.base import DocScore
+from filters.lm.base import DocScore, Scorer
 from filters.lm.models import SMOLLM2, check_model, resolve_model
 
 
@@ -173,7 +173,7 @@ class PerplexityV1(Stage):
 
     def __init__(self, params=None) -> None:
         super().__init__(params)
-        self._scorer = None
+        self._scorer: Scorer | None = None
         self._dist_source: object = _UNSET
         self._dist = np.array([])
 

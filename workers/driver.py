@@ -174,8 +174,8 @@ def _model_scoring(stages, steps: list[Step]) -> list[int]:
     return [st.stage_index for st in steps if st.kind == "score" and stages[st.stage_index].uses_model]
 
 
-def run_pass(spec: JobSpec, job_id: str, shards: list[Shard], steps: list[Step], *, workers: int,
-             label: str, progress: bool, stages=None) -> None:
+def run_pass(spec: JobSpec, job_id: str, shards: list[Shard], steps: list[Step], stages: list, *, workers: int,
+             label: str, progress: bool) -> None:
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -183,7 +183,7 @@ def run_pass(spec: JobSpec, job_id: str, shards: list[Shard], steps: list[Step],
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     fn_kwargs = {"spec_json": spec.model_dump_json(), "job_id": job_id, "steps": [asdict(s) for s in steps]}
     ds = ray.data.from_items([asdict(s) for s in shards], override_num_blocks=len(shards))
-    model_stages = _model_scoring(stages, steps) if stages else []
+    model_stages = _model_scoring(stages, steps)
     if model_stages:
         # One actor per model replica, each holding the model for the whole pass.
         params = stages[model_stages[0]].params
@@ -293,8 +293,8 @@ def run_job(spec: JobSpec, *, progress: bool = True, overwrite: bool = False) ->
     for n, segment in enumerate(segments, 1):
         pending = [s for s in shards if any(not layout.marker(st.name, s.key).exists() for st in segment.steps)]
         if pending:
-            run_pass(spec, job_id, pending, segment.steps, workers=workers, label=f"[pass {n}/{len(segments)}]",
-                     progress=progress, stages=stages)
+            run_pass(spec, job_id, pending, segment.steps, stages, workers=workers,
+                     label=f"[pass {n}/{len(segments)}]", progress=progress)
         if segment.fit_after is not None:
             run_fit(layout, shards, segment.fit_after, stages[segment.fit_after.stage_index],
                     [s.name for s in stages])
