@@ -29,9 +29,10 @@ from typing import Annotated, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from filters.base import TEXT, Selection, Stage, StageParams
+from filters.base import ID, TEXT, Selection, Stage, StageParams
 from filters.lm.base import DocScore, Scorer
 from filters.lm.models import SMOLLM2, check_model, resolve_model
 
@@ -139,21 +140,27 @@ def load_scorer(p: PerplexityParams):
     return LlamaCppScorer(path, **common)
 
 
-def cutoffs(sorted_scores: np.ndarray, select) -> tuple[float, float]:
-    """Inclusive ``[lo, hi]`` of kept scores for band mode, or bucket bounds, from the job's distribution."""
-    n = len(sorted_scores)
-    if isinstance(select, Band):
-        k = max(1, round(select.keep_ratio * n)) if n else 0
-        start = {"low": 0, "high": n - k, "medium": (n - k) // 2}[select.band]
-        if k == 0:
-            return math.inf, -math.inf
-        return float(sorted_scores[start]), float(sorted_scores[start + k - 1])
+def band_bounds(values: np.ndarray, ids: list[str], select: Band) -> tuple[tuple, tuple] | None:
+    """Inclusive ``(score, id)`` bounds of the kept band over the job's sorted distribution.
+
+    Ranks are broken by document id, so ties (e.g. documents whose scored heads are equal)
+    cannot push the kept fraction past r ± 1/n, whatever the shard layout."""
+    n = len(values)
+    k = min(n, max(1, round(select.keep_ratio * n)))
+    if not n:
+        return None
+    start = {"low": 0, "high": n - k, "medium": (n - k) // 2}[select.band]
+    return (float(values[start]), ids[start]), (float(values[start + k - 1]), ids[start + k - 1])
+
+
+def bucket_edges(values: np.ndarray, select: Buckets) -> tuple[float, float]:
     if select.cutoffs is not None:
         return select.cutoffs
-    if not n:
+    if not len(values):
         return math.inf, math.inf
-    # CCNet computes bucket edges with numpy percentiles over the pool's perplexities.
-    lo, hi = np.percentile(sorted_scores, select.edges)
+    # CCNet computes bucket edges with numpy percentiles over the pool's perplexities;
+    # equal scores share a bucket, as there.
+    lo, hi = np.percentile(values, select.edges)
     return float(lo), float(hi)
 
 
@@ -175,7 +182,7 @@ class PerplexityV1(Stage):
         super().__init__(params)
         self._scorer: Scorer | None = None
         self._dist_source: object = _UNSET
-        self._dist = np.array([])
+        self._dist: tuple[np.ndarray, list[str]] = (np.array([]), [])
 
     def load(self) -> None:
         """Load the model now (once per actor) rather than on the first shard."""
@@ -205,43 +212,46 @@ class PerplexityV1(Stage):
         })
 
     def fit(self, scores: pa.Table) -> pa.Table:
-        """This job's score distribution (both scores and the length), independent of the
+        """This job's score distribution (both scores, length and id), independent of the
         selection params, so any mode or threshold can be cut from it later."""
-        return scores.select(["perplexity", "bits_per_byte", "chars"])
+        return scores.select([ID, "perplexity", "bits_per_byte", "chars"])
 
-    def _distribution(self, fitted: pa.Table | None) -> np.ndarray:
-        """Sorted scores of the documents ``select`` ranks: scored and at least ``min_chars`` long."""
+    def _distribution(self, fitted: pa.Table | None) -> tuple[np.ndarray, list[str]]:
+        """Scores and ids of the documents ``select`` ranks (scored, at least ``min_chars``
+        long), sorted by (score, id)."""
         p = self.params
         if fitted is not self._dist_source:  # one sort per fit result, not one per shard
             if fitted is None:
-                dist = np.array([])
+                dist = (np.array([]), [])
             else:
-                values = fitted[p.score].to_numpy(zero_copy_only=False).astype(float)
-                long_enough = fitted["chars"].to_numpy(zero_copy_only=False) >= p.min_chars
-                dist = np.sort(values[long_enough & np.isfinite(values)])
+                ranked = fitted.filter(pc.and_(pc.greater_equal(fitted["chars"], p.min_chars),
+                                               pc.is_finite(fitted[p.score])))
+                ranked = ranked.take(pc.sort_indices(ranked, sort_keys=[(p.score, "ascending"), (ID, "ascending")]))
+                dist = (ranked[p.score].to_numpy(zero_copy_only=False), ranked[ID].to_pylist())
             self._dist_source, self._dist = fitted, dist
         return self._dist
 
     def select(self, scores: pa.Table, fitted: pa.Table | None) -> Selection:
-        p = self.params
-        values = scores[p.score].to_pylist()
+        p, sel = self.params, self.params.select
+        values, ids = scores[p.score].to_pylist(), scores[ID].to_pylist()
         eligible = [c >= p.min_chars for c in scores["chars"].to_pylist()]
-        dist = self._distribution(fitted)
-        sel = p.select
-        lo = hi = None
-        if isinstance(sel, (Band, Buckets)):
-            lo, hi = cutoffs(dist, sel)
+        dist_values, dist_ids = self._distribution(fitted)
+        bounds = None
+        if isinstance(sel, Band):
+            bounds = band_bounds(dist_values, dist_ids, sel)
+        elif isinstance(sel, Buckets):
+            bounds = bucket_edges(dist_values, sel)
         keep, reason, bucket = [], [], []
-        for v, ok in zip(values, eligible, strict=True):
-            why, b = _decide(v, ok, sel, lo, hi)
+        for v, doc_id, ok in zip(values, ids, eligible, strict=True):
+            why, b = _decide(v, doc_id, ok, sel, bounds)
             keep.append(why is None)
             reason.append(why)
             bucket.append(b)
         extra = None
-        if lo is not None:
+        if bounds is not None:
             # The cut itself goes into lineage, so "why" shows the score and the bound it crossed.
-            n = len(values)
-            extra = {"cutoff_low": [_finite(lo)] * n, "cutoff_high": [_finite(hi)] * n}
+            lo, hi = (bounds[0][0], bounds[1][0]) if isinstance(sel, Band) else bounds
+            extra = {"cutoff_low": [_finite(lo)] * len(values), "cutoff_high": [_finite(hi)] * len(values)}
             if isinstance(sel, Buckets):
                 extra["bucket"] = bucket
         return Selection(keep=keep, reason=reason, extra_scores=extra)
@@ -251,7 +261,7 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _decide(v: float | None, long_enough: bool, sel, lo, hi) -> tuple[str | None, float | None]:
+def _decide(v: float | None, doc_id: str, long_enough: bool, sel, bounds) -> tuple[str | None, float | None]:
     if v is None:
         return "perplexity.empty", None
     if not long_enough:
@@ -263,9 +273,10 @@ def _decide(v: float | None, long_enough: bool, sel, lo, hi) -> tuple[str | None
             return "perplexity.too_low", None
         return None, None
     if isinstance(sel, Band):
-        return (None if lo <= v <= hi else "perplexity.outside_band"), None
+        inside = bounds is not None and bounds[0] <= (v, doc_id) <= bounds[1]
+        return (None if inside else "perplexity.outside_band"), None
     if isinstance(sel, Buckets):
+        lo, hi = bounds
         name, b = ("head", 0.0) if v < lo else ("middle", 1.0) if v < hi else ("tail", 2.0)
         return (None if name in sel.keep else f"perplexity.bucket_{name}"), b
     return None, None
-

@@ -137,7 +137,7 @@ def test_preview_selection_reuses_stored_scores(api, done_job):
     assert {p.name: p.stat().st_mtime_ns for p in scores.iterdir()} == before  # nothing re-scored
     assert_error(api.post(f"/jobs/{job_id}/preview-selection", headers=api.read,
                           json={"stage": "exact_dedup_v1", "params": {"lowercase": False}}),
-                 422, "cannot_reselect", "lowercase change how exact_dedup_v1 scores documents")
+                 422, "cannot_reselect", "changing lowercase changes how exact_dedup_v1 scores documents")
     assert_error(api.post(f"/jobs/{job_id}/preview-selection", headers=api.read,
                           json={"stage": "quality_rules_v1", "params": {"min_words": "x"}}),
                  422, "invalid_request", "params.min_words")

@@ -37,21 +37,23 @@ def test_head_window_truncates_and_max_windows_caps():
 
 
 # ---------------------------------------------------------------- selection
-def _scores(values: list[float | None], chars: int = 1000) -> pa.Table:
+def _scores(values: list[float | None], chars: int | list[int] = 1000) -> pa.Table:
     return pa.table({
+        "id": [f"d{i:05d}" for i in range(len(values))],
         "perplexity": pa.array(values, pa.float64()),
         "bits_per_byte": pa.array([None if v is None else v / 100 for v in values], pa.float64()),
-        "chars": pa.array([chars] * len(values), pa.int64()),
+        "chars": pa.array(chars if isinstance(chars, list) else [chars] * len(values), pa.int64()),
     })
 
 
 def _select(select: dict, values, shards: int = 3, **params):
     """Fit over all scores, then select shard by shard, as the driver does."""
     stage = PerplexityV1({"select": select, **params})
-    fitted = stage.fit(_scores(values))
+    table = _scores(values)
+    fitted = stage.fit(table)
     keep, reasons = [], []
     for part in np.array_split(np.arange(len(values)), shards):
-        sel = stage.select(_scores([values[i] for i in part]), fitted)
+        sel = stage.select(table.take(part), fitted)
         keep += sel.keep
         reasons += sel.reason
     return keep, reasons
@@ -77,6 +79,16 @@ def test_band_keeps_ratio_r_of_the_right_percentiles(n, band, ratio):
     assert {r for r, k in zip(reasons, keep, strict=True) if not k} <= {"perplexity.outside_band"}
 
 
+@pytest.mark.parametrize("band", ["low", "medium", "high"])
+def test_band_breaks_ties_by_id_so_the_ratio_holds(band):
+    values = [5.0] * 20 + [1.0] * 5 + [9.0] * 5  # e.g. documents whose scored heads are identical
+    keep, reasons = _select({"mode": "band", "band": band, "keep_ratio": 0.5}, values)
+    assert sum(keep) == 15 and reasons.count("perplexity.outside_band") == 15
+    kept = [i for i, k in enumerate(keep) if k]
+    assert kept == {"low": [*range(10), *range(20, 25)], "medium": list(range(2, 17)),
+                    "high": [*range(10, 20), *range(25, 30)]}[band]
+
+
 def test_buckets_at_the_jobs_own_percentiles():
     values = [float(v) for v in range(1, 1001)]
     keep, reasons = _select({"mode": "buckets"}, values)
@@ -97,8 +109,7 @@ def test_fixed_bucket_cutoffs_and_bucket_recorded():
 
 def test_threshold_empty_and_short_reasons():
     stage = PerplexityV1({"select": {"mode": "max_perplexity", "max": 100, "min": 2}, "min_chars": 300})
-    table = _scores([50.0, 150.0, 1.5, None, 50.0])
-    table = table.set_column(2, "chars", pa.array([1000, 1000, 1000, 0, 10], pa.int64()))
+    table = _scores([50.0, 150.0, 1.5, None, 50.0], chars=[1000, 1000, 1000, 0, 10])
     sel = stage.select(table, None)
     assert sel.keep == [True, False, False, False, False]
     assert sel.reason == [None, "perplexity.too_high", "perplexity.too_low", "perplexity.empty", "perplexity.too_short"]
@@ -106,8 +117,7 @@ def test_threshold_empty_and_short_reasons():
 
 def test_too_short_documents_are_left_out_of_the_band():
     stage = PerplexityV1({"select": {"mode": "band", "band": "low", "keep_ratio": 0.5}, "min_chars": 300})
-    table = _scores([float(v) for v in range(1, 11)])
-    table = table.set_column(2, "chars", pa.array([100] * 4 + [1000] * 6, pa.int64()))  # 1-4 too short
+    table = _scores([float(v) for v in range(1, 11)], chars=[100] * 4 + [1000] * 6)  # 1-4 too short
     sel = stage.select(table, stage.fit(table))
     assert sel.reason[:4] == ["perplexity.too_short"] * 4
     assert sel.keep == [False] * 4 + [True] * 3 + [False] * 3  # half of the 6 ranked documents

@@ -39,7 +39,7 @@ def preview_selection(output: str | Path, stage_ref: str | int, params: dict[str
     changed = sorted(k for k, v in params.items() if stored.get(k) != v)
     rescoring = sorted(set(changed) & cls.score_params)
     if rescoring:
-        raise ReselectError(f"{', '.join(rescoring)} change how {name} scores documents; run the job again")
+        raise ReselectError(f"changing {', '.join(rescoring)} changes how {name} scores documents; run the job again")
     stage = cls(cls.Params.model_validate({**stored, **params}))  # pydantic ValidationError names the field
     fitted = pq.read_table(layout.fit(index, name)) if cls.corpus_wide else None
     before, after = Counter(), Counter()
