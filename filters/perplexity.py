@@ -25,16 +25,17 @@ it into cutoffs for the chosen mode, so a new mode or threshold is a re-select:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from filters.base import ID, TEXT, Selection, Stage, StageParams
 from filters.lm.base import DocScore, Scorer
-from filters.lm.models import SMOLLM2, check_model, resolve_model
+from filters.lm.models import BUNDLED, SMOLLM2, check_model, resolve_model
 
 
 class _Mode(BaseModel):
@@ -114,13 +115,20 @@ class PerplexityParams(StageParams):
             raise ValueError("the kenlm backend needs model: <path to a KenLM .arpa or .bin>")
         if self.num_gpus and self.backend != "transformers":
             raise ValueError("num_gpus needs backend: transformers")
-        for path in (self.model, self.sp_model):
-            if path is not None:
-                try:
-                    check_model(path)
-                except (FileNotFoundError, ImportError) as exc:
-                    raise ValueError(str(exc)) from None
         return self
+
+    @field_validator("model", "sp_model")
+    @classmethod
+    def _model_exists(cls, value: str | None) -> str | None:
+        """Checked when the spec is parsed; a path becomes absolute, because Ray actors do
+        not share the caller's working directory."""
+        if value is None:
+            return value
+        try:
+            check_model(value)
+        except (FileNotFoundError, ImportError) as exc:
+            raise ValueError(str(exc)) from None
+        return value if value in BUNDLED else str(Path(value).expanduser().resolve())
 
 
 def load_scorer(p: PerplexityParams):

@@ -122,7 +122,7 @@ def test_missing_model_or_package_is_a_spec_error(tmp_path):
     from filters.lm.base import MissingDependency, require
     from workers.spec import SpecError
 
-    with pytest.raises(SpecError, match="params: model not found: /no/such.arpa"):
+    with pytest.raises(SpecError, match="params.model: model not found: /no/such.arpa"):
         _spec(tmp_path, {"backend": "kenlm", "model": "/no/such.arpa"})
     with pytest.raises(MissingDependency, match="pip install no-such-package"):
         require("no_such_module", "no-such-package", "test")

@@ -189,6 +189,12 @@ def test_kenlm_matches_hand_computation(toy_arpa):
     assert space["bits_per_byte"][0].as_py() == pytest.approx(2.7 * math.log2(10) / len("a b b a"), rel=1e-6)
 
 
+def test_relative_model_paths_become_absolute(toy_arpa, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # toy.arpa lives here
+    params = PerplexityParams.model_validate({"backend": "kenlm", "model": "toy.arpa"})
+    assert params.model == toy_arpa  # Ray actors run elsewhere: the spec keeps the absolute path
+
+
 def test_kenlm_ccnet_newline_quirk_glues_lines(toy_arpa):
     # CCNet deletes "\n" with the other non-printing characters: "a b\nb a" → "a bb a".
     out = _kenlm_stage(toy_arpa, kenlm_newlines="ccnet").score(pa.table({"id": ["x"], "text": ["a b\nb a"]}))
