@@ -114,3 +114,32 @@ def score_with_windows(tokens_per_doc: list[list[int]], bos: int, logprob_fn, by
         covered = nbytes if scored >= len(ids) else byte_len_fn(ids[:scored])
         out.append(DocScore(nll, scored, len(ids), covered, len(wins)))
     return out
+
+
+class WindowedScorer:
+    """Shared ``score`` of the neural backends; subclasses set ``bos`` and the window
+    settings, and implement ``tokenize``, ``_logprobs`` and ``_byte_len``."""
+
+    bos: int
+    window: int
+    mode: str
+    stride: int
+    max_windows: int | None
+
+    def _set_windows(self, window: int, mode: str, stride: int, max_windows: int | None) -> None:
+        self.window, self.mode, self.stride, self.max_windows = window, mode, stride, max_windows
+
+    def tokenize(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def _logprobs(self, seqs: list[list[int]]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def _byte_len(self, ids: list[int]) -> int:
+        raise NotImplementedError
+
+    def score(self, texts: list[str]) -> list[DocScore | None]:
+        tokens = [self.tokenize(t) if t.strip() else [] for t in texts]
+        return score_with_windows(tokens, self.bos, self._logprobs, self._byte_len, window=self.window,
+                                  mode=self.mode, stride=self.stride, max_windows=self.max_windows,
+                                  text_bytes=[len(t.encode("utf-8")) for t in texts])

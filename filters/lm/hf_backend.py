@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from filters.lm.base import DocScore, require, score_with_windows
+from filters.lm.base import WindowedScorer, require
 from filters.lm.models import model_cache_dir
 
 
@@ -56,7 +56,7 @@ def dequantised_folder(gguf: Path, transformers) -> Path:
     return target
 
 
-class TransformersScorer:
+class TransformersScorer(WindowedScorer):
     def __init__(self, model_path: str, *, window: int, mode: str, stride: int, max_windows: int | None,
                  n_threads: int | None, batch_tokens: int, device: str = "auto", dtype: str = "float32") -> None:
         torch = require("torch", "torch==2.13.0", "transformers")
@@ -80,7 +80,7 @@ class TransformersScorer:
         tok = self.tokenizer
         self.bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         self.pad = tok.pad_token_id if tok.pad_token_id is not None else self.bos
-        self.window, self.mode, self.stride, self.max_windows = window, mode, stride, max_windows
+        self._set_windows(window, mode, stride, max_windows)
         self.batch_tokens = batch_tokens
 
     def tokenize(self, text: str) -> list[int]:
@@ -113,9 +113,3 @@ class TransformersScorer:
 
     def _byte_len(self, ids: list[int]) -> int:
         return len(self.tokenizer.decode(ids).encode("utf-8"))
-
-    def score(self, texts: list[str]) -> list[DocScore | None]:
-        tokens = [self.tokenize(t) if t.strip() else [] for t in texts]
-        return score_with_windows(tokens, self.bos, self._logprobs, self._byte_len, window=self.window,
-                                  mode=self.mode, stride=self.stride, max_windows=self.max_windows,
-                                  text_bytes=[len(t.encode("utf-8")) for t in texts])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from filters.lm.base import DocScore, require, score_with_windows
+from filters.lm.base import WindowedScorer, require
 
 
 def log_softmax_pick(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -18,11 +18,11 @@ def log_softmax_pick(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return logits[np.arange(len(targets)), targets] - lse
 
 
-class LlamaCppScorer:
+class LlamaCppScorer(WindowedScorer):
     def __init__(self, model_path: str, *, window: int, mode: str, stride: int, max_windows: int | None,
                  n_threads: int | None) -> None:
         llama_cpp = require("llama_cpp", "llama-cpp-python", "llama_cpp")
-        self.window, self.mode, self.stride, self.max_windows = window, mode, stride, max_windows
+        self._set_windows(window, mode, stride, max_windows)
         n_ctx = window + 1
         self.llm = llama_cpp.Llama(
             model_path=model_path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
@@ -50,9 +50,3 @@ class LlamaCppScorer:
 
     def _byte_len(self, ids: list[int]) -> int:
         return len(self.llm.detokenize(ids))
-
-    def score(self, texts: list[str]) -> list[DocScore | None]:
-        tokens = [self.tokenize(t) if t.strip() else [] for t in texts]
-        return score_with_windows(tokens, self.bos, self._logprobs, self._byte_len, window=self.window,
-                                  mode=self.mode, stride=self.stride, max_windows=self.max_windows,
-                                  text_bytes=[len(t.encode("utf-8")) for t in texts])
