@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workers.driver import connect_ray, run_job  # noqa: E402
+from workers.job import run_job  # noqa: E402
+from workers.passes import connect_ray  # noqa: E402
 from workers.spec import parse_spec  # noqa: E402
 
 

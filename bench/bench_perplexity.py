@@ -108,7 +108,7 @@ def timed_raw(make, texts, window, threads) -> tuple[float, int]:
 
 
 def stage_run(texts: list[str], backend: str, window: int, shards: int, actors: int) -> dict:
-    from workers.driver import run_job
+    from workers.job import run_job
     from workers.spec import parse_spec
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,7 +137,7 @@ def main() -> None:
     ap.add_argument("--backends", default="transformers,llama_cpp")
     args = ap.parse_args()
     texts, source = documents(args.docs)
-    from workers.driver import connect_ray
+    from workers.passes import connect_ray
 
     connect_ray()
     raw_fns = {"transformers": raw_transformers, "llama_cpp": raw_llama_cpp}

@@ -3,8 +3,9 @@
 For each corpus, in the same run:
   * baseline: plain pyarrow read + write of the same shards (the floor any Parquet
     pipeline pays);
-  * stages in-process: score + fit + select of the three stages in one Python
-    process, no Ray, no files (what the stage code itself costs on one core);
+  * stages in-process: the three stages through the public in-process runner
+    (``workers.local.run_stages``: one Python process, no Ray; the same steps and
+    lineage files as a job, one work unit), what the stage code costs on one core;
   * spine on Ray: ``run_job`` end to end on a local Ray cluster already started
     (Ray Data passes, atomic writes, markers, lineage files, manifest).
 
@@ -28,10 +29,10 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from filters.base import ID, ORDER, TEXT  # noqa: E402
-from workers.driver import connect_ray, run_job  # noqa: E402
 from workers.ingest import ingest  # noqa: E402
-from workers.runner import build_stages  # noqa: E402
+from workers.job import run_job  # noqa: E402
+from workers.local import run_stages  # noqa: E402
+from workers.passes import connect_ray  # noqa: E402
 from workers.spec import parse_spec  # noqa: E402
 
 STAGES = [{"stage": "exact_dedup_v1"}, {"stage": "quality_rules_v1"}]
@@ -84,15 +85,11 @@ def pyarrow_copy(files: list[Path], dest: Path) -> float:
 
 
 def stages_in_process(files: list[Path]) -> float:
-    spec = parse_spec({"name": "b", "inputs": [str(files[0])], "output": "unused", "stages": STAGES})
+    """The same stages through the public in-process runner (one process, no Ray, the
+    same steps and lineage files as a job)."""
     table = pa.concat_tables(pq.read_table(f, columns=["id", "text"]) for f in files)
     start = time.perf_counter()
-    docs = table.rename_columns([ID, TEXT])
-    for stage in build_stages(spec):
-        scores = stage.score(docs)
-        scores = scores.append_column(ID, docs[ID]).append_column(ORDER, pa.array(range(len(docs)), pa.int64()))
-        sel = stage.select(scores, stage.fit(scores) if stage.corpus_wide else None)
-        docs = docs.filter(pa.array(sel.keep))
+    run_stages([(s["stage"], s.get("params", {})) for s in STAGES], table)
     return time.perf_counter() - start
 
 

@@ -3,10 +3,11 @@
     OURS_CMD="python bench/peers_minhash.py" SYSTEMS="datatrove-t2 datasketch-b16r8-verify ours" \\
         bash ../shared/peers/run_all.sh
 
-Runs the project's real job code (pre-flight, ``ShardRunner`` steps, the out-of-core
-DuckDB fit, selection, lineage files) on the input split into ``--tasks`` shards, with
-a process pool of ``--tasks`` workers instead of a Ray cluster: the harness times each
-system from a cold start, and Ray's start-up (~5 s) would measure Ray, not the stage.
+Runs the project's real job code (pre-flight, the planner's passes, ``UnitRunner`` steps,
+the out-of-core fit, selection, lineage files) on the input split into ``--tasks``
+shards, with a process pool of ``--tasks`` workers instead of a Ray cluster: the harness
+times each system from a cold start, and Ray's start-up (~5 s) would measure Ray, not
+the stage.
 Leaves removed_ids.txt, clusters.tsv and metrics.json in --out, as the harness asks.
 """
 
@@ -26,22 +27,24 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workers.driver import plan_segments, run_fit  # noqa: E402
-from workers.layout import JobLayout  # noqa: E402
-from workers.runner import ShardRunner, build_stages  # noqa: E402
-from workers.shards import preflight  # noqa: E402
-from workers.spec import parse_spec  # noqa: E402
+from workers.fits import run_fit  # noqa: E402
+from workers.job import build_stages  # noqa: E402
+from workers.job_folder import JobFolder  # noqa: E402
+from workers.planner import plan_passes  # noqa: E402
+from workers.shards import plan_units, preflight  # noqa: E402
+from workers.spec import JobSpec, parse_spec  # noqa: E402
+from workers.unit_steps import RunContext, UnitRunner  # noqa: E402
 
-_RUNNER: ShardRunner | None = None
+_RUNNER: UnitRunner | None = None
 
 
-def _work(spec_json: str, job_id: str, shard, steps) -> dict:
+def _work(spec_json: str, job_id: str, unit, steps) -> dict | None:
     global _RUNNER
     if _RUNNER is None:
-        from workers.spec import JobSpec
-
-        _RUNNER = ShardRunner(JobSpec.model_validate_json(spec_json), job_id)
-    return _RUNNER.run(shard, steps)
+        spec = JobSpec.model_validate_json(spec_json)
+        _RUNNER = UnitRunner(RunContext(job_id, JobFolder(spec.output), spec.columns.text, spec.columns.id,
+                                        build_stages(spec)))
+    return _RUNNER.run(unit, list(steps))
 
 
 def main() -> None:
@@ -64,28 +67,26 @@ def main() -> None:
         params = json.loads(args.params)
         spec = parse_spec({"name": "peers", "inputs": [f"{tmp}/part-*.parquet"], "output": f"{tmp}/job",
                            "stages": [{"stage": "minhash_dedup_v1", "params": params}]})
-        layout = JobLayout(spec.output)
-        layout.root.mkdir()
+        folder = JobFolder(spec.output)
+        folder.root.mkdir()
         shards = preflight(spec)
+        units = plan_units(shards, max(s.rows for s in shards), args.tasks)  # one unit per shard
         stages = build_stages(spec)
-        segments = plan_segments([s.name for s in stages], [s.corpus_wide for s in stages])
         times = {}
         with ProcessPoolExecutor(args.tasks) as pool:
-            for n, segment in enumerate(segments):
+            for n, plan in enumerate(plan_passes(stages)):
                 t0 = time.perf_counter()
-                results = list(pool.map(_work, [spec.model_dump_json()] * len(shards), [spec.job_id()] * len(shards),
-                                        shards, [segment.steps] * len(shards)))
-                errors = [r["error"] for r in results if r["error"]]
+                errors = [e for e in pool.map(_work, [spec.model_dump_json()] * len(units),
+                                              [spec.job_id()] * len(units), units, [plan.steps] * len(units)) if e]
                 if errors:
-                    raise SystemExit(errors[0])
+                    raise SystemExit(errors[0]["message"])
                 times[f"pass_{n + 1}"] = round(time.perf_counter() - t0, 3)
-                if segment.fit_after is not None:
+                if plan.fit_after is not None:
                     t0 = time.perf_counter()
-                    run_fit(layout, shards, segment.fit_after, stages[segment.fit_after.stage_index],
-                            [s.name for s in stages])
+                    run_fit(folder, units, plan.fit_after, stages)
                     times["fit"] = round(time.perf_counter() - t0, 3)
         decisions = pa.concat_tables(pq.read_table(p) for p in sorted(
-            (layout.stage_dir(1, "minhash_dedup_v1") / "decisions").glob("*.parquet")))
+            (folder.stage_dir(1, "minhash_dedup_v1") / "decisions").glob("*.parquet")))
     removed = [d for d, k in zip(decisions["doc_id"].to_pylist(), decisions["decision"].to_pylist(), strict=True)
                if k == "drop"]
     (out / "removed_ids.txt").write_text("".join(f"{r}\n" for r in removed))

@@ -1,40 +1,179 @@
-"""The stage contract shared by every stage.
+"""The stage contract (v2) shared by every stage. Pure: no Ray, DuckDB or FastAPI here.
 
-A stage has two halves, as in Dolma's taggers + mixer:
+Two kinds of stage, one contract:
 
-* ``score(docs)`` is the expensive half (hashing, model calls). It returns named
-  scores per document and never decides anything.
-* ``select(scores, fitted)`` is the cheap half: thresholds over stored scores, giving
-  keep/drop and a stable ``<family>.<reason>`` string per document. Because scores are
-  stored, a new threshold is a re-select, never a re-score.
+* **Filter stages** decide keep/drop per document, in two halves as in Dolma's taggers +
+  mixer. ``score(docs)`` is the expensive half (hashing, model calls): named scores per
+  document, no decisions. ``select(scores, fitted)`` is the cheap half: keep/drop and a
+  stable ``<family>.<reason>`` string per document. Scores are stored, so a new
+  threshold is a re-select, never a re-score.
+* **Transform stages** turn documents into documents: ``transform(docs, fitted)``
+  keeps, edits or drops each input (with a reason) and may create new documents, each
+  with a deterministic id and a ``parent_id``.
 
-Corpus-wide stages (``corpus_wide = True``) get a ``fit(all_scores)`` step between
-the two halves; its result is handed to every ``select`` call.
+Between the halves a stage may run **corpus-wide fits**. A stage lists its steps in
+``phases``: per-document scoring phases and fits, in order; ``select`` (or
+``transform``) always comes last. A fit gets a lazy, out-of-core view of the scores of
+the scoring phase before it (every document that reached the stage) and a folder for
+artifacts; its result (a table and/or files such as a trained model) is handed to the
+next scoring phase and to ``select``:
 
-Stages are pure: Arrow tables in, Arrow tables out. No Ray, DuckDB or FastAPI here.
+    (SCORE,)                       per document: rules, perplexity with fixed thresholds
+    (SCORE, FIT)                   corpus-wide: dedup groups, percentile cutoffs, clusters
+    (Phase.score("sample"), Phase.fit("train"), SCORE)   train → score → select
+
+Scoring phases and ``select`` see one unit of documents at a time (any number of units
+run in parallel); fits see every document.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Protocol
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 ID = "id"
 TEXT = "text"
-# Global input order (shard index << ORDER_SHARD_SHIFT | row), given to ``fit`` so survivors are
-# chosen by a rule that does not depend on worker count or scheduling.
+PARENT_ID = "parent_id"
+# A document's place in the job's input order, unique in the job and handed to fits (with
+# the scores) so survivors are chosen by a rule that does not depend on worker count,
+# unit size or scheduling. Documents a transform creates come right after their source.
 ORDER = "order"
-ORDER_SHARD_SHIFT = 32
 
+
+# -- parameters ----------------------------------------------------------------------------
 
 class StageParams(BaseModel):
     """Base for stage parameters: unknown keys are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # Fields that only say *how* to run (actors, threads). They never change a score, so
+    # they are left out of the spec hash: changing them never makes a job folder refuse
+    # the spec, and never rescores.
+    execution_fields: ClassVar[frozenset[str]] = frozenset()
+
+
+class ModelParams(StageParams):
+    """Base for stages that load a model: their scoring runs on a pool of long-lived Ray
+    actors (one model each), and each such stage gets its own pool."""
+
+    num_actors: int | None = Field(None, ge=1, description="scoring actors (default: cluster CPUs / cpus_per_actor)")
+    cpus_per_actor: int = Field(1, ge=1, description="CPUs (threads) each actor reserves")
+    num_gpus: float = Field(0, ge=0, description="GPUs per actor")
+
+    execution_fields: ClassVar[frozenset[str]] = frozenset({"num_actors", "cpus_per_actor", "num_gpus"})
+
+
+@dataclass(frozen=True)
+class PathRef:
+    """Marks a params field as a file the job reads (a model, a calibration set). Every such
+    field is confined by the service exactly like ``inputs`` and made absolute before a job
+    runs; declare it as ``InputPath`` / ``OptionalInputPath`` and every stage inherits that.
+    ``names`` are values that are not paths (e.g. bundled model names)."""
+
+    names: tuple[str, ...] = ()
+
+
+# Parsing never touches these paths (the API must not open or probe a path before it is
+# confined); ``workers.spec.resolve_paths`` checks and resolves them afterwards.
+InputPath = Annotated[str, Field(min_length=1), PathRef()]
+OptionalInputPath = Annotated[str | None, Field(min_length=1), PathRef()]
+
+
+def path_fields(params: BaseModel, prefix: tuple = ()) -> Iterator[tuple[tuple, str, PathRef]]:
+    """Every (location, value, PathRef) of a params model, nested models and lists included."""
+    for name, info in type(params).model_fields.items():
+        value = getattr(params, name)
+        ref = next((m for m in info.metadata if isinstance(m, PathRef)), None)
+        if ref is not None:
+            if isinstance(value, list | tuple):
+                for i, v in enumerate(value):
+                    yield (*prefix, name, i), v, ref
+            elif value is not None:
+                yield (*prefix, name), value, ref
+        elif isinstance(value, BaseModel):
+            yield from path_fields(value, (*prefix, name))
+        elif isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                if isinstance(v, BaseModel):
+                    yield from path_fields(v, (*prefix, name, i))
+
+
+# -- phases and what fits get --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Phase:
+    """One step of a stage before its select/transform: ``kind`` says how it runs, ``method``
+    names the stage method that implements it."""
+
+    kind: Literal["score", "fit"]
+    method: str
+
+    @classmethod
+    def score(cls, method: str = "score") -> Phase:
+        return cls("score", method)
+
+    @classmethod
+    def fit(cls, method: str = "fit") -> Phase:
+        return cls("fit", method)
+
+
+SCORE = Phase.score()
+FIT = Phase.fit()
+
+
+class ScoreView(Protocol):
+    """The scores of one scoring phase for every document that reached the stage, out of
+    core (the worker layer builds it over the stored score files). Columns: ``id``,
+    ``order``, ``row`` and the phase's scores."""
+
+    @property
+    def num_rows(self) -> int: ...
+
+    @property
+    def columns(self) -> list[str]: ...
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        """Materialise some columns in memory (fine for a few numbers per document)."""
+        ...
+
+    def batches(self, columns: list[str] | None = None, batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
+        """Stream the scores in input order, a batch at a time."""
+        ...
+
+    def sql(self, query: str, params: list[Any] | None = None) -> pa.Table:
+        """Run a query (DuckDB dialect) where the table ``scores`` is this view; large
+        intermediate results spill to disk."""
+        ...
+
+    def execute(self, statement: str, params: list[Any] | None = None) -> None:
+        """Run a statement (e.g. ``CREATE TEMP TABLE``) in the same engine."""
+        ...
+
+    def register(self, name: str, table: pa.Table) -> None:
+        """Make an in-memory Arrow table queryable as ``name``."""
+        ...
+
+    def stage_scores(self, stage: str) -> str:
+        """The SQL name of an earlier stage's scores in this job (columns ``id`` + its
+        scores); ``ValueError`` if that stage is not in the job or has not scored yet."""
+        ...
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What a fit produced: the table it returned and the folder of files it wrote."""
+
+    table: pa.Table | None
+    artifacts: Path | None = None
+
+
+# -- what the final step returns -----------------------------------------------------------
 
 @dataclass(frozen=True)
 class Selection:
@@ -44,7 +183,7 @@ class Selection:
     reason: list[str | None]
     cluster_id: list[str | None] | None = None
     survivor_id: list[str | None] | None = None
-    # Extra numeric facts known only after ``fit`` (e.g. a duplicate group's size).
+    # Extra numeric facts known only after a fit (e.g. a duplicate group's size).
     extra_scores: dict[str, list[float | None]] | None = None
 
     def __post_init__(self) -> None:
@@ -58,35 +197,102 @@ class Selection:
                 raise ValueError(f"Selection.extra_scores[{name!r}] has {len(values)} entries, keep has {n}")
 
 
+KEEP, EDIT, DROP = "keep", "edit", "drop"
+
+
+@dataclass(frozen=True)
+class NewDoc:
+    """A document a transform creates from input ``parent`` (its index in the docs the
+    transform got). ``variant`` is unique among one parent's new documents; with the
+    parent's id and the stage name it makes the new id, so reruns give the same ids."""
+
+    parent: int
+    variant: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Transformed:
+    """What ``transform`` returns for n input documents.
+
+    ``action[i]``: ``keep`` (unchanged), ``edit`` (``text[i]`` replaces its text, same id)
+    or ``drop`` (``reason[i]`` says why; required). ``created`` are new documents; in the
+    new version each follows its parent. ``scores`` (n rows) go into lineage."""
+
+    action: list[str]
+    text: list[str | None]
+    reason: list[str | None]
+    scores: pa.Table | None = None
+    created: tuple[NewDoc, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        n = len(self.action)
+        if len(self.text) != n or len(self.reason) != n:
+            raise ValueError(f"Transformed: action has {n} entries, text {len(self.text)}, reason {len(self.reason)}")
+        if self.scores is not None and self.scores.num_rows != n:
+            raise ValueError(f"Transformed.scores has {self.scores.num_rows} rows for {n} documents")
+        for i, (a, t, r) in enumerate(zip(self.action, self.text, self.reason, strict=True)):
+            if a not in (KEEP, EDIT, DROP):
+                raise ValueError(f"Transformed.action[{i}] is {a!r}; expected keep, edit or drop")
+            if a == EDIT and t is None:
+                raise ValueError(f"Transformed.action[{i}] is edit but text[{i}] is None")
+            if a == DROP and not r:
+                raise ValueError(f"Transformed.action[{i}] is drop without a reason")
+        seen = set()
+        for d in self.created:
+            if not 0 <= d.parent < n:
+                raise ValueError(f"NewDoc.parent {d.parent} is not an input index (0..{n - 1})")
+            if (d.parent, d.variant) in seen:
+                raise ValueError(f"two new documents of input {d.parent} share the variant {d.variant!r}")
+            seen.add((d.parent, d.variant))
+
+
+# -- the stage -----------------------------------------------------------------------------
+
 class Stage:
-    """Subclass, set ``name``/``Params``/``reasons``, implement ``score`` and ``select``."""
+    """Subclass, set ``name``/``Params``/``reasons``, implement ``score`` and ``select``
+    (and ``fit`` when ``phases`` has one); for a transform, subclass ``TransformStage``."""
 
     name: ClassVar[str]
     Params: ClassVar[type[StageParams]] = StageParams
-    corpus_wide: ClassVar[bool] = False
+    kind: ClassVar[Literal["filter", "transform"]] = "filter"
+    phases: ClassVar[tuple[Phase, ...]] = (SCORE,)
     # Every reason string this stage can emit; tests and the API list them.
     reasons: ClassVar[tuple[str, ...]] = ()
-    # Params that change ``score`` itself; all others only change ``select``, so a new
-    # value for them is a re-select over stored scores.
+    # Params that change a scoring phase itself; all others only change ``select``, so a
+    # new value for them is a re-select over stored scores.
     score_params: ClassVar[frozenset[str]] = frozenset()
-    # Stages that load a model score on a pool of long-lived actors (one model each);
-    # their params carry num_actors / cpus_per_actor / num_gpus.
-    uses_model: ClassVar[bool] = False
+    # Transforms that create documents give outputs a ``parent_id`` column.
+    creates_documents: ClassVar[bool] = False
 
     def __init__(self, params: StageParams | dict | None = None) -> None:
         if params is None or isinstance(params, dict):
             params = self.Params.model_validate(params or {})
         self.params = params
 
+    @classmethod
+    def uses_model(cls) -> bool:
+        """Model stages score on their own pool of actors that load the model once."""
+        return issubclass(cls.Params, ModelParams)
+
+    @classmethod
+    def corpus_wide(cls) -> bool:
+        return any(p.kind == "fit" for p in cls.phases)
+
     def score(self, docs: pa.Table) -> pa.Table:
-        """``docs`` has columns ``id`` and ``text``; return one row of scores per doc."""
+        """``docs`` has columns ``id`` and ``text``; return one row of scores per doc. A
+        scoring phase after a fit is called as ``method(docs, fitted)``."""
         raise NotImplementedError
 
-    def fit(self, scores: pa.Table) -> pa.Table | None:
-        """Corpus-wide step over the scores of every document (with ``id`` and ``order``)."""
+    def fit(self, scores: ScoreView | None, artifacts: Path) -> pa.Table | None:
+        """Corpus-wide step over the scores of every document; files written under
+        ``artifacts`` are hashed and recorded with the job."""
         return None
 
-    def select(self, scores: pa.Table, fitted: pa.Table | None) -> Selection:
+    def select(self, scores: pa.Table, fitted: Fitted | None) -> Selection:
+        raise NotImplementedError
+
+    def transform(self, docs: pa.Table, fitted: Fitted | None) -> Transformed:
         raise NotImplementedError
 
     def load(self) -> None:
@@ -95,3 +301,10 @@ class Stage:
     def model_files(self) -> list[str]:
         """Paths of model files this stage loads; their hashes are recorded with the job."""
         return []
+
+
+class TransformStage(Stage):
+    """Docs in → docs out: implement ``transform``. No scoring phases unless declared."""
+
+    kind: ClassVar[Literal["filter", "transform"]] = "transform"
+    phases: ClassVar[tuple[Phase, ...]] = ()

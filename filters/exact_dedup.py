@@ -15,12 +15,13 @@ cluster id and the survivor's id.
 from __future__ import annotations
 
 import unicodedata
+from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
 import xxhash
 
-from filters.base import ID, ORDER, TEXT, Selection, Stage, StageParams
+from filters.base import FIT, ID, ORDER, SCORE, TEXT, Fitted, ScoreView, Selection, Stage, StageParams
 
 
 class ExactDedupParams(StageParams):
@@ -42,7 +43,7 @@ def normalise(text: str, params: ExactDedupParams) -> str:
 class ExactDedupV1(Stage):
     name = "exact_dedup_v1"
     Params = ExactDedupParams
-    corpus_wide = True
+    phases = (SCORE, FIT)
     reasons = ("exact_dedup.duplicate",)
     score_params = frozenset(ExactDedupParams.model_fields)
 
@@ -53,8 +54,9 @@ class ExactDedupV1(Stage):
         ]
         return pa.table({"text_hash": pa.array(hashes, pa.string())})
 
-    def fit(self, scores: pa.Table) -> pa.Table:
+    def fit(self, view: ScoreView | None, artifacts: Path) -> pa.Table:
         """Per hash: the survivor (first in input order) and the group size."""
+        scores = view.read([ID, ORDER, "text_hash"])
         groups = scores.group_by("text_hash").aggregate([(ORDER, "min"), (ID, "count")])
         # ORDER is unique in a job, so this join finds exactly one survivor per hash.
         firsts = groups.join(scores.select([ID, ORDER]), keys=f"{ORDER}_min", right_keys=ORDER)
@@ -64,11 +66,11 @@ class ExactDedupV1(Stage):
             "group_size": firsts[f"{ID}_count"],
         })
 
-    def select(self, scores: pa.Table, fitted: pa.Table | None) -> Selection:
-        if fitted is None:
+    def select(self, scores: pa.Table, fitted: Fitted | None) -> Selection:
+        if fitted is None or fitted.table is None:
             raise ValueError("exact_dedup_v1.select needs the result of fit()")
         lookup = pa.table({"text_hash": scores["text_hash"], "_pos": pa.array(range(len(scores)), pa.int64())})
-        joined = lookup.join(fitted, "text_hash", join_type="left outer").sort_by("_pos")
+        joined = lookup.join(fitted.table, "text_hash", join_type="left outer").sort_by("_pos")
         ids = scores[ID].to_pylist()
         survivor = joined["survivor_id"].to_pylist()
         sizes = joined["group_size"].to_pylist()

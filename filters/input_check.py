@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from filters.base import TEXT, Selection, Stage
+from filters.base import TEXT, Fitted, Selection, Stage
 
 
 class InputCheckV1(Stage):
@@ -23,7 +23,7 @@ class InputCheckV1(Stage):
             "is_blank": blank,
         })
 
-    def select(self, scores: pa.Table, fitted: pa.Table | None) -> Selection:
+    def select(self, scores: pa.Table, fitted: Fitted | None) -> Selection:
         reasons: list[str | None] = []
         for is_null, is_blank in zip(scores["is_null"].to_pylist(), scores["is_blank"].to_pylist(), strict=True):
             if is_null:

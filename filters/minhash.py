@@ -19,7 +19,7 @@ Score (per document, vectorised with numpy):
 Documents with fewer words than the n-gram size get no signature and the score flag
 ``too_short_to_compare`` (never a duplicate, never a drop).
 
-Fit (corpus-wide, in ``workers/minhash_fit.py``, out of core with DuckDB): candidate
+Fit (corpus-wide, in ``filters/minhash_fit.py``, out of core over the score files): candidate
 pairs share a band key; each is verified by the exact Jaccard of the two n-gram
 sets (≥ ``threshold``); union-find over verified edges gives components, as in
 datatrove. Chains can drift (A~B~C~… with a low J(A, Z)), so inside a component a
@@ -36,6 +36,7 @@ import string
 import sys
 import unicodedata
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -43,7 +44,8 @@ import pyarrow as pa
 import xxhash
 from pydantic import Field, model_validator
 
-from filters.base import ID, TEXT, Selection, Stage, StageParams
+from filters.base import FIT, ID, SCORE, TEXT, Fitted, ScoreView, Selection, Stage, StageParams
+from filters.minhash_fit import fit_minhash
 
 _NUMBERS = re.compile(r"\d+(?:[.,]\d+)?")
 
@@ -202,7 +204,7 @@ def collision_probability(s: float, bands: int, rows: int) -> float:
 class MinHashDedupV1(Stage):
     name = "minhash_dedup_v1"
     Params = MinHashParams
-    corpus_wide = True
+    phases = (SCORE, FIT)
     reasons = ("minhash.duplicate",)
     score_params = frozenset({"ngram", "bands", "rows", "seed", "lowercase", "numbers_to_zero",
                               "strip_punctuation", "strip_accents"})
@@ -223,7 +225,7 @@ class MinHashDedupV1(Stage):
             sig_col[i] = sig[j]
             key_col[i] = keys[j]
         return pa.table({
-            "too_short_to_compare": pa.array([len(s) == 0 for s in sets]),
+            "too_short_to_compare": pa.array([len(s) == 0 for s in sets], pa.bool_()),
             "n_shingles": pa.array([len(s) for s in sets], pa.int64()),
             "chars": pa.array([len(t) for t in texts], pa.int64()),
             "shingles": pa.array(sets, pa.list_(pa.uint64())),
@@ -231,10 +233,14 @@ class MinHashDedupV1(Stage):
             "band_keys": pa.array(key_col, pa.list_(pa.uint64())),
         })
 
-    def select(self, scores: pa.Table, fitted: pa.Table | None) -> Selection:
-        if fitted is None:
+    def fit(self, view: ScoreView | None, artifacts: Path) -> pa.Table:
+        p = self.params
+        return fit_minhash(view, p.threshold, p.min_survivor_jaccard, p.verify, p.survivor, p.bands * p.rows)
+
+    def select(self, scores: pa.Table, fitted: Fitted | None) -> Selection:
+        if fitted is None or fitted.table is None:
             raise ValueError("minhash_dedup_v1.select needs the result of fit()")
-        clusters = {row[ID]: row for row in fitted.to_pylist()}
+        clusters = {row[ID]: row for row in fitted.table.to_pylist()}
         keep, reason, cluster, survivor = [], [], [], []
         extra: dict[str, list[float | None]] = {"cluster_size": [], "survivor_jaccard": [], "max_jaccard": []}
         for doc_id in scores[ID].to_pylist():

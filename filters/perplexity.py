@@ -26,14 +26,26 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from filters.base import ID, TEXT, Selection, Stage, StageParams
+from filters.base import (
+    FIT,
+    ID,
+    SCORE,
+    TEXT,
+    Fitted,
+    ModelParams,
+    OptionalInputPath,
+    PathRef,
+    ScoreView,
+    Selection,
+    Stage,
+)
 from filters.lm.base import DocScore, Scorer
 from filters.lm.models import BUNDLED, SMOLLM2, check_model, resolve_model
 
@@ -84,23 +96,27 @@ class Band(_Mode):
 Select = Annotated[KeepAll | MaxPerplexity | Buckets | Band, Field(discriminator="mode")]
 
 
-class PerplexityParams(StageParams):
+# A bundled model's name, or a path the service confines like any input (never opened at parse time).
+ModelRef = Annotated[str, Field(min_length=1), PathRef(names=BUNDLED)]
+
+
+class PerplexityParams(ModelParams):
+    execution_fields: ClassVar[frozenset[str]] = ModelParams.execution_fields | {"n_threads"}
+
     # transformers is the CPU default: on the same documents it scored 2.4x the tokens/s of
     # llama.cpp here (bench/bench_perplexity.py); llama.cpp loads in 0.2 s instead of ~4 s.
     backend: Literal["transformers", "llama_cpp", "kenlm"] = "transformers"
-    model: str = Field(SMOLLM2, description="smollm2-135m | gemma3-270m | path to a .gguf, HF folder or KenLM model")
-    sp_model: str | None = Field(None, description="kenlm: SentencePiece model (CCNet's <lang>.sp.model)")
+    model: ModelRef = Field(SMOLLM2, description="smollm2-135m | gemma3-270m | path to a .gguf, HF folder or "
+                            "KenLM model")
+    sp_model: OptionalInputPath = Field(None, description="kenlm: SentencePiece model (CCNet's <lang>.sp.model)")
     kenlm_newlines: Literal["space", "lines", "ccnet"] = "space"
     window: int = Field(512, ge=8, le=32768, description="tokens per forward pass (neural backends)")
     window_mode: Literal["head", "strided"] = "head"
     stride: int | None = Field(None, ge=1, description="strided mode: step between windows (default window/2)")
     max_windows: int | None = Field(None, ge=1, description="strided mode: cap on windows per document")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    # Execution only; they never change a score.
+    # Execution only (with num_actors, cpus_per_actor, num_gpus from ModelParams): never changes a score.
     n_threads: int | None = Field(None, ge=1, description="threads per actor (default: the actor's CPUs)")
-    num_actors: int | None = Field(None, ge=1, description="scoring actors (default: cluster CPUs / cpus_per_actor)")
-    cpus_per_actor: int = Field(1, ge=1)
-    num_gpus: float = Field(0, ge=0, description="GPUs per actor (transformers backend)")
     batch_tokens: int = Field(2048, ge=64, description="transformers: tokens per forward batch")
     # Selection.
     score: Literal["perplexity", "bits_per_byte"] = "perplexity"
@@ -117,18 +133,17 @@ class PerplexityParams(StageParams):
             raise ValueError("num_gpus needs backend: transformers")
         return self
 
-    @field_validator("model", "sp_model")
+    @field_validator("model")
     @classmethod
-    def _model_exists(cls, value: str | None) -> str | None:
-        """Checked when the spec is parsed; a path becomes absolute, because Ray actors do
-        not share the caller's working directory."""
-        if value is None:
-            return value
-        try:
-            check_model(value)
-        except (FileNotFoundError, ImportError) as exc:
-            raise ValueError(str(exc)) from None
-        return value if value in BUNDLED else str(Path(value).expanduser().resolve())
+    def _bundled_installed(cls, value: str) -> str:
+        """A bundled model's package must be installed (no user file is touched here: paths
+        are checked after the service has confined them, see ``workers.spec``)."""
+        if value in BUNDLED:
+            try:
+                check_model(value)
+            except ImportError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
 
 def load_scorer(p: PerplexityParams):
@@ -178,8 +193,7 @@ _UNSET = object()
 class PerplexityV1(Stage):
     name = "perplexity_v1"
     Params = PerplexityParams
-    corpus_wide = True
-    uses_model = True
+    phases = (SCORE, FIT)
     reasons = ("perplexity.empty", "perplexity.too_short", "perplexity.too_high", "perplexity.too_low",
                "perplexity.bucket_head", "perplexity.bucket_middle", "perplexity.bucket_tail",
                "perplexity.outside_band")
@@ -219,10 +233,10 @@ class PerplexityV1(Stage):
             "chars": pa.array([len(t) for t in texts], pa.int64()),
         })
 
-    def fit(self, scores: pa.Table) -> pa.Table:
+    def fit(self, view: ScoreView | None, artifacts: Path) -> pa.Table:
         """This job's score distribution (both scores, length and id), independent of the
         selection params, so any mode or threshold can be cut from it later."""
-        return scores.select([ID, "perplexity", "bits_per_byte", "chars"])
+        return view.read([ID, "perplexity", "bits_per_byte", "chars"])
 
     def _distribution(self, fitted: pa.Table | None) -> tuple[np.ndarray, list[str]]:
         """Scores and ids of the documents ``select`` ranks (scored, at least ``min_chars``
@@ -239,11 +253,11 @@ class PerplexityV1(Stage):
             self._dist_source, self._dist = fitted, dist
         return self._dist
 
-    def select(self, scores: pa.Table, fitted: pa.Table | None) -> Selection:
+    def select(self, scores: pa.Table, fitted: Fitted | None) -> Selection:
         p, sel = self.params, self.params.select
         values, ids = scores[p.score].to_pylist(), scores[ID].to_pylist()
         eligible = [c >= p.min_chars for c in scores["chars"].to_pylist()]
-        dist_values, dist_ids = self._distribution(fitted)
+        dist_values, dist_ids = self._distribution(fitted.table if fitted else None)
         bounds = None
         if isinstance(sel, Band):
             bounds = band_bounds(dist_values, dist_ids, sel)

@@ -21,7 +21,7 @@ import re
 
 import pyarrow as pa
 
-from filters.base import TEXT, Selection, Stage, StageParams
+from filters.base import TEXT, Fitted, Selection, Stage, StageParams
 
 
 class QualityRulesParams(StageParams):
@@ -109,7 +109,7 @@ class QualityRulesV1(Stage):
         names = list(measure("", self.params))
         return pa.table({n: pa.array([r[n] for r in rows], pa.float64()) for n in names})
 
-    def select(self, scores: pa.Table, fitted: pa.Table | None) -> Selection:
+    def select(self, scores: pa.Table, fitted: Fitted | None) -> Selection:
         columns = {n: scores[n].to_pylist() for n in measure("", self.params)}
         reasons = [
             first_failure({n: columns[n][i] for n in columns}, self.params) for i in range(len(scores))

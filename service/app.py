@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import asynccontextmanager
-from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import FastAPI
 
 from service import errors
 from service.auth import KeyStore
-from service.jobs import Database, JobService
+from service.job_store import Database
+from service.jobs import JobService
 from service.ray_head import LOOPBACK_ENV, LocalRayHead
+from service.ray_jobs import RayJobs
+from service.routes import router
 from service.settings import Settings
 
 log = logging.getLogger("curate.api")
@@ -46,10 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             head.start()
             jobs_url = head.jobs_url
         db = Database(settings.catalog_path)
-        service = JobService(settings, db, jobs_url)
+        service = JobService(settings, db, RayJobs(jobs_url, settings.python()))
         try:
             await service.start()
-            app.state.jobs, app.state.keys, app.state.db, app.state.settings = service, keys, db, settings
+            app.state.jobs, app.state.keys, app.state.settings = service, keys, settings
             yield
         finally:
             await service.stop()
@@ -61,34 +62,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   responses={401: {"model": errors.ErrorBody}, 422: {"model": errors.ErrorBody}})
     errors.install(app)
     app.add_middleware(errors.BodySizeLimit, max_bytes=settings.max_body_bytes)
-    from service.routes import router
-
     app.include_router(router)
     return app
-
-
-_bearer = HTTPBearer(auto_error=False, description="an API key from `curate keys create`")
-
-
-def _require(role: Literal["admin", "read"]):
-    def check(request: Request,
-              creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
-        if creds is None or not creds.credentials:
-            raise errors.ServiceError(401, "missing API key: send Authorization: Bearer <key>")
-        granted = request.app.state.keys.role_of(creds.credentials)
-        if granted is None:
-            raise errors.ServiceError(401, "invalid API key")
-        if role == "admin" and granted != "admin":
-            raise errors.ServiceError(403, "this API key is read-only; this route needs an admin key")
-        return granted
-
-    return check
-
-
-def get_jobs(request: Request) -> JobService:
-    return request.app.state.jobs
-
-
-Jobs = Annotated[JobService, Depends(get_jobs)]
-ReadKey = Annotated[str, Depends(_require("read"))]
-AdminKey = Annotated[str, Depends(_require("admin"))]

@@ -1,10 +1,15 @@
-"""The DuckDB lineage catalog.
+"""The DuckDB lineage catalog: the one module that holds a DuckDB connection to it and
+writes its SQL.
 
 Exactly one process writes it (the service, or the CLI when it runs alone): DuckDB
 locks a database file against every other process, readers included. Workers never
 touch it; they write Parquet in the job folder, and ``register_job`` copies the small
-facts (job, stages, shards, per-shard stats) into tables and points the ``decisions``
+facts (job, stages, shards, per-unit stats) into tables and points the ``decisions``
 view at the decision files, so "why was X dropped" is one query.
+
+A job has one record, the ``jobs`` row: what the job folder says (spec, counts,
+completion) and what the service adds (state, submission, attempts). While a job runs
+on Ray, Ray is the source of truth for its state; the row is updated when it ends.
 """
 
 from __future__ import annotations
@@ -17,31 +22,41 @@ from typing import Any
 
 import duckdb
 
-from workers import atomic
-from workers.layout import JobLayout
+from workers.job_folder import JobFolder
 
+SCHEMA_VERSION = 2
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS catalog_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS jobs (
-    job_id VARCHAR PRIMARY KEY, name VARCHAR, status VARCHAR, error VARCHAR, output VARCHAR,
-    spec_hash VARCHAR, code_version VARCHAR, spec JSON, model_hashes JSON,
-    created_at VARCHAR, completed_at VARCHAR, input_rows BIGINT, output_rows BIGINT
+    job_id VARCHAR PRIMARY KEY, name VARCHAR, state VARCHAR, error VARCHAR, error_code VARCHAR, output VARCHAR,
+    spec_hash VARCHAR, code_version VARCHAR, spec JSON, model_hashes JSON, artifacts JSON,
+    created_at VARCHAR, completed_at VARCHAR, input_rows BIGINT, output_rows BIGINT, created_docs BIGINT,
+    idempotency_key VARCHAR, attempts INTEGER, submission_id VARCHAR
 );
 CREATE TABLE IF NOT EXISTS stages (
-    job_id VARCHAR, stage_index INTEGER, stage VARCHAR, params JSON,
-    docs_in BIGINT, kept BIGINT, dropped BIGINT, reasons JSON
+    job_id VARCHAR, stage_index INTEGER, stage VARCHAR, kind VARCHAR, params JSON,
+    docs_in BIGINT, kept BIGINT, dropped BIGINT, created BIGINT, edited BIGINT, reasons JSON
 );
 CREATE TABLE IF NOT EXISTS shards (
     job_id VARCHAR, kind VARCHAR, path VARCHAR, rows BIGINT, bytes BIGINT, sha256 VARCHAR
 );
 CREATE TABLE IF NOT EXISTS stage_stats (
-    job_id VARCHAR, stage_index INTEGER, stage VARCHAR, shard VARCHAR, docs_in BIGINT, kept BIGINT,
-    dropped BIGINT, reasons JSON, text_bytes_in BIGINT, text_bytes_kept BIGINT, score_seconds DOUBLE
+    job_id VARCHAR, stage_index INTEGER, stage VARCHAR, shard VARCHAR, unit VARCHAR, docs_in BIGINT, kept BIGINT,
+    dropped BIGINT, created BIGINT, reasons JSON, text_bytes_in BIGINT, text_bytes_out BIGINT, score_seconds DOUBLE
 );
 """
+JOB_COLUMNS = ["job_id", "name", "state", "error", "error_code", "output", "spec_hash", "code_version", "spec",
+               "model_hashes", "artifacts", "created_at", "completed_at", "input_rows", "output_rows",
+               "created_docs", "idempotency_key", "attempts", "submission_id"]
+# What the service owns in a job record (the rest comes from the job folder).
+SUBMISSION_FIELDS = ("job_id", "name", "output", "spec", "created_at", "idempotency_key", "state", "error",
+                     "error_code", "attempts", "submission_id")
+TERMINAL = ("succeeded", "failed", "cancelled")
 
 NO_DECISIONS = """SELECT
     NULL::VARCHAR AS job_id, NULL::INTEGER AS stage_index, NULL::VARCHAR AS stage, NULL::VARCHAR AS shard,
-    NULL::BIGINT AS row, NULL::VARCHAR AS doc_id, NULL::VARCHAR AS decision, NULL::VARCHAR AS reason,
+    NULL::VARCHAR AS unit, NULL::BIGINT AS row, NULL::VARCHAR AS doc_id, NULL::VARCHAR AS parent_id,
+    NULL::VARCHAR AS decision, NULL::VARCHAR AS reason, NULL::VARCHAR AS change,
     NULL::MAP(VARCHAR, DOUBLE) AS scores, NULL::VARCHAR AS cluster_id, NULL::VARCHAR AS survivor_id
 WHERE false"""
 
@@ -54,24 +69,43 @@ def default_path() -> Path:
     return Path(os.environ.get("CURATE_HOME", Path.home() / ".curate")) / "catalog.duckdb"
 
 
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _read_decisions(patterns: list[str]) -> str:
+    # union_by_name: job folders written by older versions lack newer lineage columns.
+    return f"read_parquet([{', '.join(_quote(p) for p in patterns)}], union_by_name = true)"
+
+
 class Catalog:
     def __init__(self, path: str | Path | None = None, *, read_only: bool = False) -> None:
         self.path = Path(path) if path else default_path()
         if read_only and not self.path.exists():
             raise CatalogError(f"no catalog at {self.path}: run a job first (curate run / curate demo)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._con = self._connect(read_only)
+        if read_only and self._needs_migration():  # written by an earlier version: migrate it once
+            self._con.close()
+            Catalog(self.path).close()
+            self._con = self._connect(read_only)
+        if not read_only:
+            self._migrate()
+            self._con.execute(SCHEMA)
+            self._con.execute("INSERT OR REPLACE INTO catalog_meta VALUES ('schema_version', ?)",
+                              [str(SCHEMA_VERSION)])
+            self._refresh_decisions_view()
+
+    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         try:
-            self.con = duckdb.connect(str(self.path), read_only=read_only)
+            return duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.IOException as exc:
             raise CatalogError(
                 f"catalog {self.path} is locked by another process (a running `curate serve` or job?): {exc}"
             ) from None
-        if not read_only:
-            self.con.execute(SCHEMA)
-            self._refresh_decisions_view()
 
     def close(self) -> None:
-        self.con.close()
+        self._con.close()
 
     def __enter__(self) -> Catalog:
         return self
@@ -79,125 +113,214 @@ class Catalog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _rows(self, sql: str, params: list | None = None) -> list[dict[str, Any]]:
+        cur = self._con.execute(sql, params or [])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def sql(self, query: str, params: list | None = None) -> list[dict[str, Any]]:
+        """An ad-hoc query (tables ``jobs``, ``stages``, ``shards``, ``stage_stats``, view
+        ``decisions``), rows as dicts."""
+        return self._rows(query, params)
+
+    def ping(self) -> bool:
+        return self._con.execute("SELECT 1").fetchone() == (1,)
+
+    def _needs_migration(self) -> bool:
+        columns = {r[0] for r in self._con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs'").fetchall()}
+        return "status" in columns
+
+    def _migrate(self) -> None:
+        """Catalogs of version 1 had ``jobs.status`` and the API's own ``api_jobs`` table: fold
+        them into the one ``jobs`` record (nothing is lost; stages/shards are re-registered)."""
+        if not self._needs_migration():
+            return
+        tables = {r[0] for r in self._con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        old = self._rows("SELECT * FROM jobs")
+        api = {r["job_id"]: r for r in self._rows("SELECT * FROM api_jobs")} if "api_jobs" in tables else {}
+        for table in ("jobs", "stages", "shards", "stage_stats", "api_jobs"):
+            self._con.execute(f"DROP TABLE IF EXISTS {table}")
+        self._con.execute(SCHEMA)
+        for row in old:
+            a = api.pop(row["job_id"], {})
+            state = a.get("state") or {"incomplete": "failed"}.get(row["status"], row["status"])
+            self._upsert({**{k: row.get(k) for k in JOB_COLUMNS if k in row}, **a, "state": state})
+        for a in api.values():
+            self._upsert(a)
+        for row in self._rows("SELECT output FROM jobs"):
+            if JobFolder(row["output"]).started():
+                self._insert_folder_facts(JobFolder(row["output"]))
+
     # -- writing (single writer) -------------------------------------------------------
-    def register_job(self, output: str | Path, *, error: str | None = None) -> str:
-        """Copy a job folder's facts into the catalog; safe to repeat (replaces the job's rows)."""
-        layout = JobLayout(output)
-        if not layout.job_file.exists():
-            raise CatalogError(f"{layout.root} is not a curate job folder (no job.json)")
-        job = atomic.read_json(layout.job_file)
-        manifest = atomic.read_json(layout.manifest) if layout.manifest.exists() else None
-        job_id = job["job_id"]
-        status = "succeeded" if manifest else ("failed" if error else "incomplete")
-        con = self.con
-        con.execute("BEGIN TRANSACTION")
+    def _upsert(self, fields: dict[str, Any]) -> None:
+        """Insert or update a job record; only the given fields change."""
+        fields = {k: (json.dumps(v) if k in ("spec", "model_hashes", "artifacts") and not isinstance(v, str | None)
+                      else v) for k, v in fields.items() if k in JOB_COLUMNS}
+        names = list(fields)
+        updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != "job_id")
+        self._con.execute(
+            f"INSERT INTO jobs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
+            f"ON CONFLICT (job_id) DO {'UPDATE SET ' + updates if updates else 'NOTHING'}",
+            [fields[n] for n in names])
+
+    def save_submission(self, record: dict[str, Any]) -> None:
+        """The service's part of a job record (state, attempts, submission id, ...)."""
+        self._upsert({k: record[k] for k in SUBMISSION_FIELDS if k in record})
+
+    def submissions(self) -> list[dict[str, Any]]:
+        return self._rows(f"SELECT {', '.join(SUBMISSION_FIELDS)} FROM jobs WHERE submission_id IS NOT NULL "
+                          "ORDER BY created_at, job_id")
+
+    def register_job(self, output: str | Path, *, state: str | None = None, error: str | None = None,
+                     error_code: str | None = None) -> str:
+        """Copy a job folder's facts into the catalog; safe to repeat (replaces the job's
+        stage, shard and stats rows; keeps what the service recorded)."""
+        folder = JobFolder(output)
+        if not folder.started():
+            raise CatalogError(f"{folder.root} is not a curate job folder (no job.json)")
+        job = folder.job()
+        manifest = json.loads(folder.manifest.read_text()) if folder.complete() else None
+        if state is None:
+            state = "succeeded" if manifest else ("failed" if error else "running")
+        self._con.execute("BEGIN TRANSACTION")
         try:
-            for table in ("jobs", "stages", "shards", "stage_stats"):
-                con.execute(f"DELETE FROM {table} WHERE job_id = ?", [job_id])
-            con.execute(
-                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [job_id, job["name"], status, error, str(layout.root.resolve()), job["spec_hash"],
-                 job["code_version"], json.dumps(job["spec"]), json.dumps(job["model_hashes"]),
-                 job["created_at"], manifest and manifest["completed_at"],
-                 sum(s["rows"] for s in job["inputs"]), manifest and manifest["output"]["rows"]],
-            )
-            for shard in job["inputs"]:
-                con.execute("INSERT INTO shards VALUES (?, 'input', ?, ?, NULL, NULL)",
-                            [job_id, shard["path"], shard["rows"]])
-            for f in manifest["files"] if manifest else []:
-                con.execute("INSERT INTO shards VALUES (?, 'output', ?, ?, ?, ?)",
-                            [job_id, str(layout.root / f["path"]), f["rows"], f["bytes"], f["sha256"]])
-            self._insert_stats(job_id, job, layout, manifest)
-            con.execute("COMMIT")
+            self._upsert({
+                "job_id": job["job_id"], "name": job["name"], "state": state, "error": error, "error_code": error_code,
+                "output": str(folder.root.resolve()), "spec_hash": job["spec_hash"],
+                "code_version": job["code_version"], "spec": job["spec"], "model_hashes": job.get("model_hashes", {}),
+                "artifacts": job.get("artifacts", {}), "created_at": job["created_at"],
+                "completed_at": manifest and manifest["completed_at"],
+                "input_rows": sum(s["rows"] for s in job.get("inputs", [])),
+                "output_rows": manifest and manifest["output"]["rows"],
+                "created_docs": manifest and manifest["output"]["created"],
+            })
+            self._insert_folder_facts(folder, manifest)
+            self._con.execute("COMMIT")
         except Exception:
-            con.execute("ROLLBACK")
+            self._con.execute("ROLLBACK")
             raise
         self._refresh_decisions_view()
-        return job_id
+        return job["job_id"]
 
-    def _insert_stats(self, job_id: str, job: dict, layout: JobLayout, manifest: dict | None) -> None:
-        params = [{}] + [s["params"] for s in job["spec"]["stages"]]
-        for i, stage in enumerate(job["stages"]):
-            for path in sorted(glob.glob(str(layout.stage_dir(i, stage) / "stats" / "*.json"))):
-                s = atomic.read_json(Path(path))
-                self.con.execute(
-                    "INSERT INTO stage_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [job_id, i, stage, s["shard"], s["docs_in"], s["kept"], s["dropped"], json.dumps(s["reasons"]),
-                     s["text_bytes_in"], s["text_bytes_kept"], s["score_seconds"]],
-                )
-            row = next((f for f in manifest["funnel"] if f["stage_index"] == i), None) if manifest else None
-            self.con.execute(
-                "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [job_id, i, stage, json.dumps(params[i]), row and row["docs_in"], row and row["kept"],
-                 row and row["dropped"], json.dumps(row["reasons"]) if row else None],
-            )
+    def _insert_folder_facts(self, folder: JobFolder, manifest: dict | None = None) -> None:
+        job = folder.job()
+        job_id = job["job_id"]
+        for table in ("stages", "shards", "stage_stats"):
+            self._con.execute(f"DELETE FROM {table} WHERE job_id = ?", [job_id])
+        for shard in job.get("inputs", []):
+            self._con.execute("INSERT INTO shards VALUES (?, 'input', ?, ?, NULL, NULL)",
+                              [job_id, shard["path"], shard["rows"]])
+        for f in manifest["files"] if manifest else []:
+            self._con.execute("INSERT INTO shards VALUES (?, 'output', ?, ?, ?, ?)",
+                              [job_id, str(folder.root / f["path"]), f["rows"], f["bytes"], f["sha256"]])
+        for row in folder.funnel():
+            i, stage = row["stage_index"], row["stage"]
+            for s in folder.unit_stats(i, stage):
+                self._con.execute(
+                    "INSERT INTO stage_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [job_id, i, stage, s["shard"], s["unit"], s["docs_in"], s["kept"], s["dropped"], s["created"],
+                     json.dumps(s["reasons"]), s["text_bytes_in"], s["text_bytes_out"], s["score_seconds"]])
+            params = json.dumps(job["stages"][i]["params"])
+            self._con.execute("INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              [job_id, i, stage, row["kind"], params, row["docs_in"], row["kept"], row["dropped"],
+                               row["created"], row["edited"], json.dumps(row["reasons"])])
 
     def _refresh_decisions_view(self) -> None:
-        outputs = [r[0] for r in self.con.execute("SELECT output FROM jobs ORDER BY job_id").fetchall()]
-        globs = [JobLayout(o).decisions_glob() for o in outputs]
-        globs = [g for g in globs if glob.glob(g)]
-        if not globs:
-            self.con.execute(f"CREATE OR REPLACE VIEW decisions AS {NO_DECISIONS}")
-            return
-        files = ", ".join("'" + g.replace("'", "''") + "'" for g in globs)
-        self.con.execute(f"CREATE OR REPLACE VIEW decisions AS SELECT * FROM read_parquet([{files}])")
+        outputs = [r[0] for r in self._con.execute("SELECT output FROM jobs ORDER BY job_id").fetchall()]
+        globs = [g for g in (JobFolder(o).decisions_glob() for o in outputs if o) if glob.glob(g)]
+        body = f"SELECT * FROM {_read_decisions(globs)}" if globs else NO_DECISIONS
+        self._con.execute(f"CREATE OR REPLACE VIEW decisions AS {body}")
 
     # -- reading -----------------------------------------------------------------------
     def resolve_job(self, ref: str) -> dict[str, Any]:
         """A job by id, by name (latest), or by its output folder."""
-        cols = ["job_id", "name", "status", "error", "output", "spec_hash", "code_version",
-                "created_at", "completed_at", "input_rows", "output_rows"]
-        sql = f"SELECT {', '.join(cols)} FROM jobs WHERE job_id = ? OR name = ? OR output = ? ORDER BY created_at DESC"
         folder = str(Path(ref).resolve()) if Path(ref).exists() else ref
-        row = self.con.execute(sql, [ref, ref, folder]).fetchone()
-        if row is None:
+        rows = self._rows("SELECT job_id, name, state, error, error_code, output, spec_hash, code_version, "
+                          "created_at, completed_at, input_rows, output_rows, created_docs FROM jobs "
+                          "WHERE job_id = ? OR name = ? OR output = ? ORDER BY created_at DESC LIMIT 1",
+                          [ref, ref, folder])
+        if not rows:
             raise CatalogError(f"no job {ref!r} in catalog {self.path}")
-        return dict(zip(cols, row, strict=True))
+        return rows[0]
 
     def jobs(self) -> list[dict[str, Any]]:
-        cur = self.con.execute(
-            "SELECT job_id, name, status, input_rows, output_rows, completed_at, output FROM jobs ORDER BY created_at"
-        )
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        return self._rows("SELECT job_id, name, state, input_rows, output_rows, created_docs, completed_at, output "
+                          "FROM jobs ORDER BY created_at")
 
-    def job_decisions(self, job: dict[str, Any]) -> str:
+    def _job_decisions(self, job: dict[str, Any]) -> str:
         """A FROM clause over one job's decision files only (the ``decisions`` view spans
         every job, and breaks if any job folder was deleted since it was built)."""
-        pattern = JobLayout(job["output"]).decisions_glob()
-        if not glob.glob(pattern):
-            if not Path(job["output"]).exists():
-                raise CatalogError(f"job {job['job_id']}: its folder {job['output']} no longer exists")
-            return f"({NO_DECISIONS})"
-        return "read_parquet('" + pattern.replace("'", "''") + "')"
+        if not job["output"] or not Path(job["output"]).exists():
+            raise CatalogError(f"job {job['job_id']}: its folder {job['output']} no longer exists")
+        pattern = JobFolder(job["output"]).decisions_glob()
+        return f"({_read_decisions([pattern])})" if glob.glob(pattern) else f"({NO_DECISIONS})"
+
+    def _doc_rows(self, source: str, job_id: str, doc_id: str) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT stage_index, stage, decision, reason, change, scores, cluster_id, survivor_id, parent_id, shard, "
+            f"unit, row FROM {source} WHERE job_id = ? AND doc_id = ? ORDER BY stage_index, change NULLS FIRST",
+            [job_id, doc_id])
 
     def why(self, job_ref: str, doc_id: str) -> dict[str, Any]:
-        """Every stage the document reached, its scores, decision and reason."""
+        """Every stage the document reached (scores, decision, reason), the chain of sources
+        it was created from, and the documents created from it."""
         job = self.resolve_job(job_ref)
-        cur = self.con.execute(
-            "SELECT stage_index, stage, decision, reason, scores, cluster_id, survivor_id, shard, row "
-            f"FROM {self.job_decisions(job)} WHERE job_id = ? AND doc_id = ? ORDER BY stage_index",
-            [job["job_id"], doc_id],
-        )
-        names = [d[0] for d in cur.description]
-        stages = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-        n_stages = self.con.execute(
-            "SELECT count(*) FROM stages WHERE job_id = ?", [job["job_id"]]
-        ).fetchone()[0]
+        source = self._job_decisions(job)
+        stages = self._doc_rows(source, job["job_id"], doc_id)
+        n_stages = self._con.execute("SELECT count(*) FROM stages WHERE job_id = ?", [job["job_id"]]).fetchone()[0]
         dropped = next((s for s in stages if s["decision"] == "drop"), None)
+        last = stages[-1]["stage_index"] if stages else -1
         if not stages:
             outcome = "unknown"
         elif dropped:
             outcome = "dropped"
-        elif len(stages) == n_stages and job["status"] == "succeeded":
+        elif last == n_stages - 1 and job["state"] == "succeeded":
             outcome = "kept"
         else:
             outcome = "pending"
+        chain, parent = [], stages[0]["parent_id"] if stages else None
+        while parent is not None and len(chain) < 100:
+            rows = self._doc_rows(source, job["job_id"], parent)
+            chain.append({"doc_id": parent, "stages": rows})
+            parent = rows[0]["parent_id"] if rows else None
+        children = self._rows(
+            f"SELECT doc_id, stage, stage_index FROM {source} WHERE job_id = ? AND parent_id = ? "
+            "AND change = 'created' ORDER BY stage_index, unit, doc_id", [job["job_id"], doc_id])
+        created = next((s for s in stages if s["change"] == "created"), None)
+        edited = [s for s in stages if s["change"] == "edited"]
         return {
             "job_id": job["job_id"], "doc_id": doc_id, "outcome": outcome,
             "dropped_at": dropped and dropped["stage"], "reason": dropped and dropped["reason"],
-            "stages": stages,
+            "created_by": created and created["stage"], "parent_id": stages[0]["parent_id"] if stages else None,
+            "edited_by": [s["stage"] for s in edited],
+            "sources": chain, "children": children, "stages": stages,
         }
+
+    def drops(self, job_ref: str, stage: str | None, reason: str | None, limit: int) -> list[dict[str, Any]]:
+        """Dropped documents with their reason and scores, and where their text is."""
+        job = self.resolve_job(job_ref)
+        sql = ("SELECT doc_id, parent_id, stage, stage_index, reason, scores, cluster_id, survivor_id, shard, unit, "
+               f"row FROM {self._job_decisions(job)} WHERE job_id = ? AND decision = 'drop'")
+        params: list[Any] = [job["job_id"]]
+        if stage:
+            sql += " AND stage = ?"
+            params.append(stage)
+        if reason:
+            sql += " AND reason = ?"
+            params.append(reason)
+        return self._rows(sql + " ORDER BY stage_index, doc_id LIMIT ?", [*params, limit])
+
+    def examples(self, job_ref: str, stage: str) -> dict[str, str | None]:
+        """One dropped and one kept document of a stage (for the CLI's hints)."""
+        job = self.resolve_job(job_ref)
+        source = self._job_decisions(job)
+        found = {}
+        for decision in ("drop", "keep"):
+            row = self._con.execute(f"SELECT doc_id FROM {source} WHERE job_id = ? AND decision = ? AND stage = ? "
+                                    "ORDER BY doc_id LIMIT 1", [job["job_id"], decision, stage]).fetchone()
+            found[decision] = row[0] if row else None
+        return found
 
 
 def why(job: str, doc_id: str, catalog_path: str | Path | None = None) -> dict[str, Any]:

@@ -10,35 +10,44 @@ from pathlib import Path
 import yaml
 
 from service.catalog import Catalog, CatalogError, default_path
-from workers.driver import JobError, run_job
+from workers.job import JobError, run_job
+from workers.job_folder import JobFolder
 from workers.shards import InputError
-from workers.spec import SpecError, load_spec, parse_spec
+from workers.spec import SpecError, load_spec, local_paths, parse_spec
 
 
-def _register(output: str, catalog: str | None, error: str | None = None) -> None:
+def _register(output: str, catalog: str | None, error: Exception | None = None) -> None:
     """Record the job in the catalog; a busy catalog is a warning, the job folder has it all."""
+    if not JobFolder(output).started():
+        return
     try:
         with Catalog(catalog) as c:
-            c.register_job(output, error=error)
+            c.register_job(output, state="failed" if error else "succeeded", error=error and str(error),
+                           error_code=getattr(error, "code", None))
     except CatalogError as exc:
         print(f"warning: lineage not registered: {exc}", file=sys.stderr)
 
 
 def format_funnel(manifest: dict) -> str:
-    lines = [f"{'stage':<22}{'in':>9}{'kept':>9}{'dropped':>9}  top reasons"]
+    created = any(row["created"] for row in manifest["funnel"])
+    lines = [f"{'stage':<22}{'in':>9}{'kept':>9}{'dropped':>9}" + (f"{'created':>9}" if created else "")
+             + "  top reasons"]
     for row in manifest["funnel"]:
         reasons = ", ".join(f"{r}={n}" for r, n in list(row["reasons"].items())[:3])
-        lines.append(f"{row['stage']:<22}{row['docs_in']:>9}{row['kept']:>9}{row['dropped']:>9}  {reasons}")
+        extra = f"{row['created']:>9}" if created else ""
+        edited = f" (edited {row['edited']})" if row["edited"] else ""
+        lines.append(f"{row['stage']:<22}{row['docs_in']:>9}{row['kept']:>9}{row['dropped']:>9}{extra}  "
+                     f"{reasons}{edited}".rstrip())
     return "\n".join(lines)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec)
+    spec = local_paths(load_spec(args.spec))
     try:
         manifest = run_job(spec, overwrite=args.overwrite, progress=not args.no_progress)
     except (InputError, JobError) as exc:
-        if Path(spec.output, "job.json").exists():
-            _register(spec.output, args.catalog, error=str(exc))
+        if getattr(exc, "code", None) != "output_conflict":  # a conflict: the folder is another job's
+            _register(spec.output, args.catalog, error=exc)
         raise
     _register(spec.output, args.catalog)
     print(format_funnel(manifest))
@@ -97,17 +106,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _print_examples(job_id: str, catalog: str | None) -> None:
     with Catalog(catalog, read_only=True) as c:
-        source = c.job_decisions(c.resolve_job(job_id))
-        dropped = c.con.execute(
-            f"SELECT doc_id, reason FROM {source} WHERE job_id = ? AND decision = 'drop' "
-            "AND stage = 'quality_rules_v1' ORDER BY doc_id LIMIT 1", [job_id]).fetchone()
-        kept = c.con.execute(
-            f"SELECT doc_id FROM {source} WHERE job_id = ? AND decision = 'keep' "
-            "AND stage = 'quality_rules_v1' ORDER BY doc_id LIMIT 1", [job_id]).fetchone()
+        found = c.examples(job_id, "quality_rules_v1")
     print("ask why:")
-    for row in (dropped, kept):
-        if row:
-            print(f"  curate why {job_id} '{row[0]}'")
+    for doc_id in (found["drop"], found["keep"]):
+        if doc_id:
+            print(f"  curate why {job_id} '{doc_id}'")
 
 
 def cmd_why(args: argparse.Namespace) -> int:
@@ -123,21 +126,40 @@ def cmd_why(args: argparse.Namespace) -> int:
             "dropped": f"DROPPED at {answer['dropped_at']}: {answer['reason']}",
             "pending": "still in progress (job not finished)"}[answer["outcome"]]
     print(f"{answer['doc_id']} in job {answer['job_id']}: {head}")
-    for s in answer["stages"]:
+    if answer["created_by"]:
+        print(f"  created by {answer['created_by']} from {answer['parent_id']}")
+    _print_stages(answer["stages"], indent="  ")
+    for source in answer["sources"]:
+        print(f"  source {source['doc_id']}:")
+        _print_stages(source["stages"], indent="    ")
+    if answer["children"]:
+        kids = ", ".join(f"{c['doc_id']} ({c['stage']})" for c in answer["children"][:10])
+        more = f" and {len(answer['children']) - 10} more" if len(answer["children"]) > 10 else ""
+        print(f"  created from it: {kids}{more}")
+    return 0
+
+
+def _print_stages(stages: list[dict], indent: str) -> None:
+    for s in stages:
         extra = ""
         if s["cluster_id"]:
             extra = f"  cluster={s['cluster_id'][:12]} survivor={s['survivor_id']}"
-        scores = ", ".join(f"{k}={v:.4g}" for k, v in (s["scores"] or {}).items())
-        print(f"  [{s['stage_index']}] {s['stage']:<18} {s['decision']:<5} {s['reason'] or '':<34}{extra}".rstrip())
-        if scores:
-            print(f"      {scores}")
-    return 0
+        scores = dict(s["scores"] or {})
+        if s["change"] == "edited":
+            extra += f"  edited: {scores.get('chars_before', 0):.0f} -> {scores.get('chars_after', 0):.0f} chars"
+        elif s["change"] == "created":
+            extra += f"  created ({scores.get('chars_after', 0):.0f} chars)"
+        text = ", ".join(f"{k}={v:.4g}" for k, v in scores.items())
+        print(f"{indent}[{s['stage_index']}] {s['stage']:<18} {s['decision']:<5} {s['reason'] or '':<34}{extra}"
+              .rstrip())
+        if text:
+            print(f"{indent}    {text}")
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     with Catalog(args.catalog, read_only=True) as c:
         for j in c.jobs():
-            print(f"{j['job_id']:<32} {j['status']:<11} {j['input_rows'] or 0:>8} → {j['output_rows'] or 0:<8} "
+            print(f"{j['job_id']:<32} {j['state']:<11} {j['input_rows'] or 0:>8} → {j['output_rows'] or 0:<8} "
                   f"{j['output']}")
     return 0
 

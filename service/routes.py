@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Request
+from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
-from service.app import AdminKey, Jobs, ReadKey
+from service.deps import AdminKey, Jobs, ReadKey
 from service.errors import ErrorBody, ServiceError
 from workers.spec import JobSpec
 
@@ -30,11 +30,13 @@ class Job(BaseModel):
     name: str
     state: str = Field(description="queued, running, succeeded, failed or cancelled")
     error: str | None = None
+    error_code: str | None = Field(None, description="why it failed, as a code: bad_input, stage_failed, "
+                                   "model_load_failed, resources_unavailable, ...")
     output: str
     created_at: str
     attempts: int
     ray_submission_id: str | None
-    progress: dict | None = Field(None, description="per stage: shards done / total, docs in / out; ETA")
+    progress: dict | None = Field(None, description="per stage: units done / total, docs in / out / created; ETA")
 
 
 class Preview(BaseModel):
@@ -54,15 +56,9 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": ErrorBody}})
-async def readyz(request: Request):
+async def readyz(jobs: Jobs):
     """DuckDB and Ray are reachable."""
-    checks = {"duckdb": False, "ray": False}
-    try:
-        await request.app.state.db.run(lambda c: c.con.execute("SELECT 1").fetchone())
-        checks["duckdb"] = True
-    except Exception:  # noqa: BLE001 - reported as not ready
-        pass
-    checks["ray"] = await request.app.state.jobs.ray_reachable()
+    checks = await jobs.ready()
     if not all(checks.values()):
         raise ServiceError(503, "not ready", code="unavailable", details=checks)
     return Health(status="ready", checks=checks)
@@ -116,7 +112,9 @@ async def job_stats(job_id: str, jobs: Jobs, _: ReadKey) -> dict:
 
 @router.get("/jobs/{job_id}/documents/{doc_id:path}", tags=["lineage"], responses=ERRORS)
 async def document_lineage(job_id: str, doc_id: str, jobs: Jobs, _: ReadKey) -> dict:
-    """Every stage the document reached: scores, decision, reason, cluster and survivor."""
+    """Every stage the document reached (scores, decision, reason, cluster and survivor),
+    the sources it was created from (``sources``) and the documents created from it
+    (``children``)."""
     return await jobs.document(job_id, doc_id)
 
 

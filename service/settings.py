@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     port: int = 8000
     # Job inputs must lie under one of these (``:``-separated in the environment).
     data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [Path.cwd()])
+    # Files a stage reads (models, calibration sets) may also lie under these.
+    model_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     # Job outputs must lie under this; relative outputs are placed here.
     output_root: Path | None = None
     max_body_bytes: int = Field(1 << 20, description="largest accepted request body")
@@ -29,7 +31,7 @@ class Settings(BaseSettings):
     driver_python: str | None = None
     poll_seconds: float = 1.0
 
-    @field_validator("data_roots", mode="before")
+    @field_validator("data_roots", "model_roots", mode="before")
     @classmethod
     def _split_roots(cls, value: object) -> object:
         if isinstance(value, str):
@@ -43,6 +45,10 @@ class Settings(BaseSettings):
     @cached_property
     def roots(self) -> list[Path]:
         return [p.resolve() for p in self.data_roots]
+
+    @cached_property
+    def file_roots(self) -> list[Path]:
+        return [p.resolve() for p in self.model_roots]
 
     @property
     def catalog_path(self) -> Path:

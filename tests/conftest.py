@@ -4,6 +4,8 @@ a fresh catalog home per test, and helpers for inline shards."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,6 +15,12 @@ import pytest
 # Before anything imports Ray: loopback only, and token auth (what `ray start` enables).
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_AUTH_MODE"] = "token"
+# A 1→N transform defined by the tests, registered the way a user registers a stage of
+# their own; set before the registry is imported and before the Ray head starts, so
+# every process of a job (CLI, service, Ray workers and job drivers) knows it.
+TEST_STAGES = Path(__file__).resolve().parent / "stages"
+os.environ["CURATE_STAGES"] = (f"{TEST_STAGES / 'split_stage.py'}:SplitParagraphsTestV1,"
+                               f"{TEST_STAGES / 'calibrated_stage.py'}:CalibratedLengthTestV1")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WEB_POOL = SHARED_DATA / "web" / "combined_web_pool.parquet"
@@ -45,7 +53,7 @@ def ray_cluster(ray_head):
     """This test process connected to the session's Ray head as a driver."""
     import ray
 
-    from workers.driver import connect_ray
+    from workers.passes import connect_ray
 
     connect_ray()
     return ray
@@ -74,3 +82,17 @@ GOOD = (
     "often stay to walk along the river. The local museum has a collection of maps that show how "
     "the streets have changed over the centuries, and it is open to the public every day of the week."
 )
+
+
+def run_cli(*args, check=True, timeout=600) -> subprocess.CompletedProcess:
+    """`curate ...` as a user runs it: a real subprocess with this session's environment."""
+    proc = subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True, text=True,
+                          env=os.environ.copy(), timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def start_cli(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "service.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import random
 import time
@@ -90,11 +91,11 @@ def test_job_lifecycle_lineage_and_download(api, done_job):
     stages = done_job["progress"]["stages"]
     assert [(s["stage"], s["docs_in"], s["docs_out"]) for s in stages] == [
         ("input_v1", 6, 5), ("exact_dedup_v1", 5, 4), ("quality_rules_v1", 4, 2)]
-    assert all(s["shards_done"] == s["shards_total"] == 2 for s in stages)
+    assert all(s["units_done"] == s["units_total"] == 2 for s in stages)
 
     stats = api.get(f"/jobs/{job_id}/stats", headers=api.read).json()
     assert stats["stages"][1]["reasons"] == {"exact_dedup.duplicate": 1}
-    assert len(stats["stages"][2]["shards"]) == 2
+    assert len(stats["stages"][2]["units"]) == 2
 
     doc = api.get(f"/jobs/{job_id}/documents/a1", headers=api.read).json()
     assert doc["outcome"] == "dropped" and doc["reason"] == "exact_dedup.duplicate"
@@ -176,7 +177,7 @@ def test_symlink_out_of_the_data_root_is_rejected(api, tmp_path):
     if not (link / "x.parquet").exists():
         os.symlink(outside, link / "x.parquet")
     assert_error(submit(api, {**SPEC, "inputs": ["link/*.parquet"], "output": "sym"}), 400, "path_not_allowed",
-                 "resolves outside the allowed input roots")
+                 "is outside the allowed input roots")
 
 
 def test_auth_on_every_jobs_route(api, done_job):
@@ -233,7 +234,7 @@ def test_failed_job_reports_the_error_and_retry_succeeds_after_a_fix(api):
     pq.write_table(pa.table({"id": ["f0", "f1"], "text": raw}), bad)
     job_id = submit(api, {**SPEC, "name": "fixme", "inputs": ["fixme/*.parquet"], "output": "fixme"}).json()["job_id"]
     failed = wait_for(api, job_id)
-    assert failed["state"] == "failed"
+    assert failed["state"] == "failed" and failed["error_code"] == "bad_input"
     assert "x.parquet row 1: text is not valid UTF-8 (byte 0xe9 at offset 3)" in failed["error"]
     write_shard(bad, [GOOD, "café"], ids=["f0", "f1"])
     api.post(f"/jobs/{job_id}/retry", headers=api.admin)
@@ -250,7 +251,7 @@ def test_unavailable_and_internal_errors_use_the_same_body(api, done_job, monkey
     async def broken(job_id: str) -> dict:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(jobs, "ray_reachable", unreachable)
+    monkeypatch.setattr(jobs.ray, "reachable", unreachable)
     error = assert_error(api.get("/readyz"), 503, "unavailable", "not ready")
     assert error["details"] == {"duckdb": True, "ray": False}
     monkeypatch.setattr(jobs, "stats", broken)
@@ -262,11 +263,85 @@ def test_unavailable_and_internal_errors_use_the_same_body(api, done_job, monkey
 def test_a_job_ray_forgot_is_reported_failed_and_can_be_retried(api, done_job):
     """After a restart of a local Ray head, Ray no longer knows running submissions."""
     jobs = api.app.state.jobs
-    row = {**jobs.rows[done_job["job_id"]], "job_id": "lost-0000000000", "state": "running",
+    row = {**jobs.store.get(done_job["job_id"]), "job_id": "lost-0000000000", "state": "running",
            "submission_id": "lost-0000000000-1-abcdef", "idempotency_key": None,
            "output": str(api.root / "runs" / "lost")}
-    api.portal.call(jobs._save, row)
+    api.portal.call(jobs.store.save, row)
     jobs.live.pop("lost-0000000000", None)
     job = api.get("/jobs/lost-0000000000", headers=api.read).json()
-    assert job["state"] == "failed" and "Ray has no record of submission" in job["error"]
+    assert job["state"] == "failed" and job["error_code"] == "ray_forgot"
+    assert "Ray has no record of submission" in job["error"]
     assert "POST /jobs/lost-0000000000/retry" in job["error"]
+
+
+PPL = {"stage": "perplexity_v1", "params": {"backend": "llama_cpp", "window": 16}}
+
+
+def ppl_spec(model: str, name: str = "ppl") -> dict:
+    return {**SPEC, "name": name, "output": name, "stages": [{**PPL, "params": {**PPL["params"], "model": model}}]}
+
+
+@pytest.mark.parametrize("model", ["/etc/hosts", "/no/such/dir/model.gguf", "../secret.gguf", "link/outside.gguf",
+                                   "a\u0000b.gguf"])
+def test_a_model_path_is_confined_like_an_input(api, tmp_path, model):
+    """Outside the roots (existing or not), '..', a symlink out, a NUL byte: all 400, and the
+    message is the same whether the file exists, so nothing about the server's files leaks."""
+    target = tmp_path / "outside.gguf"
+    target.write_bytes(b"GGUF")
+    (api.data / "link").mkdir(exist_ok=True)
+    if not (api.data / "link" / "outside.gguf").exists():
+        os.symlink(target, api.data / "link" / "outside.gguf")
+    error = assert_error(submit(api, ppl_spec(model)), 400, "path_not_allowed", "stages.0.params.model:")
+    if model.startswith("/"):
+        assert error["message"] == f"stages.0.params.model: {model!r} is outside the allowed roots"
+
+
+def test_nul_byte_in_an_input_path_is_a_400_not_a_500(api):
+    assert_error(submit(api, {**SPEC, "inputs": ["small\u0000x/*.parquet"]}), 400, "path_not_allowed",
+                 "control character")
+
+
+def test_a_missing_model_inside_the_roots_is_named(api):
+    assert_error(submit(api, ppl_spec("models/missing.gguf")), 422, "invalid_request",
+                 "stages.0.params.model: file not found: models/missing.gguf")
+
+
+def test_the_api_never_loads_a_model_the_job_does(api):
+    """A garbage model inside the roots passes the API (it only checks the path); loading
+    happens in the job, which fails with the stage named and the code as data."""
+    bad = api.data / "models" / "garbage.gguf"
+    bad.parent.mkdir(exist_ok=True)
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    resp = submit(api, ppl_spec("models/garbage.gguf", name="garbage"))
+    assert resp.status_code == 201, resp.text
+    failed = wait_for(api, resp.json()["job_id"])
+    assert failed["state"] == "failed" and failed["error_code"] == "model_load_failed"
+    assert "perplexity_v1: cannot load its model" in failed["error"]
+    spec = json.loads((api.root / "runs" / "garbage" / "job.json").read_text())["spec"]
+    assert spec["stages"][0]["params"]["model"] == str(bad)  # made absolute inside the root
+
+
+def test_created_documents_on_the_rest_routes(api):
+    """The document route walks a created document back to its source and lists a
+    source's children; a drop preview shows the text the dropping stage saw."""
+    from workers.lineage import created_id
+
+    split = "split_paragraphs_test_v1"
+    write_shard(api.data / "paras" / "p.parquet", [f"{GOOD}\n\nToo short.", GOOD.replace("city", "port")],
+                ids=["two", "one"])
+    spec = {"name": "paras", "inputs": ["paras/*.parquet"], "output": "paras",
+            "stages": [{"stage": split}, {"stage": "quality_rules_v1"}]}
+    job = wait_for(api, submit(api, spec).json()["job_id"])
+    assert job["state"] == "succeeded", job
+    assert [(s["stage"], s["docs_in"], s["created"], s["docs_out"]) for s in job["progress"]["stages"]] == [
+        ("input_v1", 2, 0, 2), (split, 2, 2, 3), ("quality_rules_v1", 3, 0, 2)]
+    short = created_id("two", split, "p1")
+    doc = api.get(f"/jobs/{job['job_id']}/documents/{short}", headers=api.read).json()
+    assert doc["outcome"] == "dropped" and doc["reason"] == "quality_rules.too_few_words"
+    assert doc["created_by"] == split and doc["parent_id"] == "two"
+    assert doc["sources"][0]["doc_id"] == "two" and doc["sources"][0]["stages"][-1]["reason"] == "split.replaced"
+    source = api.get(f"/jobs/{job['job_id']}/documents/two", headers=api.read).json()
+    assert sorted(c["doc_id"] for c in source["children"]) == sorted([created_id("two", split, "p0"), short])
+    drops = api.get(f"/jobs/{job['job_id']}/drops", headers=api.read).json()
+    previews = {d["doc_id"]: d["text_preview"] for d in drops}
+    assert previews == {"two": f"{GOOD}\n\nToo short."[:300], short: "Too short."}

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import GOOD, write_shard
 
-from workers.driver import JobError, run_job
+from workers.job import JobError, run_job
 from workers.shards import InputError
 from workers.spec import parse_spec
 
@@ -98,7 +98,7 @@ def test_null_and_blank_texts_are_kept_in_lineage_not_lost(tmp_path):
     manifest = run(tmp_path)
     inp = manifest["funnel"][0]
     assert inp["reasons"] == {"input.null_text": 1, "input.empty_text": 2}
-    d = pq.read_table(tmp_path / "out" / "stages" / "00-input_v1" / "decisions" / "00000-a.parquet")
+    d = pq.read_table(tmp_path / "out" / "stages" / "00-input_v1" / "decisions" / "00000-a.000000000.parquet")
     assert d["doc_id"].to_pylist() == ["n", "e", "w", "g"]
     assert d["reason"].to_pylist() == ["input.null_text", "input.empty_text", "input.empty_text", None]
 
@@ -108,7 +108,8 @@ def test_missing_ids_are_derived_deterministically(tmp_path):
     manifest = run(tmp_path)
     out = pq.read_table(tmp_path / "out" / manifest["files"][0]["path"])
     assert out["id"].to_pylist() == ["noids:0"]
-    d = pq.read_table(tmp_path / "out" / "stages" / "01-quality_rules_v1" / "decisions" / "00000-noids.parquet")
+    d = pq.read_table(tmp_path / "out" / "stages" / "01-quality_rules_v1" / "decisions" /
+                      "00000-noids.000000000.parquet")
     assert d["doc_id"].to_pylist() == ["noids:0", "noids:1"]
 
 

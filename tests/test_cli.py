@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 from conftest import GOOD, WEB_POOL, needs_shared, write_shard
+from conftest import run_cli as curate
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-
-
-def curate(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True, text=True,
-                          env=os.environ.copy(), timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
 
 
 def test_demo_runs_end_to_end_and_why_explains_its_examples(tmp_path):

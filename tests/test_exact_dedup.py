@@ -1,7 +1,9 @@
 import pyarrow as pa
 import pytest
 
+from filters.base import Fitted
 from filters.exact_dedup import ExactDedupParams, ExactDedupV1, normalise
+from workers.fit_view import TableScoreView
 
 
 def corpus(texts):
@@ -14,8 +16,9 @@ def score_fit_select(stage, texts, order=None):
     full = scores.append_column("id", docs["id"]).append_column(
         "order", pa.array(order or list(range(len(texts))), pa.int64())
     )
-    fitted = stage.fit(full)
-    return stage.select(full, fitted)
+    with TableScoreView(full) as view:
+        fitted = stage.fit(view, None)
+    return stage.select(full, Fitted(fitted))
 
 
 def test_normalisation_is_documented_behaviour():

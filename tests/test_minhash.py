@@ -20,8 +20,8 @@ from filters.minhash import (
     shingle_hashes,
     signatures,
 )
-from workers.driver import run_job
-from workers.minhash_fit import cluster_members
+from workers.job import run_job
+from workers.minhash_clusters import cluster_members
 from workers.spec import parse_spec
 
 _letters = random.Random(7)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import GOOD, write_shard
 
-from workers.driver import run_job
+from workers.job import run_job
 from workers.reselect import ReselectError, preview_selection
 from workers.spec import parse_spec
 
@@ -100,7 +100,7 @@ def test_new_mode_or_threshold_is_a_reselect_never_a_rescore(ray_cluster, corpus
 
 
 def test_gpu_request_on_a_cpu_cluster_fails_before_waiting(ray_cluster, corpus):
-    from workers.driver import JobError
+    from workers.job import JobError
 
     tmp_path, _, _ = corpus
     with pytest.raises(JobError, match=r"num_gpus=1\.0 per actor but the Ray cluster has 0 GPUs"):
@@ -108,7 +108,7 @@ def test_gpu_request_on_a_cpu_cluster_fails_before_waiting(ray_cluster, corpus):
 
 
 def test_corrupt_model_file_fails_the_job_naming_the_stage(ray_cluster, corpus):
-    from workers.driver import JobError
+    from workers.job import JobError
 
     tmp_path, _, _ = corpus
     bad = tmp_path / "broken.gguf"
@@ -120,9 +120,9 @@ def test_corrupt_model_file_fails_the_job_naming_the_stage(ray_cluster, corpus):
 
 def test_missing_model_or_package_is_a_spec_error(tmp_path):
     from filters.lm.base import MissingDependency, require
-    from workers.spec import SpecError
+    from workers.spec import SpecError, local_paths
 
-    with pytest.raises(SpecError, match="params.model: model not found: /no/such.arpa"):
-        _spec(tmp_path, {"backend": "kenlm", "model": "/no/such.arpa"})
+    with pytest.raises(SpecError, match="stages.0.params.model: file not found: /no/such.arpa"):
+        local_paths(_spec(tmp_path, {"backend": "kenlm", "model": "/no/such.arpa"}))
     with pytest.raises(MissingDependency, match="pip install no-such-package"):
         require("no_such_module", "no-such-package", "test")

@@ -11,9 +11,12 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
+from filters.base import Fitted
 from filters.lm.base import plan_windows
 from filters.lm.ccnet import normalize
 from filters.perplexity import PerplexityParams, PerplexityV1
+from workers.fit_view import TableScoreView
+from workers.spec import local_paths, parse_spec
 
 
 # ---------------------------------------------------------------- windows
@@ -46,11 +49,16 @@ def _scores(values: list[float | None], chars: int | list[int] = 1000) -> pa.Tab
     })
 
 
+def _fit(stage: PerplexityV1, table: pa.Table) -> Fitted:
+    with TableScoreView(table) as view:
+        return Fitted(stage.fit(view, None))
+
+
 def _select(select: dict, values, shards: int = 3, **params):
-    """Fit over all scores, then select shard by shard, as the driver does."""
+    """Fit over all scores, then select unit by unit, as a job does."""
     stage = PerplexityV1({"select": select, **params})
     table = _scores(values)
-    fitted = stage.fit(table)
+    fitted = _fit(stage, table)
     keep, reasons = [], []
     for part in np.array_split(np.arange(len(values)), shards):
         sel = stage.select(table.take(part), fitted)
@@ -101,7 +109,7 @@ def test_buckets_at_the_jobs_own_percentiles():
 
 def test_fixed_bucket_cutoffs_and_bucket_recorded():
     stage = PerplexityV1({"select": {"mode": "buckets", "cutoffs": [340, 520]}})
-    sel = stage.select(_scores([100.0, 340.0, 519.9, 520.0, 9000.0]), stage.fit(_scores([1.0])))
+    sel = stage.select(_scores([100.0, 340.0, 519.9, 520.0, 9000.0]), _fit(stage, _scores([1.0])))
     assert sel.reason == [None, None, None, "perplexity.bucket_tail", "perplexity.bucket_tail"]
     assert sel.extra_scores["bucket"] == [0.0, 1.0, 1.0, 2.0, 2.0]
     assert sel.extra_scores["cutoff_low"] == [340] * 5 and sel.extra_scores["cutoff_high"] == [520] * 5
@@ -118,7 +126,7 @@ def test_threshold_empty_and_short_reasons():
 def test_too_short_documents_are_left_out_of_the_band():
     stage = PerplexityV1({"select": {"mode": "band", "band": "low", "keep_ratio": 0.5}, "min_chars": 300})
     table = _scores([float(v) for v in range(1, 11)], chars=[100] * 4 + [1000] * 6)  # 1-4 too short
-    sel = stage.select(table, stage.fit(table))
+    sel = stage.select(table, _fit(stage, table))
     assert sel.reason[:4] == ["perplexity.too_short"] * 4
     assert sel.keep == [False] * 4 + [True] * 3 + [False] * 3  # half of the 6 ranked documents
 
@@ -191,8 +199,11 @@ def test_kenlm_matches_hand_computation(toy_arpa):
 
 def test_relative_model_paths_become_absolute(toy_arpa, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # toy.arpa lives here
-    params = PerplexityParams.model_validate({"backend": "kenlm", "model": "toy.arpa"})
-    assert params.model == toy_arpa  # Ray actors run elsewhere: the spec keeps the absolute path
+    spec = parse_spec({"name": "k", "inputs": ["x.parquet"], "output": "o",
+                       "stages": [{"stage": "perplexity_v1", "params": {"backend": "kenlm", "model": "toy.arpa"}}]})
+    assert spec.stages[0].params["model"] == "toy.arpa"  # parsing never touches the filesystem
+    # Ray actors run elsewhere: the CLI's path rule makes it absolute.
+    assert local_paths(spec).stages[0].params["model"] == toy_arpa
 
 
 def test_kenlm_ccnet_newline_quirk_glues_lines(toy_arpa):

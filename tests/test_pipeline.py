@@ -9,7 +9,7 @@ from conftest import GOOD, WEB_POOL, needs_shared, write_shard
 
 from service.catalog import Catalog, why
 from workers import atomic
-from workers.driver import run_job
+from workers.job import run_job
 from workers.spec import parse_spec
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -61,13 +61,13 @@ def test_outputs_keep_passthrough_columns_and_manifest_hashes(inline_job):
 def test_every_input_document_is_accounted_for_in_lineage(inline_job):
     spec, _ = inline_job
     with Catalog(read_only=True) as c:
-        reached_input = c.con.execute(
-            "SELECT count(*), count(DISTINCT doc_id) FROM decisions WHERE stage = 'input_v1'").fetchone()
-        dup_rows = c.con.execute(
-            "SELECT count(*) FROM (SELECT stage, doc_id FROM decisions GROUP BY ALL HAVING count(*) > 1)").fetchone()
-        drops = c.con.execute("SELECT count(*) FROM decisions WHERE decision = 'drop'").fetchone()[0]
-        out_rows = c.con.execute("SELECT sum(rows) FROM shards WHERE kind = 'output'").fetchone()[0]
-    assert reached_input == (9, 9) and dup_rows == (0,)
+        reached_input = c.sql(
+            "SELECT count(*) AS n, count(DISTINCT doc_id) AS d FROM decisions WHERE stage = 'input_v1'")[0]
+        dup_rows = c.sql(
+            "SELECT count(*) AS n FROM (SELECT stage, doc_id FROM decisions GROUP BY ALL HAVING count(*) > 1)")[0]
+        drops = c.sql("SELECT count(*) AS n FROM decisions WHERE decision = 'drop'")[0]["n"]
+        out_rows = c.sql("SELECT sum(rows) AS n FROM shards WHERE kind = 'output'")[0]["n"]
+    assert reached_input == {"n": 9, "d": 9} and dup_rows == {"n": 0}
     assert out_rows == 9 - drops
 
 
@@ -91,14 +91,14 @@ def test_rerun_resumes_from_markers_and_reproduces_outputs(tmp_path, inline_job)
     out = tmp_path / "out"
     # Simulate a crash in the middle of pass 2: its markers and outputs for one shard vanish.
     (out / "manifest.json").unlink()
-    for marker in (out / "_done").glob("00001-b.*"):
-        if "exact_dedup" not in marker.name or "select" in marker.name:
+    for marker in (out / "_done").glob("*/00001-b.*"):
+        if "exact_dedup" not in marker.parent.name or "select" in marker.parent.name:
             marker.unlink()
     (out / "data" / "00001-b.parquet").unlink()
-    before = {p.name: p.stat().st_mtime_ns for p in (out / "_done").glob("00000-a.*")}
+    before = {str(p): p.stat().st_mtime_ns for p in (out / "_done").glob("*/00000-a.*")}
     again = run_job(spec, progress=False)
     assert [f["sha256"] for f in again["files"]] == [f["sha256"] for f in manifest["files"]]
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "_done").glob("00000-a.*")} == before  # a untouched
+    assert {str(p): p.stat().st_mtime_ns for p in (out / "_done").glob("*/00000-a.*")} == before  # a untouched
     decisions = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/stages/*/decisions/*.parquet')").fetchall()[0]
     assert decisions == (9 + 7 + 5,)
 
@@ -106,7 +106,7 @@ def test_rerun_resumes_from_markers_and_reproduces_outputs(tmp_path, inline_job)
 def test_changed_spec_refuses_existing_folder_unless_overwrite(tmp_path, inline_job):
     spec, _ = inline_job
     other = make_spec(tmp_path, spec.inputs, stages=[{"stage": "quality_rules_v1", "params": {"min_words": 5}}])
-    from workers.driver import JobError
+    from workers.job import JobError
 
     with pytest.raises(JobError, match="holds job t-.* with another spec; use a new output folder or --overwrite"):
         run_job(other, progress=False)
@@ -120,9 +120,9 @@ def test_web_pool_rows_equal_input_minus_recorded_drops(tmp_path):
     manifest = run_job(spec, progress=False)
     with Catalog() as c:
         c.register_job(spec.output)
-        drops = dict(c.con.execute(
-            "SELECT reason, count(*) FROM decisions WHERE job_id = ? AND decision = 'drop' GROUP BY reason",
-            [spec.job_id()]).fetchall())
+        drops = {r["reason"]: r["n"] for r in c.sql(
+            "SELECT reason, count(*) AS n FROM decisions WHERE job_id = ? AND decision = 'drop' GROUP BY reason",
+            [spec.job_id()])}
     assert manifest["input"]["rows"] == 1907
     assert manifest["output"]["rows"] == 1907 - sum(drops.values())
     assert drops["input.empty_text"] == 27  # the pool's 27 empty docs, recorded, not lost

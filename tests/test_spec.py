@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from workers.spec import SpecError, load_spec, parse_spec
+from workers.spec import SpecError, load_spec, local_paths, parse_spec
 
 BASE = {"name": "j", "inputs": ["x/*.parquet"], "output": "out", "stages": [{"stage": "quality_rules_v1"}]}
 
@@ -73,3 +73,19 @@ def test_load_errors_name_the_file(tmp_path):
     listy.write_text("- a\n- b\n")
     with pytest.raises(SpecError, match="must be a mapping"):
         load_spec(listy)
+
+
+def test_parsing_never_touches_paths_and_local_paths_resolves_them(tmp_path):
+    ppl = {"stage": "perplexity_v1", "params": {"backend": "kenlm", "model": "models/lm.arpa"}}
+    s = parse_spec(spec(inputs=["in/*.parquet"], output="out", stages=[ppl]))  # no file exists: parsing is fine
+    with pytest.raises(SpecError, match="stages.0.params.model: file not found: models/lm.arpa"):
+        local_paths(s, base=tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "lm.arpa").write_text("\\data\\\n")
+    resolved = local_paths(s, base=tmp_path)
+    assert resolved.stages[0].params["model"] == str(tmp_path / "models" / "lm.arpa")
+    assert resolved.inputs == [str(tmp_path / "in" / "*.parquet")] and resolved.output == str(tmp_path / "out")
+    bundled = local_paths(parse_spec(spec(stages=[{"stage": "perplexity_v1"}])), base=tmp_path)
+    assert bundled.stages[0].params["model"] == "smollm2-135m"  # a bundled name is not a path
+    with pytest.raises(SpecError, match="control character"):
+        local_paths(parse_spec(spec(inputs=["a\u0000b.parquet"])), base=tmp_path)

@@ -12,50 +12,70 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from filters.base import Fitted
 from filters.registry import get_stage
-from workers import atomic
-from workers.layout import JobLayout
+from workers.job_folder import JobFolder
+from workers.lineage import KEEP
+from workers.planner import last_fit_before, score_phases
 
 
 class ReselectError(ValueError):
-    pass
+    """Why a re-select cannot run; ``code`` says which kind (``not_scored``: the stage has
+    not scored every unit yet; ``bad_stage``, ``rescoring_param``, ``transform``)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _find_stage(stages: list[dict], ref: str | int) -> dict:
+    if isinstance(ref, int) or str(ref).isdigit():
+        index = int(ref)
+        if not 0 <= index < len(stages):
+            raise ReselectError(f"stage index {index} out of range (job has {len(stages)} stages)", "bad_stage")
+        return stages[index]
+    for st in stages:
+        if st["name"] == ref:
+            return st
+    raise ReselectError(f"stage {ref!r} is not in this job (stages: {', '.join(s['name'] for s in stages)})",
+                        "bad_stage")
 
 
 def preview_selection(output: str | Path, stage_ref: str | int, params: dict[str, Any]) -> dict:
-    layout = JobLayout(output)
-    job = atomic.read_json(layout.job_file)
-    names = job["stages"]
-    if isinstance(stage_ref, int) or str(stage_ref).isdigit():
-        index = int(stage_ref)
-        if not 0 <= index < len(names):
-            raise ReselectError(f"stage index {index} out of range (job has {len(names)} stages)")
-    elif stage_ref in names:
-        index = names.index(stage_ref)
-    else:
-        raise ReselectError(f"stage {stage_ref!r} is not in this job (stages: {', '.join(names)})")
-    name = names[index]
+    folder = JobFolder(output)
+    stages = folder.stages()
+    record = _find_stage(stages, stage_ref)
+    index, name = record["index"], record["name"]
     cls = get_stage(name)
-    stored = job["spec"]["stages"][index - 1]["params"] if index > 0 else {}
+    if cls.kind == "transform":
+        raise ReselectError(f"{name} is a transform: its output is new text, not a selection over scores",
+                            "transform")
+    stored = record["params"]
     changed = sorted(k for k, v in params.items() if stored.get(k) != v)
     rescoring = sorted(set(changed) & cls.score_params)
     if rescoring:
-        raise ReselectError(f"changing {', '.join(rescoring)} changes how {name} scores documents; run the job again")
+        raise ReselectError(f"changing {', '.join(rescoring)} changes how {name} scores documents; run the job again",
+                            "rescoring_param")
     stage = cls(cls.Params.model_validate({**stored, **params}))  # pydantic ValidationError names the field
-    fitted = pq.read_table(layout.fit(index, name)) if cls.corpus_wide else None
-    before, after = Counter(), Counter()
-    counts = Counter()
-    for shard in job["inputs"]:
-        scores_path = layout.scores(index, name, shard["key"])
+    fit = last_fit_before(stage, None)
+    fitted = None
+    if fit:
+        path = folder.fit(index, name, fit)
+        artifacts = folder.artifacts(index, name)
+        fitted = Fitted(pq.read_table(path) if path.exists() else None, artifacts if artifacts.exists() else None)
+    phase = score_phases(stage)[-1]
+    before, after, counts = Counter(), Counter(), Counter()
+    for unit in folder.units():
+        scores_path = folder.scores(index, name, unit["key"], phase)
         if not scores_path.exists():
-            raise ReselectError(f"{name} has not scored shard {shard['path']} yet")
+            raise ReselectError(f"{name} has not scored unit {unit['key']} yet", "not_scored")
         scores = pq.read_table(scores_path)
         sel = stage.select(scores, fitted)
-        decisions_path = layout.decisions(index, name, shard["key"])
+        decisions_path = folder.decisions(index, name, unit["key"])
         if decisions_path.exists():
             old = pq.read_table(decisions_path, columns=["decision", "reason"])
-            old_keep = [d == "keep" for d in old["decision"].to_pylist()]
-            old_reason = old["reason"].to_pylist()
-            before.update(r for r in old_reason if r)
+            old_keep = [d == KEEP for d in old["decision"].to_pylist()]
+            before.update(r for r in old["reason"].to_pylist() if r)
             counts["before_kept"] += sum(old_keep)
             counts["newly_kept"] += sum(n and not o for n, o in zip(sel.keep, old_keep, strict=True))
             counts["newly_dropped"] += sum(o and not n for n, o in zip(sel.keep, old_keep, strict=True))
@@ -71,5 +91,5 @@ def preview_selection(output: str | Path, stage_ref: str | int, params: dict[str
                   "reasons": dict(after.most_common())},
         "newly_kept": counts["newly_kept"], "newly_dropped": counts["newly_dropped"],
         "note": "scores were not recomputed; later stages were not re-run, so newly kept documents "
-                "have no scores there" if index < len(names) - 1 else "scores were not recomputed",
+                "have no scores there" if index < len(stages) - 1 else "scores were not recomputed",
     }

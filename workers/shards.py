@@ -1,8 +1,9 @@
-"""Input shards: discovery, the pre-flight check run before any work starts, and the
-normalised view (``id``, ``text``, ``row``) that stages see."""
+"""Input shards: discovery, the pre-flight check run before any work starts, work units
+(row ranges of a shard), and the normalised view (``id``, ``text``, ``row``) stages see."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -19,7 +20,14 @@ _TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary(), p
 
 
 class InputError(ValueError):
-    """Bad input data; the message names the file, and the row or column where known."""
+    """Bad input data; the message names the file, and the row or column where known
+    (also carried as data: ``path`` and ``row``)."""
+
+    code = "bad_input"
+
+    def __init__(self, message: str, *, path: str | None = None, row: int | None = None) -> None:
+        super().__init__(message)
+        self.path, self.row = path, row
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,7 @@ def _read_ids(shard_path: str, pf: pq.ParquetFile, id_col: str) -> pa.Array:
     nulls = pc.is_null(ids)
     if pc.any(nulls).as_py():
         row = pc.index(nulls, True).as_py()
-        raise InputError(f"{shard_path} row {row}: id column {id_col!r} is null")
+        raise InputError(f"{shard_path} row {row}: id column {id_col!r} is null", path=shard_path, row=row)
     if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type) or pa.types.is_integer(ids.type)):
         raise InputError(f"{shard_path}: id column {id_col!r} has type {ids.type}; expected string or integer")
     return pc.cast(ids, pa.string())
@@ -139,8 +147,9 @@ def _check_unique_ids(ids: pa.Table | None, shards: list[Shard]) -> None:
     )
 
 
-def _validated_text(path: str, column: pa.ChunkedArray) -> pa.Array:
-    """Return the text column as Arrow strings, failing on the first invalid UTF-8 row."""
+def _validated_text(path: str, column: pa.ChunkedArray, first_row: int = 0) -> pa.Array:
+    """Return the text column as Arrow strings, failing on the first invalid UTF-8 row
+    (numbered in the shard: ``first_row`` is the row the column starts at)."""
     arr = column.combine_chunks()
     if pa.types.is_null(arr.type):
         return pa.nulls(len(arr), pa.string())
@@ -155,27 +164,95 @@ def _validated_text(path: str, column: pa.ChunkedArray) -> pa.Array:
                 value.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise InputError(
-                    f"{path} row {row}: text is not valid UTF-8 (byte 0x{value[exc.start]:02x} at offset {exc.start})"
+                    f"{path} row {first_row + row}: text is not valid UTF-8 "
+                    f"(byte 0x{value[exc.start]:02x} at offset {exc.start})", path=path, row=first_row + row,
                 ) from None
         raise
     return pc.cast(as_text, pa.string())
 
 
-def read_shard(shard: Shard, spec: JobSpec) -> tuple[pa.Table, pa.Table]:
-    """Return (the shard as stored, with an id column added if derived; the docs view)."""
+def read_shard(shard: Shard, id_column: str) -> pa.Table:
+    """The shard as stored, with the id column added when ids are derived."""
     try:
         table = open_parquet(shard.path).read()
     except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{shard.path}: cannot read Parquet data ({exc})") from None
-    id_col, text_col = spec.columns.id, spec.columns.text
-    if shard.has_id:
-        ids = pc.cast(table[id_col], pa.string())
+        raise InputError(f"{shard.path}: cannot read Parquet data ({exc})", path=shard.path) from None
+    if not shard.has_id:
+        table = table.append_column(id_column, derived_ids(shard.stem, table.num_rows))
+    return table
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A unit of work: rows [start, stop) of one input shard. Units of a shard are
+    contiguous and in order, so the units' documents in unit order are the input order."""
+
+    index: int  # position among all the job's units, in input order
+    shard: Shard
+    start: int
+    stop: int
+
+    @property
+    def key(self) -> str:
+        """Stable name for everything derived from this unit (scores, decisions, versions)."""
+        return f"{self.shard.key}.{self.start:09d}"
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+    def record(self) -> dict:
+        return {"index": self.index, "shard": self.shard.index, "start": self.start, "stop": self.stop,
+                "key": self.key}
+
+
+# A unit is at least this many rows (smaller ones cost more in scheduling than they save)
+# and at most this many (bounded memory per task), unless the spec sets unit_rows.
+MIN_UNIT_ROWS, MAX_UNIT_ROWS = 256, 50_000
+
+
+def plan_units(shards: list[Shard], unit_rows: int | None, parallelism: int) -> list[Unit]:
+    """Split shards into row ranges so every worker has work even when the input is one
+    large file. By default a unit is about 1/(2 × parallelism) of the input (within
+    [MIN_UNIT_ROWS, MAX_UNIT_ROWS]); a shard is split into equal-sized units."""
+    if unit_rows is None:
+        total = sum(s.rows for s in shards)
+        unit_rows = min(MAX_UNIT_ROWS, max(MIN_UNIT_ROWS, math.ceil(total / max(1, 2 * parallelism))))
+    units: list[Unit] = []
+    for shard in shards:
+        n = max(1, math.ceil(shard.rows / unit_rows))
+        bounds = [shard.rows * k // n for k in range(n + 1)]
+        for start, stop in zip(bounds, bounds[1:], strict=False):
+            units.append(Unit(len(units), shard, start, stop))
+    return units
+
+
+def units_from_record(shards: list[Shard], records: list[dict]) -> list[Unit]:
+    return [Unit(r["index"], shards[r["shard"]], r["start"], r["stop"]) for r in records]
+
+
+def read_unit_docs(unit: Unit, text_column: str, id_column: str) -> pa.Table:
+    """The docs view of one unit: ``id``, ``text`` (validated UTF-8) and ``row`` (the row in
+    the shard), read from the row groups that cover the unit's rows."""
+    pf = open_parquet(unit.shard.path)
+    columns = [text_column] + ([id_column] if unit.shard.has_id else [])
+    try:
+        groups, first = [], 0
+        for g in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            if first < unit.stop and first + n > unit.start:
+                groups.append((g, first))
+            first += n
+        if groups:
+            table = pf.read_row_groups([g for g, _ in groups], columns=columns)
+            table = table.slice(unit.start - groups[0][1], unit.rows)
+        else:
+            table = pf.schema_arrow.empty_table().select(columns)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{unit.shard.path}: cannot read Parquet data ({exc})", path=unit.shard.path) from None
+    rows = pa.array(range(unit.start, unit.stop), pa.int64())
+    if unit.shard.has_id:
+        ids = pc.cast(table[id_column], pa.string())
     else:
-        ids = derived_ids(shard.stem, table.num_rows)
-        table = table.append_column(id_col, ids)
-    docs = pa.table({
-        ID: ids,
-        TEXT: _validated_text(shard.path, table[text_col]),
-        ROW: pa.array(range(table.num_rows), pa.int64()),
-    })
-    return table, docs
+        ids = pa.array([f"{unit.shard.stem}:{r}" for r in range(unit.start, unit.stop)], pa.string())
+    return pa.table({ID: ids, TEXT: _validated_text(unit.shard.path, table[text_column], unit.start), ROW: rows})

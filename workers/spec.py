@@ -1,19 +1,24 @@
 """The job spec: one pydantic model shared by the CLI and the REST API.
 
 Everything is validated when the spec is parsed (stage names, stage params, column
-names, paths), never for the first time inside a Ray task.
+names, path syntax), never for the first time inside a Ray task. Parsing never touches
+the filesystem: every path a spec names (inputs, output, and each stage's ``InputPath``
+fields) is resolved afterwards by ``resolve_paths`` with a rule the caller picks (the
+CLI: relative to the working directory; the service: confined to its roots).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from filters.base import PathRef, path_fields
 from filters.registry import BUILTIN_FIRST_STAGE, get_stage
 
 
@@ -54,7 +59,14 @@ class StageSpec(_Strict):
 
 
 class Execution(_Strict):
-    num_workers: int | None = Field(None, ge=1, description="parallel shard workers; default: cluster CPUs")
+    """How to run, never what comes out: left out of the spec hash, so it may change
+    between a run and its resume."""
+
+    num_workers: int | None = Field(None, ge=1, description="parallel workers for steps without a model; "
+                                    "default: cluster CPUs")
+    unit_rows: int | None = Field(None, ge=1, description="rows per work unit (a shard is split into units so "
+                                  "every worker has work); default: about input rows / (2 x cluster CPUs). "
+                                  "Fixed when a job folder is first created; outputs never depend on it")
     allow_empty_shards: bool = Field(False, description="accept input shards with zero rows")
 
 
@@ -74,12 +86,78 @@ class JobSpec(_Strict):
         return value.removeprefix("file://")
 
     def spec_hash(self) -> str:
-        """Hash of the canonical JSON form: equal specs hash equal whatever their YAML layout."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Hash of the canonical JSON form of what decides the outputs: equal specs hash
+        equal whatever their YAML layout, and execution settings (the ``execution`` block,
+        each stage's ``execution_fields`` such as ``num_actors``) are left out."""
+        data = self.model_dump(mode="json", exclude={"execution"})
+        for stage, spec in zip(data["stages"], self.stages, strict=True):
+            skip = get_stage(spec.stage).Params.execution_fields
+            stage["params"] = {k: v for k, v in stage["params"].items() if k not in skip}
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def job_id(self) -> str:
         return f"{self.name}-{self.spec_hash()[:10]}"
+
+
+# (location in the spec, value, PathRef or None for inputs/output) -> the resolved value
+PathResolver = Callable[[str, str, PathRef | None], str]
+
+
+def spec_paths(spec: JobSpec) -> list[tuple[str, tuple, str, PathRef]]:
+    """Every path a stage of the spec reads: (field, location in params, value, PathRef)."""
+    found = []
+    for i, st in enumerate(spec.stages):
+        params = get_stage(st.stage).Params.model_validate(st.params)
+        for loc, value, ref in path_fields(params):
+            found.append((f"stages.{i}.params.{'.'.join(map(str, loc))}", (i, loc), value, ref))
+    return found
+
+
+def unsafe_path(value: str) -> str | None:
+    """Why a path string is refused before any filesystem call, or None."""
+    if not value:
+        return "an empty path"
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "a control character (NUL, newline, ...) in a path"
+    return None
+
+
+def resolve_paths(spec: JobSpec, resolve: PathResolver) -> JobSpec:
+    """A copy of the spec with every path (inputs, output, stage files) passed through
+    ``resolve``, which raises to refuse one; values in ``PathRef.names`` (e.g. a bundled
+    model's name) are not paths and are left alone."""
+    inputs = [resolve(f"inputs.{i}", v, None) for i, v in enumerate(spec.inputs)]
+    output = resolve("output", spec.output, None)
+    stages = [s.model_copy(deep=True) for s in spec.stages]
+    for field, (i, loc), value, ref in spec_paths(spec):
+        if value in ref.names:
+            continue
+        target = stages[i].params
+        for part in loc[:-1]:
+            target = target[part]
+        target[loc[-1]] = resolve(field, value, ref)
+    return spec.model_copy(update={"inputs": inputs, "output": output, "stages": stages})
+
+
+def local_paths(spec: JobSpec, base: Path | None = None) -> JobSpec:
+    """The CLI's rule: relative paths are relative to ``base`` (the working directory) and
+    become absolute (Ray workers do not share the caller's working directory); a stage's
+    file must exist. fsspec URLs in ``inputs`` pass through."""
+    base = base or Path.cwd()
+
+    def resolve(field: str, value: str, ref: PathRef | None) -> str:
+        if unsafe_path(value):
+            raise SpecError(f"{field}: {unsafe_path(value)}: {value!r}")
+        if "://" in value:
+            return value
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else base / path
+        if ref is not None and not path.exists():
+            raise SpecError(f"{field}: file not found: {value}")
+        return str(path.resolve()) if ref is not None else str(path)
+
+    return resolve_paths(spec, resolve)
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -1,65 +1,39 @@
-"""The corpus-wide step of ``minhash_dedup_v1``, out of core with DuckDB.
+"""The corpus-wide step of ``minhash_dedup_v1``: candidate pairs, verified edges, clusters.
 
-Band keys, signatures and n-gram sets stay in the stage's score files (``docs`` is a
-view over them: nothing is copied); DuckDB groups band keys into buckets and expands
-buckets into candidate pairs, spilling to disk when they do not fit in memory. Python only ever holds the verified
-edges and the members of non-trivial clusters, never a per-document dict of the
-corpus.
+Band keys, signatures and n-gram sets stay in the stage's score files: the fit works on
+the out-of-core ``ScoreView`` the worker layer hands it (SQL over the score files, large
+intermediates spilled to disk), which groups band keys into buckets and expands buckets
+into candidate pairs. Python only ever holds the verified edges and the members of
+non-trivial clusters, never a per-document dict of the corpus.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import tempfile
 from collections import defaultdict
-from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from filters.base import ID, ORDER_SHARD_SHIFT
-from filters.minhash import MinHashDedupV1, jaccard
-from workers.layout import JobLayout
-from workers.shards import Shard
+from filters.base import ID, ScoreView
 
 
-def _connect(scratch: Path) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    con.execute(f"SET temp_directory = '{scratch}'")
-    con.execute("SET memory_limit = '2GB'")
-    con.execute("SET preserve_insertion_order = false")
-    return con
-
-
-def _sql_list(paths: list[str]) -> str:
-    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
-
-
-def _load_docs(con, layout: JobLayout, shards: list[Shard], index: int, stage: str) -> None:
-    paths = [str(layout.scores(index, stage, s.key)) for s in shards]
-    con.register("shard_files", pa.table({"filename": paths, "shard": pa.array([s.index for s in shards], pa.int64())}))
-    con.execute(f"""
+def _load_docs(view: ScoreView) -> None:
+    view.execute("""
         CREATE TEMP VIEW docs AS
-        SELECT (f.shard << {ORDER_SHARD_SHIFT}) + s.row AS ord,
-               s.id, s.chars, s.n_shingles, s.shingles, s.signature, s.band_keys
-        FROM read_parquet({_sql_list(paths)}, filename = true) s
-        JOIN shard_files f USING (filename)
-        WHERE NOT s.too_short_to_compare
+        SELECT "order" AS ord, id, chars, n_shingles, shingles, signature, band_keys
+        FROM scores WHERE NOT too_short_to_compare
     """)
 
 
-def _candidate_pairs(con) -> None:
-    con.execute("""
+def _candidate_pairs(view: ScoreView) -> None:
+    view.execute("""
         CREATE TEMP TABLE buckets AS
         SELECT list(ord ORDER BY ord) AS m FROM (
             SELECT ord, unnest(band_keys) AS key, generate_subscripts(band_keys, 1) AS band FROM docs
         ) GROUP BY band, key HAVING count(*) > 1
     """)
-    con.execute("""
+    view.execute("""
         CREATE TEMP TABLE pairs AS
         SELECT DISTINCT a, unnest(list_filter(m, lambda y: y > a)) AS b
         FROM (SELECT unnest(m) AS a, m FROM buckets)
@@ -70,11 +44,11 @@ class _Endpoints:
     """Signatures and n-gram sets of the documents in at least one candidate pair: the
     only per-document data that comes into memory (duplicates, not the corpus)."""
 
-    def __init__(self, con, k: int) -> None:
-        t = con.sql("""
+    def __init__(self, view: ScoreView, k: int) -> None:
+        t = view.sql("""
             SELECT ord, shingles, signature FROM docs
             WHERE ord IN (SELECT a FROM pairs UNION SELECT b FROM pairs) ORDER BY ord
-        """).to_arrow_table()
+        """)
         self.ords = t["ord"].to_numpy()
         sets = t["shingles"].combine_chunks()
         self.offsets = sets.offsets.to_numpy()
@@ -104,14 +78,14 @@ class _Endpoints:
         return self.estimate(a, b) if verify == "signature" else self.exact(a, b)
 
 
-def _verified_edges(con, ends: _Endpoints, threshold: float, k: int, verify: str):
+def _verified_edges(view: ScoreView, ends: _Endpoints, threshold: float, k: int, verify: str):
     """Candidate pairs at or above the threshold, with their similarity.
 
     The signature estimate of J has standard deviation sqrt(J(1 − J)/k) (0.037 at
     J = 0.8, k = 120): pairs estimated more than 5 of those below the threshold are
     rejected without the dearer exact n-gram intersection."""
-    pairs = con.execute("SELECT a, b FROM pairs").fetchnumpy()
-    a, b = pairs["a"], pairs["b"]
+    pairs = view.sql("SELECT a, b FROM pairs")
+    a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
     est = ends.estimate(a, b)
     floor = threshold - 5 * (threshold * (1 - threshold) / k) ** 0.5 if verify == "exact" else threshold
     a, b, est = a[est >= floor], b[est >= floor], est[est >= floor]
@@ -143,49 +117,43 @@ def _components(a: np.ndarray, b: np.ndarray) -> list[list[int]]:
     return list(groups.values())
 
 
-def _survivor_order(con, layout: JobLayout, rule: str, stage_names: list[str], members: list[int]) -> dict:
+def _survivor_order(view: ScoreView, rule: str, members: list[int]) -> dict:
     """Sort key per member ord: smallest key survives."""
-    con.register("members", pa.table({"ord": pa.array(members, pa.int64())}))
+    view.register("members", pa.table({"ord": pa.array(members, pa.int64())}))
     if rule == "min_id":
-        rows = con.execute("SELECT d.ord, d.id FROM docs d JOIN members USING (ord)").fetchall()
-        return {o: (i,) for o, i in rows}
+        rows = view.sql("SELECT d.ord, d.id FROM docs d JOIN members USING (ord)").to_pylist()
+        return {r["ord"]: (r["id"],) for r in rows}
     if rule == "longest":
-        rows = con.execute("SELECT d.ord, d.chars, d.id FROM docs d JOIN members USING (ord)").fetchall()
-        return {o: (-c, i) for o, c, i in rows}
+        rows = view.sql("SELECT d.ord, d.chars, d.id FROM docs d JOIN members USING (ord)").to_pylist()
+        return {r["ord"]: (-r["chars"], r["id"]) for r in rows}
     stage, column = re.fullmatch(r"best_score:(\w+)\.(\w+)", rule).groups()
-    if stage not in stage_names:
-        raise ValueError(f"survivor {rule!r}: stage {stage!r} is not in this job")
-    index = stage_names.index(stage)
-    pattern = str(layout.stage_dir(index, stage) / "scores" / "*.parquet")
-    rows = con.execute(f"""
-        SELECT d.ord, s."{column}", d.id FROM docs d JOIN members USING (ord)
-        LEFT JOIN read_parquet('{pattern}') s ON s.id = d.id
-    """).fetchall()
-    return {o: (-(v if v is not None else float("-inf")), i) for o, v, i in rows}
+    other = view.stage_scores(stage)
+    rows = view.sql(f"""
+        SELECT d.ord, s."{column}" AS v, d.id FROM docs d JOIN members USING (ord)
+        LEFT JOIN {other} s ON s.id = d.id
+    """).to_pylist()
+    return {r["ord"]: (-(r["v"] if r["v"] is not None else float("-inf")), r["id"]) for r in rows}
 
 
-def fit_minhash(layout: JobLayout, shards: list[Shard], index: int, stage: MinHashDedupV1,
-                stage_names: list[str]) -> pa.Table:
-    p = stage.params
-    k = p.bands * p.rows
-    with tempfile.TemporaryDirectory(dir=layout.stage_dir(index, stage.name)) as scratch:
-        con = _connect(Path(scratch))
-        _load_docs(con, layout, shards, index, stage.name)
-        _candidate_pairs(con)
-        ends = _Endpoints(con, k)
-        a, b, j = _verified_edges(con, ends, p.threshold, k, p.verify)
-        best: dict[int, float] = defaultdict(float)
-        for u, v, s in zip(a.tolist(), b.tolist(), j.tolist(), strict=True):
-            best[u] = max(best[u], s)
-            best[v] = max(best[v], s)
-        groups = _components(a, b)
-        order = _survivor_order(con, layout, p.survivor, stage_names, [m for g in groups for m in g])
-        assigned = _assign(ends, groups, order, p.min_survivor_jaccard, p.verify)
-        ids = dict(con.execute("SELECT ord, id FROM docs WHERE ord IN (SELECT ord FROM members)").fetchall())
-        con.close()
+def fit_minhash(view: ScoreView, threshold: float, min_survivor_jaccard: float, verify: str, survivor: str,
+                k: int) -> pa.Table:
+    """Duplicate clusters: one row per member of a cluster of two or more (survivor included)."""
+    _load_docs(view)
+    _candidate_pairs(view)
+    ends = _Endpoints(view, k)
+    a, b, j = _verified_edges(view, ends, threshold, k, verify)
+    best: dict[int, float] = defaultdict(float)
+    for u, v, s in zip(a.tolist(), b.tolist(), j.tolist(), strict=True):
+        best[u] = max(best[u], s)
+        best[v] = max(best[v], s)
+    groups = _components(a, b)
+    order = _survivor_order(view, survivor, [m for g in groups for m in g])
+    assigned = _assign(ends, groups, order, min_survivor_jaccard, verify)
+    ids = {r["ord"]: r["id"] for r in view.sql(
+        "SELECT ord, id FROM docs WHERE ord IN (SELECT ord FROM members)").to_pylist()}
     sizes: dict[int, int] = defaultdict(int)
-    for survivor, _ in assigned.values():
-        sizes[survivor] += 1
+    for surv, _ in assigned.values():
+        sizes[surv] += 1
     rows = [(m, s, sj) for m, (s, sj) in assigned.items() if sizes[s] > 1]
     return pa.table({
         ID: pa.array([ids[m] for m, _, _ in rows], pa.string()),
@@ -228,26 +196,3 @@ def _assign(ends: _Endpoints, groups: list[list[int]], order: dict, threshold: f
                 assigned[rest[0]] = (rest[0], 1.0)
         pending = nxt
     return assigned
-
-
-def cluster_members(output: str | Path, cluster_id: str) -> dict:
-    """A cluster's members (survivor first) and the exact Jaccard of every pair of them
-    (for the dashboard and the REST API)."""
-    layout = JobLayout(output)
-    job = json.loads(layout.job_file.read_text())
-    index = job["stages"].index(MinHashDedupV1.name)
-    fit = pq.read_table(layout.fit(index, MinHashDedupV1.name))
-    members = fit.filter(pc.equal(fit["cluster_id"], cluster_id))
-    if members.num_rows == 0:
-        raise KeyError(f"no cluster {cluster_id!r} in {output}")
-    ids = members[ID].to_pylist()
-    pattern = str(layout.stage_dir(index, MinHashDedupV1.name) / "scores" / "*.parquet")
-    con = duckdb.connect()
-    rows = con.execute(f"SELECT id, shingles FROM read_parquet('{pattern}') WHERE list_contains($ids, id)",
-                       {"ids": ids}).fetchall()
-    con.close()
-    sets = {i: np.array(s, dtype=np.uint64) for i, s in rows}
-    order = sorted(ids, key=lambda i: (i != cluster_id, i))
-    pairs = [{"a": a, "b": b, "jaccard": jaccard(sets[a], sets[b])}
-             for n, a in enumerate(order) for b in order[n + 1:]]
-    return {"cluster_id": cluster_id, "survivor_id": cluster_id, "members": order, "pairs": pairs}

@@ -1,0 +1,37 @@
+"""Route dependencies as ``Annotated`` aliases: the job service and the API-key checks."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service import errors
+from service.jobs import JobService
+
+_bearer = HTTPBearer(auto_error=False, description="an API key from `curate keys create`")
+
+
+def _require(role: Literal["admin", "read"]):
+    def check(request: Request,
+              creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+        if creds is None or not creds.credentials:
+            raise errors.ServiceError(401, "missing API key: send Authorization: Bearer <key>")
+        granted = request.app.state.keys.role_of(creds.credentials)
+        if granted is None:
+            raise errors.ServiceError(401, "invalid API key")
+        if role == "admin" and granted != "admin":
+            raise errors.ServiceError(403, "this API key is read-only; this route needs an admin key")
+        return granted
+
+    return check
+
+
+def get_jobs(request: Request) -> JobService:
+    return request.app.state.jobs
+
+
+Jobs = Annotated[JobService, Depends(get_jobs)]
+ReadKey = Annotated[str, Depends(_require("read"))]
+AdminKey = Annotated[str, Depends(_require("admin"))]

@@ -1,0 +1,54 @@
+"""The Ray Jobs adapter: submit a job driver, ask its state, stop it, read its logs.
+Nothing else in the service talks to Ray's job server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+RAY_STATES = {"PENDING": "queued", "RUNNING": "running", "SUCCEEDED": "succeeded", "FAILED": "failed",
+              "STOPPED": "cancelled"}
+
+
+class RayJobs:
+    def __init__(self, jobs_url: str, python: str) -> None:
+        self.jobs_url, self.python = jobs_url, python
+        self._client = None
+
+    async def connect(self) -> None:
+        from ray.job_submission import JobSubmissionClient
+
+        self._client = await asyncio.to_thread(JobSubmissionClient, self.jobs_url)
+
+    async def reachable(self) -> bool:
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._client.list_jobs), timeout=5)
+            return True
+        except Exception:  # noqa: BLE001 - readiness reports any failure as "not ready"
+            return False
+
+    async def submit(self, submission_id: str, spec_json: str, job_id: str) -> None:
+        spec_b64 = base64.urlsafe_b64encode(spec_json.encode()).decode()
+        entrypoint = f"{self.python} -m workers.job_entrypoint --spec-b64 {spec_b64} --no-progress"
+        await asyncio.to_thread(self._client.submit_job, entrypoint=entrypoint, submission_id=submission_id,
+                                metadata={"curate_job_id": job_id})
+
+    async def state(self, submission_id: str) -> tuple[str | None, str | None]:
+        """(queued/running/succeeded/failed/cancelled, Ray's message), or (None, None) when
+        the cluster has no record of the submission (e.g. a restarted local head)."""
+        try:
+            info = await asyncio.to_thread(self._client.get_job_info, submission_id)
+        except RuntimeError:
+            # Ray answers an unknown id with an error; tell that apart from an outage by
+            # whether the submission is listed, not by the wording of the message.
+            listed = {j.submission_id for j in await asyncio.to_thread(self._client.list_jobs)}
+            if submission_id in listed:
+                raise
+            return None, None
+        return RAY_STATES.get(str(info.status).split(".")[-1], "queued"), info.message
+
+    async def stop(self, submission_id: str) -> None:
+        await asyncio.to_thread(self._client.stop_job, submission_id)
+
+    async def logs(self, submission_id: str) -> str:
+        return await asyncio.to_thread(self._client.get_job_logs, submission_id)

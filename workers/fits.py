@@ -1,0 +1,71 @@
+"""Runs a stage's corpus-wide fit between passes: hands it the out-of-core view of its
+scores and a fresh artifact folder, stores what it returns, hashes the files it wrote
+and records them in job.json, then marks the fit done."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from filters.base import Stage
+from workers import atomic
+from workers.fit_view import FileScoreView
+from workers.job_folder import JobFolder, stage_folder_name
+from workers.planner import Step, score_phases
+from workers.shards import Unit
+
+
+def artifact_hashes(folder: JobFolder, index: int, stage: str) -> dict[str, str]:
+    root = folder.artifacts(index, stage)
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): atomic.sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def run_fit(folder: JobFolder, units: list[Unit], step: Step, stages: list[Stage]) -> None:
+    if folder.done(step.name):
+        return
+    started = time.perf_counter()
+    index, stage = step.stage_index, stages[step.stage_index]
+    before = score_phases(stage, before=step.method)
+    artifacts = folder.artifacts(index, stage.name)
+    shutil.rmtree(artifacts, ignore_errors=True)  # leftovers of a fit killed mid-way
+    artifacts.mkdir(parents=True)
+
+    def other_stage(name: str) -> list[Path]:
+        earlier = [i for i, s in enumerate(stages[:index]) if s.name == name]
+        if not earlier:
+            raise ValueError(f"stage {name!r} does not run before {stage.name} in this job")
+        other = stages[earlier[-1]]
+        phase = score_phases(other)[-1] if score_phases(other) else "score"
+        return [folder.scores(earlier[-1], name, u.key, phase) for u in units]
+
+    scratch = folder.scratch(index, stage.name)
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        if before:
+            files = [folder.scores(index, stage.name, u.key, before[-1]) for u in units]
+            with FileScoreView(files, scratch=Path(tmp), other_stage=other_stage) as view:
+                table = getattr(stage, step.method)(view, artifacts)
+                rows = view.num_rows
+        else:
+            table, rows = getattr(stage, step.method)(None, artifacts), 0
+    if table is not None:
+        atomic.write_parquet(table, folder.fit(index, stage.name, step.method))
+    hashes = artifact_hashes(folder, index, stage.name)
+    if hashes:
+        recorded = folder.job().get("artifacts", {})
+        recorded[stage_folder_name(index, stage.name)] = hashes
+        folder.update_job(artifacts=recorded)
+    folder.write_marker(step.name, None, {"rows": rows, "seconds": round(time.perf_counter() - started, 6),
+                                          "table_rows": table.num_rows if table is not None else None,
+                                          "artifacts": hashes})
+
+
+def read_fit(folder: JobFolder, index: int, stage: str, phase: str = "fit"):
+    path = folder.fit(index, stage, phase)
+    return pq.read_table(path) if path.exists() else None
