@@ -30,15 +30,23 @@ def _register(output: str, catalog: str | None, error: Exception | None = None) 
 
 def format_funnel(manifest: dict) -> str:
     created = any(row["created"] for row in manifest["funnel"])
-    lines = [f"{'stage':<22}{'in':>9}{'kept':>9}{'dropped':>9}" + (f"{'created':>9}" if created else "")
+    width = max(22, *(len(row["stage"]) + 2 for row in manifest["funnel"]))
+    lines = [f"{'stage':<{width}}{'in':>9}{'kept':>9}{'dropped':>9}" + (f"{'created':>9}" if created else "")
              + "  top reasons"]
     for row in manifest["funnel"]:
         reasons = ", ".join(f"{r}={n}" for r, n in list(row["reasons"].items())[:3])
         extra = f"{row['created']:>9}" if created else ""
         edited = f" (edited {row['edited']})" if row["edited"] else ""
-        lines.append(f"{row['stage']:<22}{row['docs_in']:>9}{row['kept']:>9}{row['dropped']:>9}{extra}  "
+        lines.append(f"{row['stage']:<{width}}{row['docs_in']:>9}{row['kept']:>9}{row['dropped']:>9}{extra}  "
                      f"{reasons}{edited}".rstrip())
     return "\n".join(lines)
+
+
+def summary(manifest: dict, data: Path) -> str:
+    out, inp = manifest["output"], manifest["input"]
+    counts = f"{out['rows']} of {inp['rows']} docs kept" if not out["created"] else \
+        f"{out['rows']} docs out of {inp['rows']} input docs ({out['created']} created by transforms)"
+    return f"job {manifest['job_id']}: {counts} in {len(manifest['files'])} shards under {data}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -51,8 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     _register(spec.output, args.catalog)
     print(format_funnel(manifest))
-    print(f"\njob {manifest['job_id']}: {manifest['output']['rows']} of {manifest['input']['rows']} docs kept "
-          f"in {len(manifest['files'])} shards under {Path(spec.output, 'data')}")
+    print("\n" + summary(manifest, Path(spec.output, "data")))
     return 0
 
 
