@@ -88,7 +88,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec_data = {
         "name": "demo", "inputs": [str(root / "shards" / "*.parquet")], "output": str(root / "run"),
         "stages": [
-            {"stage": "exact_dedup_v1"}, {"stage": "minhash_dedup_v1"}, {"stage": "quality_rules_v1"},
+            {"stage": "exact_dedup_v1"}, {"stage": "minhash_dedup_v1"},
+            # C4's line cleaning; 3 sentences (TFDS's minimum, not datatrove's 5): docstrings are short.
+            {"stage": "c4_lines_v1", "params": {"min_sentences": 3}},
+            {"stage": "quality_rules_v1"},
             # Last, so the model scores only what the cheap stages kept. A 64-token window keeps
             # the demo to a few minutes on 2 cores; bits per byte, because docstrings full of
             # code split into many short tokens. The top 10% (the least English-like) drop.

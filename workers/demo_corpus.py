@@ -8,6 +8,11 @@
 * Planted, from a fixed seed: exact copies differing only in case/whitespace, null and
   blank texts, and junk that each Gopher rule should catch (few words, hash spam,
   bullet lists, ellipsis lines, symbol soup).
+
+Docstrings and licences are hard-wrapped at ~72 columns; their prose paragraphs are
+unwrapped to one line each, as extracted web text stores them, so line-level rules
+(C4's) see paragraphs rather than wrapped fragments. Indented blocks, list items and
+doctest lines keep their line breaks.
 """
 
 from __future__ import annotations
@@ -15,12 +20,27 @@ from __future__ import annotations
 import ast
 import json
 import random
+import re
 import site
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
 _LICENSE_NAMES = ("LICENSE", "LICENCE", "COPYING", "NOTICE")
+# Lines that are not wrapped prose: list items, numbered items, doctest prompts.
+_NOT_PROSE = re.compile(r"^\s*([-*•+]\s|\d+[.)]\s|>>>|\.\.\.)")
+
+
+def unwrap(text: str) -> str:
+    """Join the lines of each prose paragraph (blank-line separated) with spaces; leave a
+    paragraph alone if any of its lines is indented or a list/doctest line."""
+    paragraphs = re.split(r"\n[ \t]*\n", text)
+    out = []
+    for p in paragraphs:
+        lines = p.split("\n")
+        prose = len(lines) > 1 and not any(line.startswith((" ", "\t")) or _NOT_PROSE.match(line) for line in lines)
+        out.append(" ".join(line.strip() for line in lines) if prose else p)
+    return "\n\n".join(out)
 
 
 def _stdlib_docstrings() -> Iterator[dict]:
@@ -42,7 +62,7 @@ def _stdlib_docstrings() -> Iterator[dict]:
             doc = ast.get_docstring(node)
             if doc and len(doc) >= 200:
                 yield {"id": f"stdlib:{name}:{getattr(node, 'lineno', 0)}", "source": "stdlib-docstring",
-                       "text": f"{name}\n\n{doc}"}
+                       "text": f"{name}\n\n{unwrap(doc)}"}
 
 
 def _dist_info_texts() -> Iterator[dict]:
@@ -61,7 +81,7 @@ def _dist_info_texts() -> Iterator[dict]:
                     text = text.partition("\n\n")[2]
                 if len(text.strip()) >= 40:
                     yield {"id": f"dist:{dist.name}/{f.relative_to(dist)}",
-                           "source": "license" if is_license else "package-readme", "text": text}
+                           "source": "license" if is_license else "package-readme", "text": unwrap(text)}
 
 
 def _planted(rng: random.Random, real: list[dict]) -> list[dict]:
