@@ -4,6 +4,7 @@ import pytest
 from filters.base import Fitted
 from filters.exact_dedup import ExactDedupParams, ExactDedupV1, normalise
 from workers.fit_view import TableScoreView
+from workers.local import run_stage
 
 
 def corpus(texts):
@@ -29,24 +30,26 @@ def test_normalisation_is_documented_behaviour():
 
 
 def test_one_survivor_per_group_first_in_input_order():
-    stage = ExactDedupV1()
-    sel = score_fit_select(stage, ["Same text here", "other", "same  TEXT here", "SAME text here\n"])
-    assert sel.keep == [True, True, False, False]
-    assert sel.reason == [None, None, "exact_dedup.duplicate", "exact_dedup.duplicate"]
-    assert sel.survivor_id == ["d0", None, "d0", "d0"]
-    assert sel.cluster_id[0] == sel.cluster_id[2] == sel.cluster_id[3] and sel.cluster_id[1] is None
-    assert sel.extra_scores["group_size"] == [3.0, 1.0, 3.0, 3.0]
+    rows = run_stage(ExactDedupV1(), corpus(["Same text here", "other", "same  TEXT here", "SAME text here\n"]),
+                     unit_rows=2).decisions("exact_dedup_v1")  # two units: the group spans both
+    assert [r["decision"] for r in rows] == ["keep", "keep", "drop", "drop"]
+    assert [r["reason"] for r in rows] == [None, None, "exact_dedup.duplicate", "exact_dedup.duplicate"]
+    assert [r["survivor_id"] for r in rows] == ["d0", None, "d0", "d0"]
+    clusters = [r["cluster_id"] for r in rows]
+    assert clusters[0] == clusters[2] == clusters[3] and clusters[1] is None
+    assert [r["scores"]["group_size"] for r in rows] == [3.0, 1.0, 3.0, 3.0]
 
 
 def test_survivor_follows_order_not_row_position():
+    """The fit alone, on a view whose order differs from row order."""
     stage = ExactDedupV1()
     sel = score_fit_select(stage, ["x y", "x y"], order=[10, 5])
     assert sel.keep == [False, True] and sel.survivor_id == ["d1", "d1"]
 
 
 def test_case_sensitive_when_configured():
-    sel = score_fit_select(ExactDedupV1({"lowercase": False}), ["Text", "text"])
-    assert sel.keep == [True, True]
+    run = run_stage(ExactDedupV1({"lowercase": False}), corpus(["Text", "text"]))
+    assert [r["decision"] for r in run.decisions("exact_dedup_v1")] == ["keep", "keep"]
 
 
 def test_select_without_fit_is_an_error():

@@ -23,14 +23,17 @@ Nobody else builds these paths or reads marker names: callers ask this module.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workers import atomic
 
+log = logging.getLogger("curate")
 WRITE_STEP = "write"
 ERROR_CODES = ("bad_input", "invalid_spec", "output_conflict", "resources_unavailable", "model_load_failed",
                "stage_failed", "write_failed", "internal_error")
@@ -197,14 +200,18 @@ class JobFolder:
             groups.setdefault(key, []).append(k)
         out: list[str | None] = [None] * len(rows)
         for key, ks in groups.items():
-            if key[0] == "input":
-                column = pq.read_table(key[1], columns=[text_column])[text_column]
-                values = column.take([rows[k]["row"] for k in ks]).to_pylist()
-            else:
-                index, unit = key[1], key[2]
-                version = pq.read_table(self.version(index, stages[index]["name"], unit), columns=["id", "text"])
-                lookup = dict(zip(version["id"].to_pylist(), version["text"].to_pylist(), strict=True))
-                values = [lookup.get(rows[k]["doc_id"]) for k in ks]
+            try:
+                if key[0] == "input":
+                    column = pq.read_table(key[1], columns=[text_column])[text_column]
+                    values = column.take([rows[k]["row"] for k in ks]).to_pylist()
+                else:
+                    index, unit = key[1], key[2]
+                    version = pq.read_table(self.version(index, stages[index]["name"], unit), columns=["id", "text"])
+                    lookup = dict(zip(version["id"].to_pylist(), version["text"].to_pylist(), strict=True))
+                    values = [lookup.get(rows[k]["doc_id"]) for k in ks]
+            except (OSError, pa.ArrowException) as exc:  # a moved or deleted file: no preview, not an error
+                log.warning("no text for %d documents: %s", len(ks), exc)
+                continue
             for k, v in zip(ks, values, strict=True):
                 out[k] = v
         return out

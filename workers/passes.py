@@ -9,6 +9,7 @@ names files itself and cannot give that.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import asdict
@@ -89,8 +90,6 @@ def _rows(batch: dict) -> list[dict]:
 
 
 def _result(keys: list[str], errors: list[dict | None]) -> dict:
-    import json
-
     return {"key": keys, "error": [json.dumps(e, default=str) if e else "" for e in errors]}
 
 
@@ -167,8 +166,6 @@ def _bar_labels(steps: tuple[Step, ...]) -> list[str]:
 
 
 def _collect(ds, total: int, labels: list[str], label: str, progress: bool) -> list[dict]:
-    import json
-
     errors = []
     # A unit finishes every step of the pass in one task, so the bars advance together;
     # each still names its stage, so a user sees where the job is.
