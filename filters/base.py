@@ -276,6 +276,11 @@ class Stage:
         return issubclass(cls.Params, ModelParams)
 
     @classmethod
+    def check_in_job(cls, params: StageParams, stages_before: list[str]) -> None:
+        """Raise ValueError if ``params`` cannot work after ``stages_before`` (checked when
+        the spec is parsed, e.g. a score of an earlier stage that the stage reads)."""
+
+    @classmethod
     def corpus_wide(cls) -> bool:
         return any(p.kind == "fit" for p in cls.phases)
 

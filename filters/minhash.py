@@ -233,6 +233,14 @@ class MinHashDedupV1(Stage):
             "band_keys": pa.array(key_col, pa.list_(pa.uint64())),
         })
 
+    @classmethod
+    def check_in_job(cls, params: MinHashParams, stages_before: list[str]) -> None:
+        if params.survivor.startswith("best_score:"):
+            stage = params.survivor.removeprefix("best_score:").split(".")[0]
+            if stage not in stages_before:
+                raise ValueError(f"params.survivor: {params.survivor!r} reads a score of {stage!r}, which does not run "
+                                 f"before minhash_dedup_v1 (stages before it: {', '.join(stages_before)})")
+
     def fit(self, view: ScoreView | None, artifacts: Path) -> pa.Table:
         p = self.params
         return fit_minhash(view, p.threshold, p.min_survivor_jaccard, p.verify, p.survivor, p.bands * p.rows)

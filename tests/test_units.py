@@ -134,11 +134,27 @@ def test_two_model_stages_run_on_two_pools(tmp_path):
 
 
 @pytest.mark.usefixtures("ray_cluster")
-def test_a_stage_error_is_recorded_as_data(tmp_path):
-    write_shard(tmp_path / "in" / "a.parquet", [GOOD], ids=["a"])
-    spec = spec_for(tmp_path, "err", [{"stage": "minhash_dedup_v1", "params": {"survivor": "best_score:nope_v1.x"}}])
+def test_a_unit_error_is_recorded_as_data(tmp_path, monkeypatch):
+    """A shard that passed pre-flight and then cannot be read in its unit's task (a file
+    replaced under a running job): error.json names the code, shard and unit."""
+    from workers.shards import Shard
+
+    path = write_shard(tmp_path / "in" / "a.parquet", ["one two three", "three two one"], ids=["a", "b"])
+    spec = spec_for(tmp_path, "err", [{"stage": "c4_lines_v1"}])
+    monkeypatch.setattr("workers.job.preflight", lambda s: [Shard(0, str(path), 2, True)])
+    path.write_bytes(b"PAR1 truncated after pre-flight")
     with pytest.raises(JobError) as exc:
         run_job(spec, progress=False)
     error = json.loads((tmp_path / "err" / "error.json").read_text())
-    assert error["code"] == exc.value.code == "stage_failed" and error["stage"] == "minhash_dedup_v1"
-    assert "stage 'nope_v1' does not run before minhash_dedup_v1" in error["message"]
+    assert error["code"] == exc.value.code == "bad_input" and error["shard"].endswith("a.parquet")
+    assert "not a readable Parquet file" in error["message"] and error["unit"] == "00000-a.000000000"
+
+
+def test_a_score_of_a_stage_that_does_not_run_before_is_a_spec_error(tmp_path):
+    from workers.spec import SpecError
+
+    with pytest.raises(SpecError, match=r"stages.0: params.survivor: 'best_score:perplexity_v1.perplexity' reads a "
+                                        r"score of 'perplexity_v1', which does not run before minhash_dedup_v1"):
+        spec_for(tmp_path, "x", [{"stage": "minhash_dedup_v1",
+                                  "params": {"survivor": "best_score:perplexity_v1.perplexity"}},
+                                 {"stage": "perplexity_v1"}])

@@ -78,6 +78,22 @@ class JobSpec(_Strict):
     stages: list[StageSpec] = Field(min_length=1)
     execution: Execution = Field(default_factory=Execution)
 
+    @model_validator(mode="after")
+    def _stages_fit_together(self) -> JobSpec:
+        """Checks a stage makes against the stages before it (e.g. a score it reads)."""
+        before = [BUILTIN_FIRST_STAGE]
+        errors = []
+        for i, st in enumerate(self.stages):
+            cls = get_stage(st.stage)
+            try:
+                cls.check_in_job(cls.Params.model_validate(st.params), list(before))
+            except ValueError as exc:
+                errors.append(f"stages.{i}: {exc}")
+            before.append(st.stage)
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
     @field_validator("output")
     @classmethod
     def _local_output(cls, value: str) -> str:
