@@ -99,11 +99,7 @@ def _run_units(batch: dict, spec_json: str, job_id: str, steps: list[dict], writ
     runner = _runner_for(spec_json, job_id)
     todo = [Step(**s) for s in steps]
     units = [_unit_of(r) for r in _rows(batch)]
-    errors = []
-    for u in units:
-        error = runner.run(u, todo)
-        errors.append(error or (runner.write_shard(u.shard, [u]) if write else None))
-    return _result([u.key for u in units], errors)
+    return _result([u.key for u in units], [runner.run(u, todo, write=write) for u in units])
 
 
 class _UnitActor:

@@ -250,6 +250,12 @@ def read_unit_docs(unit: Unit, text_column: str, id_column: str) -> pa.Table:
             table = pf.schema_arrow.empty_table().select(columns)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{unit.shard.path}: cannot read Parquet data ({exc})", path=unit.shard.path) from None
+    return docs_view(unit, table, text_column, id_column)
+
+
+def docs_view(unit: Unit, table: pa.Table, text_column: str, id_column: str) -> pa.Table:
+    """``id``, ``text`` (validated UTF-8) and ``row`` of the unit's rows, from a table
+    holding exactly those rows (ids derived from the shard name and row when absent)."""
     rows = pa.array(range(unit.start, unit.stop), pa.int64())
     if unit.shard.has_id:
         ids = pc.cast(table[id_column], pa.string())

@@ -32,7 +32,7 @@ from workers.lineage import (
     unit_stats,
 )
 from workers.planner import Step, last_fit_before, score_phases
-from workers.shards import InputError, Shard, Unit, read_shard, read_unit_docs
+from workers.shards import InputError, Shard, Unit, docs_view, read_shard, read_unit_docs
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,9 @@ class UnitRunner:
         self._fitted: dict[tuple[int, str, int], Fitted] = {}
 
     # -- entry points (never raise: a failure comes back as an error record) -----------
-    def run(self, unit: Unit, steps: list[Step]) -> dict | None:
+    def run(self, unit: Unit, steps: list[Step], *, write: bool = False) -> dict | None:
+        """Run the steps not yet marked done; with ``write`` (the unit is its whole shard),
+        then write the shard's output from the same in-memory state."""
         step = None
         try:
             state = _UnitState(unit, self)
@@ -91,14 +93,17 @@ class UnitRunner:
                 facts = getattr(self, f"_{step.kind}")(state, step)
                 facts["seconds"] = round(time.perf_counter() - started, 6)
                 self.ctx.folder.write_marker(step.name, unit.key, facts)
-            return None
         except Exception as exc:  # noqa: BLE001 - reported with stage and unit named; the job fails cleanly
             return error_record(exc, stage=step.stage if step else None, shard=unit.shard.path, unit=unit.key)
+        return self._write_marked(unit.shard, [state]) if write else None
 
     def write_shard(self, shard: Shard, units: list[Unit]) -> dict | None:
+        return self._write_marked(shard, [_UnitState(u, self) for u in units])
+
+    def _write_marked(self, shard: Shard, states: list[_UnitState]) -> dict | None:
         try:
             if not self.ctx.folder.done(WRITE_STEP, shard.key):
-                self.ctx.folder.write_marker(WRITE_STEP, shard.key, self._write(shard, units))
+                self.ctx.folder.write_marker(WRITE_STEP, shard.key, self._write(shard, states))
             return None
         except Exception as exc:  # noqa: BLE001 - reported with the shard named
             return error_record(exc, stage=None, shard=shard.path, unit=None)
@@ -157,13 +162,13 @@ class UnitRunner:
         atomic.write_json(stats, folder.stats(i, stage, unit.key))
         return {"rows": stats["docs_in"], "kept": stats["kept"], "created": stats["created"]}
 
-    def _write(self, shard: Shard, units: list[Unit]) -> dict:
+    def _write(self, shard: Shard, states: list[_UnitState]) -> dict:
         """One output shard: the input rows that survived every stage, every column passed
         through; with transforms, id and text are the last version's (a created document
         carries its source's other columns, and a ``parent_id`` column is added)."""
-        final = [_UnitState(u, self).docs_at(len(self.ctx.stages)) for u in units]
+        final = [s.docs_at(len(self.ctx.stages)) for s in states]
         docs = pa.concat_tables(final) if final else None
-        table = read_shard(shard, self.ctx.id_column)
+        table = states[0].shard_table() if len(states) == 1 else read_shard(shard, self.ctx.id_column)
         rows = docs[ROW].combine_chunks() if docs is not None else pa.array([], pa.int64())
         out = table.take(rows)
         if self.ctx.has_transform:
@@ -197,6 +202,13 @@ class _UnitState:
         self.lineage: dict[int, pa.Table] = {}
         self.versions: dict[int, pa.Table] = {}
         self._docs: dict[int, pa.Table] = {}
+        self._shard_table: pa.Table | None = None
+
+    def shard_table(self) -> pa.Table:
+        """The whole input shard (read once per task)."""
+        if self._shard_table is None:
+            self._shard_table = read_shard(self.unit.shard, self.runner.ctx.id_column)
+        return self._shard_table
 
     def _with_order(self, docs: pa.Table) -> pa.Table:
         return docs.append_column(ORDER, order_of(self.unit.index, docs.num_rows))
@@ -207,7 +219,10 @@ class _UnitState:
             return self._docs[index]
         ctx, folder = self.runner.ctx, self.runner.ctx.folder
         if index == 0:
-            docs = read_unit_docs(self.unit, ctx.text_column, ctx.id_column)
+            # A unit that is its whole shard reads the shard once, for its docs and its output.
+            whole = self.unit.start == 0 and self.unit.stop == self.unit.shard.rows
+            docs = docs_view(self.unit, self.shard_table(), ctx.text_column, ctx.id_column) if whole else \
+                read_unit_docs(self.unit, ctx.text_column, ctx.id_column)
             docs = self._with_order(docs.append_column(PARENT_ID, pa.nulls(docs.num_rows, pa.string())))
         elif ctx.stages[index - 1].kind == "transform":
             prev = ctx.stages[index - 1].name
