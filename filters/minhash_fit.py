@@ -9,11 +9,14 @@ non-trivial clusters, never a per-document dict of the corpus.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import defaultdict
 
 import numpy as np
 import pyarrow as pa
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from filters.base import ID, ScoreView
 
@@ -94,27 +97,24 @@ def _verified_edges(view: ScoreView, ends: _Endpoints, threshold: float, k: int,
     return a[ok], b[ok], sim[ok]
 
 
-def _find(parent: dict[int, int], x: int) -> int:
-    root = x
-    while parent[root] != root:
-        root = parent[root]
-    while parent[x] != root:
-        parent[x], x = root, parent[x]
-    return root
-
-
 def _components(a: np.ndarray, b: np.ndarray) -> list[list[int]]:
-    parent: dict[int, int] = {}
-    for u, v in zip(a.tolist(), b.tolist(), strict=True):
-        parent.setdefault(u, u)
-        parent.setdefault(v, v)
-        ru, rv = _find(parent, u), _find(parent, v)
-        if ru != rv:
-            parent[max(ru, rv)] = min(ru, rv)
-    groups: dict[int, list[int]] = defaultdict(list)
-    for x in parent:
-        groups[_find(parent, x)].append(x)
-    return list(groups.values())
+    """Connected components of the verified edges ``a[i]–b[i]`` (document ords), by
+    ``scipy.sparse.csgraph.connected_components`` over ords mapped to dense indices.
+    Groups come in the order their first member first appears in the edge list
+    (``a[0], b[0], a[1], …``) and list their members in that order too."""
+    if len(a) == 0:
+        return []
+    ends = np.stack([np.asarray(a, np.int64), np.asarray(b, np.int64)], axis=1).ravel()
+    nodes, first, dense = np.unique(ends, return_index=True, return_inverse=True)
+    n = len(nodes)
+    graph = coo_matrix((np.ones(len(a)), (dense[0::2], dense[1::2])), shape=(n, n))
+    count, label = connected_components(graph, directed=False)
+    opens = np.full(count, len(ends), np.int64)  # where each component first appears in ``ends``
+    np.minimum.at(opens, label, first)
+    order = np.argsort(opens[label] * len(ends) + first)  # by component, then by first appearance
+    cuts = np.flatnonzero(np.diff(opens[label[order]])) + 1
+    members, bounds = nodes[order].tolist(), [0, *cuts.tolist(), n]
+    return [members[lo:hi] for lo, hi in itertools.pairwise(bounds)]
 
 
 def _survivor_order(view: ScoreView, rule: str, members: list[int]) -> dict:
@@ -126,7 +126,10 @@ def _survivor_order(view: ScoreView, rule: str, members: list[int]) -> dict:
     if rule == "longest":
         rows = view.sql("SELECT d.ord, d.chars, d.id FROM docs d JOIN members USING (ord)").to_pylist()
         return {r["ord"]: (-r["chars"], r["id"]) for r in rows}
-    stage, column = re.fullmatch(r"best_score:(\w+)\.(\w+)", rule).groups()
+    match = re.fullmatch(r"best_score:(\w+)\.(\w+)", rule)
+    if match is None:  # MinHashParams validates the rule; this is a stage called with unchecked params
+        raise ValueError(f"survivor must be min_id, longest or best_score:<stage>.<score>, not {rule!r}")
+    stage, column = match.groups()
     other = view.stage_scores(stage)
     rows = view.sql(f"""
         SELECT d.ord, s."{column}" AS v, d.id FROM docs d JOIN members USING (ord)

@@ -20,6 +20,7 @@ from filters.minhash import (
     shingle_hashes,
     signatures,
 )
+from filters.minhash_fit import _components
 from workers.job import run_job
 from workers.minhash_clusters import cluster_members
 from workers.spec import parse_spec
@@ -46,6 +47,37 @@ def test_normalisation_follows_datatrove_steps():
     assert normalise("Hello, WORLD! Price: 12.50 €  in 2024…", p) == "hello world price 0 in 0"
     assert normalise("Café naïve — déjà vu", p) == "cafe naive deja vu"
     assert normalise("A-b", MinHashParams(strip_punctuation=False)) == "a-b"
+
+
+def test_normalisation_differences_from_datatrove_are_as_documented():
+    """Pins the filters/minhash.py docstring: punctuation → space like datatrove's
+    simplify_text (so hyphenated words split), but every Unicode P*/S* character, not
+    datatrove's fixed list, and only "." / "," as decimal separators. The datatrove
+    0.10.1 output of each input is in the comment."""
+    p = MinHashParams()
+    assert normalise("state-of-the-art", p) == "state of the art"  # same in datatrove (not "stateoftheart")
+    assert normalise("12.50 €", p) == "0"  # datatrove: "0 €"
+    assert normalise("¿Qué? ¡Sí!", p) == "que si"  # datatrove: "¿que ¡si"
+    assert normalise("© 2024 Acme™ 30°C", p) == "0 acme 0 c"  # datatrove: "© 0 acme™ 0°c"
+    assert normalise("a·b § c ‘d’", p) == "a b c d"  # datatrove: "a·b § c ‘d"
+    assert normalise("emoji 😀 here", p) == "emoji here"  # datatrove: "emoji 😀 here"
+    assert normalise("3٫5 and 3,5", p) == "0 0 and 0"  # datatrove: "0 and 0"
+    assert normalise("Café naïve — déjà vu", p) == "cafe naive deja vu"  # same in datatrove
+
+
+def test_components_of_a_small_edge_list():
+    """Chains, two components, an isolated pair: groups in order of first appearance,
+    members in order of first appearance; no edges, no groups."""
+    a = np.array([1, 7, 2, 20, 3, 9], np.int64)
+    b = np.array([2, 8, 3, 21, 4, 7], np.int64)
+    # chain 1-2-3-4, chain 9-7-8 (edges given out of order), isolated pair 20-21
+    assert _components(a, b) == [[1, 2, 3, 4], [7, 8, 9], [20, 21]]
+    # two chains joined late by one edge become one component
+    a2, b2 = np.array([10, 30, 11, 31, 11], np.int64), np.array([11, 31, 12, 32, 31], np.int64)
+    assert _components(a2, b2) == [[10, 11, 30, 31, 12, 32]]
+    assert _components(np.empty(0, np.int64), np.empty(0, np.int64)) == []
+    groups = _components(np.array([5, 6], np.int64), np.array([6, 5], np.int64))
+    assert groups == [[5, 6]]  # a repeated edge (both directions) is still one pair
 
 
 def test_short_documents_are_flagged_not_dropped():
