@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Protocol
+from typing import Annotated, Any, ClassVar, Generic, Literal, Protocol, TypeVar, cast
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
@@ -249,9 +249,20 @@ class Transformed:
 
 # -- the stage -----------------------------------------------------------------------------
 
-class Stage:
+P = TypeVar("P", bound=StageParams)
+
+
+def scores_view(view: ScoreView | None, stage: str) -> ScoreView:
+    """The view a fit needs (it is None only for a fit with no scoring phase before it)."""
+    if view is None:
+        raise ValueError(f"{stage}: its fit needs the scores of a scoring phase before it")
+    return view
+
+
+class Stage(Generic[P]):
     """Subclass, set ``name``/``Params``/``reasons``, implement ``score`` and ``select``
-    (and ``fit`` when ``phases`` has one); for a transform, subclass ``TransformStage``."""
+    (and ``fit`` when ``phases`` has one); for a transform, subclass ``TransformStage``.
+    ``Stage[MyParams]`` types ``self.params``."""
 
     name: ClassVar[str]
     Params: ClassVar[type[StageParams]] = StageParams
@@ -268,7 +279,7 @@ class Stage:
     def __init__(self, params: StageParams | dict | None = None) -> None:
         if params is None or isinstance(params, dict):
             params = self.Params.model_validate(params or {})
-        self.params = params
+        self.params: P = cast(P, params)
 
     @classmethod
     def uses_model(cls) -> bool:
@@ -308,7 +319,7 @@ class Stage:
         return []
 
 
-class TransformStage(Stage):
+class TransformStage(Stage[P]):
     """Docs in → docs out: implement ``transform``. No scoring phases unless declared."""
 
     kind: ClassVar[Literal["filter", "transform"]] = "transform"

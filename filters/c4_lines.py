@@ -107,15 +107,17 @@ def clean(text: str, p: C4LinesParams) -> tuple[str | None, str | None, dict[str
     return "\n".join(kept).strip(), None, counts
 
 
-class C4LinesV1(TransformStage):
+class C4LinesV1(TransformStage[C4LinesParams]):
     name = "c4_lines_v1"
     Params = C4LinesParams
     reasons = ("c4_lines.lorem_ipsum", "c4_lines.curly_bracket", "c4_lines.too_few_sentences",
                "c4_lines.no_lines_left")
 
     def transform(self, docs: pa.Table, fitted: Fitted | None) -> Transformed:
-        action, text, reason = [], [], []
-        counts: dict[str, list[int]] = {}
+        action: list[str] = []
+        text: list[str | None] = []
+        reason: list[str | None] = []
+        counts: dict[str, list[int]] = {k: [] for k in (*LINE_REASONS, "lines", "kept_lines", "sentences")}
         for original in docs[TEXT].to_pylist():
             new, why, c = clean(original or "", self.params)
             for k, v in c.items():
@@ -131,5 +133,5 @@ class C4LinesV1(TransformStage):
                 text.append(new)
             reason.append(why)
         scores = pa.table({("removed_" + k if k in LINE_REASONS else k): pa.array(v, pa.int64())
-                           for k, v in counts.items()}) if counts else None
+                           for k, v in counts.items()})
         return Transformed(action=action, text=text, reason=reason, scores=scores)

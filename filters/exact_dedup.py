@@ -21,7 +21,7 @@ from typing import Literal
 import pyarrow as pa
 import xxhash
 
-from filters.base import FIT, ID, ORDER, SCORE, TEXT, Fitted, ScoreView, Selection, Stage, StageParams
+from filters.base import FIT, ID, ORDER, SCORE, TEXT, Fitted, ScoreView, Selection, Stage, StageParams, scores_view
 
 
 class ExactDedupParams(StageParams):
@@ -40,7 +40,7 @@ def normalise(text: str, params: ExactDedupParams) -> str:
     return text
 
 
-class ExactDedupV1(Stage):
+class ExactDedupV1(Stage[ExactDedupParams]):
     name = "exact_dedup_v1"
     Params = ExactDedupParams
     phases = (SCORE, FIT)
@@ -56,7 +56,7 @@ class ExactDedupV1(Stage):
 
     def fit(self, view: ScoreView | None, artifacts: Path) -> pa.Table:
         """Per hash: the survivor (first in input order) and the group size."""
-        scores = view.read([ID, ORDER, "text_hash"])
+        scores = scores_view(view, self.name).read([ID, ORDER, "text_hash"])
         groups = scores.group_by("text_hash").aggregate([(ORDER, "min"), (ID, "count")])
         # ORDER is unique in a job, so this join finds exactly one survivor per hash.
         firsts = groups.join(scores.select([ID, ORDER]), keys=f"{ORDER}_min", right_keys=ORDER)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from filters.base import TEXT, Fitted, Selection, Stage
+from filters.base import TEXT, Fitted, Selection, Stage, StageParams
 
 
-class InputCheckV1(Stage):
+class InputCheckV1(Stage[StageParams]):
     name = "input_v1"
     reasons = ("input.null_text", "input.empty_text")
 

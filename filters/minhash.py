@@ -1,9 +1,22 @@
 """``minhash_dedup_v1``: MinHash near-duplicate removal with LSH banding and verified edges.
 
 Score (per document, vectorised with numpy):
-  * normalise as datatrove's ``simplify_text`` (each step switchable): lowercase,
-    numbers → ``0``, punctuation/symbols → space, whitespace collapsed, accents
-    stripped (NFD, drop Mn);
+  * normalise (``normalise()``, each step switchable): lowercase; numbers → ``0`` (a
+    run of Unicode decimal digits with an optional ``.``/``,`` decimal part); accents
+    stripped (NFD, drop Mn); every character of Unicode category P* (punctuation) or
+    S* (symbols), and every control that is not whitespace, → a space; whitespace
+    collapsed. Words are the whitespace-separated tokens. Against datatrove's
+    ``simplify_text`` (default ``TextNormConfig``; read in datatrove 0.10.1 and main):
+    the steps and switches correspond (``lowercase``, ``norm_numbers``,
+    ``remove_punctuation``, ``norm_unicode_diacritics``) and both replace punctuation
+    by a space, so "state-of-the-art" → "state of the art" in both (datatrove before
+    0.3.0 deleted it: "stateoftheart"). Differences: datatrove replaces only a fixed
+    list (``PUNCTUATION``: ASCII punctuation, C0/C1 controls and ~40 CJK/typographic
+    marks such as — – “ ” ’ « » … 。), we replace all of P*/S*, so symbols and other
+    marks (€ © ™ ° × → ¿ ¡ ‘ · § । ॥, emoji) become spaces here and stay there
+    ("12.50 €" → "0" here, "0 €" there); datatrove also takes ``،`` ``٫`` ``⎖`` ``⎗``
+    ``⎘`` as decimal separators ("3٫5" → "0" there, "0 0" here); its MinHash stage
+    splits words with a per-language word tokenizer, not on whitespace;
   * word n-grams (default 5) hashed to 64 bits. Deviation from datatrove, documented:
     instead of xxhash of each n-gram string, each distinct word is hashed once
     (xxh64) and an n-gram's hash is a splitmix64-finalised polynomial of its word
@@ -21,12 +34,13 @@ Documents with fewer words than the n-gram size get no signature and the score f
 
 Fit (corpus-wide, in ``filters/minhash_fit.py``, out of core over the score files): candidate
 pairs share a band key; each is verified by the exact Jaccard of the two n-gram
-sets (≥ ``threshold``); union-find over verified edges gives components, as in
-datatrove. Chains can drift (A~B~C~… with a low J(A, Z)), so inside a component a
-document is removed only when its *own* Jaccard to the survivor it is assigned to is
-at least ``min_survivor_jaccard`` (default 0.5); otherwise it starts a cluster of its
-own among the rest. No document is ever removed for a survivor it shares less than
-half its n-grams with. Survivors follow ``survivor``.
+sets (≥ ``threshold``); the connected components of the verified edges
+(``scipy.sparse.csgraph``) are the clusters, as datatrove's union-find makes them.
+Chains can drift (A~B~C~… with a low J(A, Z)), so inside a component a document is
+removed only when its *own* Jaccard to the survivor it is assigned to is at least
+``min_survivor_jaccard`` (default 0.5); otherwise it starts a cluster of its own among
+the rest. No document is ever removed for a survivor it shares less than half its
+n-grams with. Survivors follow ``survivor``.
 """
 
 from __future__ import annotations
@@ -44,7 +58,7 @@ import pyarrow as pa
 import xxhash
 from pydantic import Field, model_validator
 
-from filters.base import FIT, ID, SCORE, TEXT, Fitted, ScoreView, Selection, Stage, StageParams
+from filters.base import FIT, ID, SCORE, TEXT, Fitted, ScoreView, Selection, Stage, StageParams, scores_view
 from filters.minhash_fit import fit_minhash
 
 _NUMBERS = re.compile(r"\d+(?:[.,]\d+)?")
@@ -201,7 +215,7 @@ def collision_probability(s: float, bands: int, rows: int) -> float:
     return 1 - (1 - s**rows) ** bands
 
 
-class MinHashDedupV1(Stage):
+class MinHashDedupV1(Stage[MinHashParams]):
     name = "minhash_dedup_v1"
     Params = MinHashParams
     phases = (SCORE, FIT)
@@ -234,7 +248,8 @@ class MinHashDedupV1(Stage):
         })
 
     @classmethod
-    def check_in_job(cls, params: MinHashParams, stages_before: list[str]) -> None:
+    def check_in_job(cls, params: StageParams, stages_before: list[str]) -> None:
+        assert isinstance(params, MinHashParams)
         if params.survivor.startswith("best_score:"):
             stage = params.survivor.removeprefix("best_score:").split(".")[0]
             if stage not in stages_before:
@@ -243,7 +258,8 @@ class MinHashDedupV1(Stage):
 
     def fit(self, view: ScoreView | None, artifacts: Path) -> pa.Table:
         p = self.params
-        return fit_minhash(view, p.threshold, p.min_survivor_jaccard, p.verify, p.survivor, p.bands * p.rows)
+        return fit_minhash(scores_view(view, self.name), p.threshold, p.min_survivor_jaccard, p.verify, p.survivor,
+                           p.bands * p.rows)
 
     def select(self, scores: pa.Table, fitted: Fitted | None) -> Selection:
         if fitted is None or fitted.table is None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +45,7 @@ from filters.base import (
     ScoreView,
     Selection,
     Stage,
+    scores_view,
 )
 from filters.lm.base import DocScore, Scorer
 from filters.lm.models import BUNDLED, SMOLLM2, check_model, resolve_model
@@ -152,15 +153,17 @@ def load_scorer(p: PerplexityParams):
         from filters.lm.ccnet import KenLMScorer
 
         return KenLMScorer(path, p.sp_model, p.kenlm_newlines)
-    common = {"window": p.window, "mode": p.window_mode, "stride": p.stride or max(1, p.window // 2),
-              "max_windows": p.max_windows, "n_threads": p.n_threads or p.cpus_per_actor}
+    stride = p.stride or max(1, p.window // 2)
+    threads = p.n_threads or p.cpus_per_actor
     if p.backend == "transformers":
         from filters.lm.hf_backend import TransformersScorer
 
-        return TransformersScorer(path, batch_tokens=p.batch_tokens, dtype=p.dtype, **common)
+        return TransformersScorer(path, window=p.window, mode=p.window_mode, stride=stride, max_windows=p.max_windows,
+                                  n_threads=threads, batch_tokens=p.batch_tokens, dtype=p.dtype)
     from filters.lm.llama_cpp_backend import LlamaCppScorer
 
-    return LlamaCppScorer(path, **common)
+    return LlamaCppScorer(path, window=p.window, mode=p.window_mode, stride=stride, max_windows=p.max_windows,
+                          n_threads=threads)
 
 
 def band_bounds(values: np.ndarray, ids: list[str], select: Band) -> tuple[tuple, tuple] | None:
@@ -190,7 +193,7 @@ def bucket_edges(values: np.ndarray, select: Buckets) -> tuple[float, float]:
 _UNSET = object()
 
 
-class PerplexityV1(Stage):
+class PerplexityV1(Stage[PerplexityParams]):
     name = "perplexity_v1"
     Params = PerplexityParams
     phases = (SCORE, FIT)
@@ -219,6 +222,7 @@ class PerplexityV1(Stage):
 
     def score(self, docs: pa.Table) -> pa.Table:
         self.load()
+        assert self._scorer is not None  # load() set it
         texts = [t or "" for t in docs[TEXT].to_pylist()]
         results: list[DocScore | None] = self._scorer.score(texts)
         ok = [r is not None for r in results]
@@ -236,13 +240,14 @@ class PerplexityV1(Stage):
     def fit(self, view: ScoreView | None, artifacts: Path) -> pa.Table:
         """This job's score distribution (both scores, length and id), independent of the
         selection params, so any mode or threshold can be cut from it later."""
-        return view.read([ID, "perplexity", "bits_per_byte", "chars"])
+        return scores_view(view, self.name).read([ID, "perplexity", "bits_per_byte", "chars"])
 
     def _distribution(self, fitted: pa.Table | None) -> tuple[np.ndarray, list[str]]:
         """Scores and ids of the documents ``select`` ranks (scored, at least ``min_chars``
         long), sorted by (score, id)."""
         p = self.params
         if fitted is not self._dist_source:  # one sort per fit result, not one per shard
+            dist: tuple[np.ndarray, list[str]]
             if fitted is None:
                 dist = (np.array([]), [])
             else:
@@ -258,7 +263,7 @@ class PerplexityV1(Stage):
         values, ids = scores[p.score].to_pylist(), scores[ID].to_pylist()
         eligible = [c >= p.min_chars for c in scores["chars"].to_pylist()]
         dist_values, dist_ids = self._distribution(fitted.table if fitted else None)
-        bounds = None
+        bounds: Any = None  # Band: ((score, id), (score, id)); Buckets: (low, high)
         if isinstance(sel, Band):
             bounds = band_bounds(dist_values, dist_ids, sel)
         elif isinstance(sel, Buckets):

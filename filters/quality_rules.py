@@ -87,7 +87,7 @@ def first_failure(m: dict[str, float], p: QualityRulesParams) -> str | None:
     return next((reason for failed, reason in checks if failed), None)
 
 
-class QualityRulesV1(Stage):
+class QualityRulesV1(Stage[QualityRulesParams]):
     name = "quality_rules_v1"
     Params = QualityRulesParams
     score_params = frozenset({"stop_words", "bullets"})

@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -68,9 +69,10 @@ def _load_plugin(ref: str) -> type[Stage]:
     if target.endswith(".py"):
         path = Path(target)
         spec = importlib.util.spec_from_file_location(f"curate_stage_{path.stem}", path)
-        if spec is None or not path.exists():
+        if spec is None or spec.loader is None or not path.exists():
             raise StageDefinitionError(f"CURATE_STAGES entry {ref!r}: no file {path}")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # as an import would: pickling, docs and tracebacks find it
         spec.loader.exec_module(module)
     else:
         module = importlib.import_module(target)

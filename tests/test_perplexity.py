@@ -124,5 +124,5 @@ def test_missing_model_or_package_is_a_spec_error(tmp_path):
 
     with pytest.raises(SpecError, match="stages.0.params.model: file not found: /no/such.arpa"):
         local_paths(_spec(tmp_path, {"backend": "kenlm", "model": "/no/such.arpa"}))
-    with pytest.raises(MissingDependency, match="pip install no-such-package"):
-        require("no_such_module", "no-such-package", "test")
+    with pytest.raises(MissingDependency, match=r"pip install 'curate\[llama\]' \(or pip install no-such-package\)"):
+        require("no_such_module", "no-such-package", "test", "llama")

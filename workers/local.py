@@ -98,13 +98,15 @@ def _run(stages: list[Stage], docs: pa.Table, root: Path, unit_rows: int | None,
     error = runner.write_shard(shard, units)
     if error:
         raise JobError.from_record(error)
-    lineage = pa.concat_tables(pq.read_table(folder.decisions(i, s.name, u.key))
-                               for i, s in enumerate(stages) for u in units)
+    lineage = pa.concat_tables([pq.read_table(folder.decisions(i, s.name, u.key))
+                                for i, s in enumerate(stages) for u in units], promote_options="permissive")
     scores, fits = {}, {}
     for i, s in enumerate(stages):
         phase = next((p.method for p in reversed(s.phases) if p.kind == "score"), "score")
         paths = [folder.scores(i, s.name, u.key, phase) for u in units]
-        scores[s.name] = pa.concat_tables(pq.read_table(p) for p in paths) if all(p.exists() for p in paths) else None
+        # A unit no document reached may have stored untyped (empty) columns: promote.
+        scores[s.name] = pa.concat_tables([pq.read_table(p) for p in paths], promote_options="permissive") \
+            if all(p.exists() for p in paths) else None
         fit = next((p.method for p in reversed(s.phases) if p.kind == "fit"), None)
         fits[s.name] = pq.read_table(folder.fit(i, s.name, fit)) if fit and folder.fit(i, s.name, fit).exists() \
             else None

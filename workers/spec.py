@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from filters.base import PathRef, path_fields
-from filters.registry import BUILTIN_FIRST_STAGE, get_stage
+from filters.registry import BUILTIN_FIRST_STAGE, STAGES, get_stage
 
 
 class SpecError(ValueError):
@@ -35,9 +37,39 @@ class Columns(_Strict):
     id: str = Field("id", min_length=1, description="unique document id; derived from shard and row when absent")
 
 
+@lru_cache(maxsize=1)
+def _stage_models() -> dict[str, type[BaseModel]]:
+    """One model per registered stage, ``{stage: <name>, params: <its Params>}``: what the
+    published schema offers for each entry of ``stages``."""
+    models = {}
+    for name, cls in sorted(STAGES.items()):
+        if name == BUILTIN_FIRST_STAGE:
+            continue
+        module = sys.modules.get(cls.__module__)
+        doc = (cls.__doc__ or (module and module.__doc__) or name).strip().split("\n\n")[0]
+        doc = " ".join(doc.split())
+        models[name] = create_model(
+            f"Stage_{name}", __config__=ConfigDict(extra="forbid", title=name),
+            stage=(Literal[name], Field(description=doc)),  # type: ignore[valid-type]
+            params=(cls.Params, Field(default_factory=cls.Params, description=f"parameters of {name}")),
+        )
+    return models
+
+
 class StageSpec(_Strict):
+    """One stage of a job. Validated against the stage's own params model; the JSON
+    Schema (``curate schema``, OpenAPI) is the union of every registered stage's model,
+    discriminated by ``stage``, so editors and fuzzers see each stage's parameters."""
+
     stage: str = Field(description="versioned stage name, e.g. quality_rules_v1")
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema, handler) -> dict[str, Any]:
+        models = _stage_models()
+        return {"title": "StageSpec", "description": " ".join(cls.__doc__.split()),
+                "oneOf": [handler(model.__pydantic_core_schema__) for model in models.values()],
+                "discriminator": {"propertyName": "stage"}}
 
     @model_validator(mode="after")
     def _check_stage(self) -> StageSpec:
@@ -174,6 +206,13 @@ def local_paths(spec: JobSpec, base: Path | None = None) -> JobSpec:
         return str(path.resolve()) if ref is not None else str(path)
 
     return resolve_paths(spec, resolve)
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a job spec (YAML or JSON), every stage's params included."""
+    schema = JobSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
 
 
 def format_validation_error(exc: ValidationError) -> str:

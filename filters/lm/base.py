@@ -10,17 +10,20 @@ import numpy as np
 
 
 class MissingDependency(ImportError):
-    """An optional backend library is not installed; the message names the package."""
+    """An optional library is not installed; the message names the package and the extra
+    of curate that installs it."""
 
 
-def require(module: str, package: str, backend: str):
+def require(module: str, package: str, backend: str, extra: str):
+    """Import ``module`` or say which extra to install: ``pip install 'curate[<extra>]'``."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependency(
-            f"the {backend} perplexity backend needs the package {package!r} (pip install {package}): {exc}"
+            f"the {backend} perplexity backend needs the package {package!r}: pip install 'curate[{extra}]' "
+            f"(or pip install {package}): {exc}"
         ) from None
 
 
@@ -73,7 +76,8 @@ def plan_windows(n_tokens: int, window: int, mode: str, stride: int, max_windows
     if mode == "head" or length <= span:
         end = min(length, span)
         return [Window(0, end, end - 1)]
-    windows, reached, start = [], 1, 0
+    windows: list[Window] = []
+    reached, start = 1, 0
     while reached < length and (max_windows is None or len(windows) < max_windows):
         end = min(start + span, length)
         windows.append(Window(start, end, end - reached))
@@ -90,7 +94,8 @@ def score_with_windows(tokens_per_doc: list[list[int]], bos: int, logprob_fn, by
     ``i`` (length ``len(seq) - 1``). ``byte_len_fn(ids)`` gives the UTF-8 bytes those ids
     decode to (used only when a document is truncated).
     """
-    plans, seqs = [], []
+    plans: list[tuple[list[int], list[Window], int] | None] = []
+    seqs: list[list[int]] = []
     for ids in tokens_per_doc:
         if not ids:
             plans.append(None)

