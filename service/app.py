@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             head.start()
             jobs_url = head.jobs_url
         db = Database(settings.catalog_path)
-        service = JobService(settings, db, RayJobs(jobs_url, settings.python()))
+        service = JobService(settings, db, RayJobs(jobs_url, settings.python(), settings.home.resolve() / "specs"))
         try:
             await service.start()
             app.state.jobs, app.state.keys, app.state.settings = service, keys, settings
@@ -62,5 +62,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   responses={401: {"model": errors.ErrorBody}, 422: {"model": errors.ErrorBody}})
     errors.install(app)
     app.add_middleware(errors.BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(errors.RequestId)
     app.include_router(router)
     return app

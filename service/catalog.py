@@ -297,18 +297,22 @@ class Catalog:
             "sources": chain, "children": children, "stages": stages,
         }
 
-    def drops(self, job_ref: str, stage: str | None, reason: str | None, limit: int) -> list[dict[str, Any]]:
-        """Dropped documents with their reason and scores, and where their text is."""
+    def lineage_rows(self, job_ref: str, *, decision: str | None = None, stage: str | None = None,
+                     reason: str | None = None, change: str | None = None, limit: int = 20,
+                     after: list | None = None) -> list[dict[str, Any]]:
+        """Lineage rows of one job in (stage_index, doc_id) order, filtered, after the
+        cursor key ``after`` = [stage_index, doc_id]; where each document's text is too."""
         job = self.resolve_job(job_ref)
-        sql = ("SELECT doc_id, parent_id, stage, stage_index, reason, scores, cluster_id, survivor_id, shard, unit, "
-               f"row FROM {self._job_decisions(job)} WHERE job_id = ? AND decision = 'drop'")
+        sql = ("SELECT doc_id, parent_id, stage, stage_index, decision, reason, change, scores, cluster_id, "
+               f"survivor_id, shard, unit, row FROM {self._job_decisions(job)} WHERE job_id = ?")
         params: list[Any] = [job["job_id"]]
-        if stage:
-            sql += " AND stage = ?"
-            params.append(stage)
-        if reason:
-            sql += " AND reason = ?"
-            params.append(reason)
+        for column, value in (("decision", decision), ("stage", stage), ("reason", reason), ("change", change)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        if after is not None:
+            sql += " AND (stage_index > ? OR (stage_index = ? AND doc_id > ?))"
+            params += [after[0], after[0], after[1]]
         return self._rows(sql + " ORDER BY stage_index, doc_id LIMIT ?", [*params, limit])
 
     def examples(self, job_ref: str, stage: str) -> dict[str, str | None]:

@@ -1,4 +1,10 @@
-"""The ``curate`` command line: ingest, run, demo, why, jobs."""
+"""The ``curate`` command line: ingest, run, demo, why, jobs, schema, export-scores, serve, keys.
+
+Exit status: 0 success; 1 a runtime failure (bad input data, a failed job, a missing or
+locked catalog, an unknown job, document, stage or key); 2 a usage error (argparse's, or a
+job spec that cannot be read or is invalid: the invocation is wrong, nothing ran); 130
+interrupted (Ctrl-C; a job is left resumable). Errors always go to stderr.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,34 @@ from pathlib import Path
 import yaml
 
 from service.catalog import Catalog, CatalogError, default_path
+from workers.export_scores import FORMATS, ExportError
 from workers.job import JobError, run_job
 from workers.job_folder import JobFolder
 from workers.shards import InputError
 from workers.spec import SpecError, load_spec, local_paths, parse_spec
+
+EXIT_FAILURE = 1  # runtime: bad input data, a failed job, catalog locked or missing, unknown job/doc/stage
+EXIT_USAGE = 2  # argparse errors and an unreadable or invalid job spec
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while a job ran: carries its output folder for the message."""
+
+    def __init__(self, output: str) -> None:
+        super().__init__(output)
+        self.output = output
+
+
+def curate_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("curate")
+    except PackageNotFoundError:
+        from workers.manifest import code_version
+
+        return code_version()
 
 
 def _register(output: str, catalog: str | None, error: Exception | None = None) -> None:
@@ -53,6 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = local_paths(load_spec(args.spec))
     try:
         manifest = run_job(spec, overwrite=args.overwrite, progress=not args.no_progress)
+    except KeyboardInterrupt:  # not recorded in error.json: the completion markers make it resumable
+        raise Interrupted(spec.output) from None
     except (InputError, JobError) as exc:
         if getattr(exc, "code", None) != "output_conflict":  # a conflict: the folder is another job's
             _register(spec.output, args.catalog, error=exc)
@@ -103,7 +135,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec_path = root / "demo.yaml"
     spec_path.write_text(yaml.safe_dump(spec_data, sort_keys=False))
     spec = parse_spec(spec_data, str(spec_path))
-    manifest = run_job(spec, overwrite=True, progress=not args.no_progress)
+    try:
+        manifest = run_job(spec, overwrite=True, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        raise Interrupted(spec.output) from None
     _register(spec.output, args.catalog)
     print(format_funnel(manifest))
     print(f"\noutputs:  {root / 'run' / 'data'} ({manifest['output']['rows']} docs, manifest.json beside it)")
@@ -128,10 +163,11 @@ def cmd_why(args: argparse.Namespace) -> int:
         answer = c.why(args.job, args.doc_id)
     if args.json:
         print(json.dumps(answer, indent=2, default=str))
-        return 0 if answer["outcome"] != "unknown" else 1
+        return 0 if answer["outcome"] != "unknown" else EXIT_FAILURE
     if answer["outcome"] == "unknown":
-        print(f"document {args.doc_id!r} never reached any stage of job {answer['job_id']} (unknown id?)")
-        return 1
+        print(f"error: document {args.doc_id!r} never reached any stage of job {answer['job_id']} (unknown id?)",
+              file=sys.stderr)
+        return EXIT_FAILURE
     head = {"kept": "KEPT: passed every stage",
             "dropped": f"DROPPED at {answer['dropped_at']}: {answer['reason']}",
             "pending": "still in progress (job not finished)"}[answer["outcome"]]
@@ -174,6 +210,39 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from workers.spec import spec_json_schema
+
+    print(json.dumps(spec_json_schema(), indent=2))
+    return 0
+
+
+def _job_folder(ref: str, catalog: str | None) -> Path:
+    """JOB as `curate why` takes it (job id, name or output folder, from the catalog); a job
+    folder that was never registered is read directly."""
+    if JobFolder(ref).started():
+        return Path(ref).resolve()
+    with Catalog(catalog, read_only=True) as c:
+        return Path(c.resolve_job(ref)["output"])
+
+
+def cmd_export_scores(args: argparse.Namespace) -> int:
+    from workers.export_scores import export_scores, resolve_stage
+
+    folder = JobFolder(_job_folder(args.job, args.catalog))
+    if not folder.started():
+        raise ExportError(f"{folder.root} is not a curate job folder (no job.json); was it moved or deleted?")
+    stage = resolve_stage(folder, args.stage)
+    out = args.out or f"{folder.job()['job_id']}.{stage['index']:02d}-{stage['name']}.scores.parquet"
+    result = export_scores(folder.root, str(stage["index"]), out, args.format)
+    if result.missing_units:
+        print(f"warning: {result.missing_units} of {result.units} work units have not finished stage "
+              f"{result.stage} (job not finished); exported the rest", file=sys.stderr)
+    print(f"wrote {result.rows} rows ({len(result.score_names)} scores, {args.format}) of "
+          f"{result.stage_index:02d}-{result.stage} to {result.path}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
@@ -205,72 +274,121 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print(f"{k['id']}  {k['role']:<5}  {k['created_at']}  {k['note']}")
     elif not store.revoke(args.key_id):
         print(f"error: no key with id {args.key_id}", file=sys.stderr)
-        return 2
+        return EXIT_FAILURE
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="curate", description="Curate pretraining data with per-document lineage.")
+    p = argparse.ArgumentParser(
+        prog="curate", description="Curate pretraining data with per-document lineage.",
+        epilog="exit status: 0 ok, 1 runtime failure (bad input, failed job, catalog missing or locked, unknown "
+               "job/document), 2 usage error (bad arguments, unreadable or invalid job spec), 130 interrupted "
+               "(the job is resumable: run the same command again)")
+    p.add_argument("--version", action="version", version=f"curate {curate_version()}",
+                   help="print the version and exit")
     p.add_argument("--catalog", help="DuckDB catalog file (default: $CURATE_HOME/catalog.duckdb, ~/.curate)")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands",
+                         help="`curate COMMAND --help` shows its arguments")
 
-    run = sub.add_parser("run", help="run (or resume) a curation job from a YAML/JSON spec")
-    run.add_argument("spec")
+    run = sub.add_parser("run", help="run (or resume) a curation job from a YAML/JSON spec",
+                         description="Run a job, or resume it from its completion markers (after a crash or "
+                                     "Ctrl-C, run the same command again). Prints the funnel per stage.")
+    run.add_argument("spec", help="job spec file (YAML, or JSON by .json suffix); `curate schema` prints its schema")
     run.add_argument("--overwrite", action="store_true", help="replace an output folder that holds another job")
-    run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
 
-    ing = sub.add_parser("ingest", help="JSONL(.gz) / Parquet / WARC / WET / text files → Parquet shards")
+    ing = sub.add_parser("ingest", help="JSONL(.gz) / Parquet / WARC / WET / text files → Parquet shards",
+                         description="Read documents and write part-NNNNN.parquet shards with id, text and every "
+                                     "other field.")
     ing.add_argument("inputs", nargs="+", help="files, folders or globs")
-    ing.add_argument("--out", required=True)
-    ing.add_argument("--text-field", default="text")
-    ing.add_argument("--id-field", default="id")
-    ing.add_argument("--shard-rows", type=int, default=10_000, help="max docs per shard")
+    ing.add_argument("--out", required=True, help="folder to write the shards to")
+    ing.add_argument("--text-field", default="text", help="field (JSON) or column (Parquet) with the text "
+                     "(default: text)")
+    ing.add_argument("--id-field", default="id", help="field or column with the document id; when absent, ids are "
+                     "<file stem>:<record number> (default: id)")
+    ing.add_argument("--shard-rows", type=int, default=10_000, help="max docs per shard (default: 10000)")
     ing.add_argument("--shard-mb", type=float, help="max text megabytes per shard")
-    ing.add_argument("--overwrite", action="store_true")
+    ing.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     ing.set_defaults(func=cmd_ingest)
 
-    demo = sub.add_parser("demo", help="build a corpus from this Python install and curate it end to end")
-    demo.add_argument("--out", default="curate-demo")
-    demo.add_argument("--max-docs", type=int, default=3000)
-    demo.add_argument("--shard-rows", type=int, default=500)
-    demo.add_argument("--ppl-window", type=int, default=64, help="tokens the perplexity stage scores per document")
-    demo.add_argument("--no-progress", action="store_true")
+    demo = sub.add_parser("demo", help="build a corpus from this Python install and curate it end to end",
+                          description="Build a corpus from the standard library's docstrings and installed "
+                                      "package licences, ingest it and run every stage on it.")
+    demo.add_argument("--out", default="curate-demo", help="folder for the corpus, shards, spec and job "
+                      "(default: curate-demo)")
+    demo.add_argument("--max-docs", type=int, default=3000, help="documents in the corpus (default: 3000)")
+    demo.add_argument("--shard-rows", type=int, default=500, help="max docs per shard (default: 500)")
+    demo.add_argument("--ppl-window", type=int, default=64,
+                      help="tokens the perplexity stage scores per document (default: 64)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 
-    why = sub.add_parser("why", help="explain what happened to one document in a job")
+    why = sub.add_parser("why", help="explain what happened to one document in a job",
+                         description="Every stage a document reached: scores, decision and reason. Exits 1 for "
+                                     "a document the job never saw.")
     why.add_argument("job", help="job id, job name (latest run) or output folder")
-    why.add_argument("doc_id")
-    why.add_argument("--json", action="store_true")
+    why.add_argument("doc_id", help="document id")
+    why.add_argument("--json", action="store_true", help="print the answer as JSON (also for an unknown document)")
     why.set_defaults(func=cmd_why)
 
-    serve = sub.add_parser("serve", help="start the REST API (and a local Ray head unless RAY_ADDRESS is set)")
+    schema = sub.add_parser("schema", help="print the JSON Schema of a job spec",
+                            description="The JSON Schema (draft 2020-12) of a job spec, every stage's params "
+                                        "included, for editors and validators.")
+    schema.set_defaults(func=cmd_schema)
+
+    export = sub.add_parser("export-scores", help="write one stage's lineage and scores as a flat Parquet file",
+                            description="Lineage stores scores as a map, which Hugging Face datasets cannot "
+                                        "load; this writes one Parquet file with doc_id, parent_id, decision, "
+                                        "reason, change, cluster_id, survivor_id and the scores as plain columns.")
+    export.add_argument("job", help="job id, job name (latest run) or output folder")
+    export.add_argument("--stage", required=True, help="stage name (quality_rules_v1), index (2) or NN-name")
+    export.add_argument("--out", help="Parquet file to write (default: <job id>.<NN>-<stage>.scores.parquet here)")
+    export.add_argument("--format", choices=FORMATS, default="wide",
+                        help="wide: a float64 column score_<name> per score (default); struct: one scores column")
+    export.set_defaults(func=cmd_export_scores)
+
+    serve = sub.add_parser("serve", help="start the REST API (and a local Ray head unless RAY_ADDRESS is set)",
+                           description="Start the REST API; settings from CURATE_* variables or .env.")
     serve.add_argument("--host", help="default $CURATE_HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, help="default $CURATE_PORT or 8000")
     serve.set_defaults(func=cmd_serve)
 
-    keys = sub.add_parser("keys", help="manage API keys")
-    keys_sub = keys.add_subparsers(dest="action", required=True)
-    create = keys_sub.add_parser("create", help="create a key and print it once")
-    create.add_argument("--role", choices=["admin", "read"], default="read")
-    create.add_argument("--note")
-    keys_sub.add_parser("list", help="list key ids and roles")
-    revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
-    revoke.add_argument("key_id")
+    keys = sub.add_parser("keys", help="manage API keys", description="Create, list and revoke REST API keys.")
+    keys_sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions",
+                                   help="`curate keys ACTION --help` shows its arguments")
+    create = keys_sub.add_parser("create", help="create a key and print it once",
+                                 description="Create a key and print it once; only its hash is stored.")
+    create.add_argument("--role", choices=["admin", "read"], default="read",
+                        help="read: query jobs; admin: also submit, cancel and retry (default: read)")
+    create.add_argument("--note", help="free text stored with the key")
+    keys_sub.add_parser("list", help="list key ids and roles", description="List key ids, roles and notes.")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id", description="Revoke a key by id.")
+    revoke.add_argument("key_id", help="key id, as `curate keys list` shows it")
     keys.set_defaults(func=cmd_keys)
 
-    jobs = sub.add_parser("jobs", help="list jobs in the catalog")
+    jobs = sub.add_parser("jobs", help="list jobs in the catalog",
+                          description="List the jobs in the catalog: id, state, docs in and out, output folder.")
     jobs.set_defaults(func=cmd_jobs)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # usage errors: argparse prints to stderr and exits 2
     try:
         return args.func(args)
-    except (SpecError, InputError, JobError, CatalogError) as exc:
+    except SpecError as exc:  # the invocation names a spec that cannot be read or is invalid: nothing ran
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except (InputError, JobError, CatalogError, ExportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted):
+            print(f"interrupted: the job in {exc.output} is resumable: run the same command again", file=sys.stderr)
+        else:
+            print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `curate why ... | head`
         sys.stderr.close()
         return 0

@@ -11,16 +11,17 @@ from service import errors
 from service.jobs import JobService
 
 _bearer = HTTPBearer(auto_error=False, description="an API key from `curate keys create`")
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="curate"'}
 
 
 def _require(role: Literal["admin", "read"]):
     def check(request: Request,
               creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
         if creds is None or not creds.credentials:
-            raise errors.ServiceError(401, "missing API key: send Authorization: Bearer <key>")
+            raise errors.ServiceError(401, "missing API key: send Authorization: Bearer <key>", headers=_CHALLENGE)
         granted = request.app.state.keys.role_of(creds.credentials)
         if granted is None:
-            raise errors.ServiceError(401, "invalid API key")
+            raise errors.ServiceError(401, "invalid API key", headers=_CHALLENGE)
         if role == "admin" and granted != "admin":
             raise errors.ServiceError(403, "this API key is read-only; this route needs an admin key")
         return granted

@@ -1,8 +1,15 @@
-"""One error body for every failure: ``{"error": {"code", "message", "details"}}``."""
+"""One error body for every failure: ``{"error": {"code", "message", "details"}}``.
+
+Every response carries an ``X-Request-ID`` (the client's, or a new one). An unexpected
+error is logged with that id and its traceback; its body says only that it happened and
+gives the id, never the exception's text (which can hold paths, queries or data).
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -28,12 +35,17 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
 class ServiceError(Exception):
-    def __init__(self, status: int, message: str, *, code: str | None = None, details: Any = None) -> None:
+    def __init__(self, status: int, message: str, *, code: str | None = None, details: Any = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message = status, message
         self.code = code or CODES.get(status, "error")
         self.details = details
+        self.headers = headers
 
 
 def error_response(status: int, code: str, message: str, details: Any = None,
@@ -45,7 +57,7 @@ def error_response(status: int, code: str, message: str, details: Any = None,
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(_: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -59,10 +71,43 @@ def install(app: FastAPI) -> None:
         return error_response(exc.status_code, CODES.get(exc.status_code, "error"), str(exc.detail),
                               headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+
+def internal_error(request_id: str) -> JSONResponse:
+    return error_response(500, "internal_error", f"internal error; the server log has it under request id "
+                          f"{request_id}", {"request_id": request_id})
+
+
+class RequestId:
+    """ASGI middleware: take the client's X-Request-ID (if it is a plain token) or make
+    one, echo it on the response, and turn an unexpected exception into the 500 body
+    (logged with the id and its traceback; the body never carries the exception text)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _SAFE_ID.match(given) else secrets.token_hex(8)
+        started = False
+
+        async def with_id(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", request_id.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, with_id)
+        except Exception:
+            log.exception("request %s: unhandled error on %s %s", request_id, scope.get("method"), scope.get("path"))
+            if started:  # too late for an error body; the connection is closed on the client
+                raise
+            await internal_error(request_id)(scope, receive, with_id)
 
 
 class BodySizeLimit:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from service import pagination
 from service.catalog import TERMINAL, Catalog, CatalogError
 from service.errors import ServiceError
 from service.job_store import Database, JobStore
@@ -187,8 +188,12 @@ class JobService:
                 "attempts": row["attempts"], "ray_submission_id": row["submission_id"],
                 "progress": live.get("progress")}
 
-    async def list(self) -> list[dict]:
-        return [self._view(r, self.live.get(r["job_id"], {"state": r["state"]})) for r in self.store.all()]
+    async def list(self, limit: int, cursor: str | None) -> dict:
+        """A page of jobs, oldest first."""
+        after = pagination.decode(cursor, 2)
+        rows = [r for r in self.store.all() if after is None or [r["created_at"], r["job_id"]] > after]
+        views = [self._view(r, self.live.get(r["job_id"], {"state": r["state"]})) for r in rows[:limit + 1]]
+        return pagination.page(views, limit, lambda v: [v["created_at"], v["job_id"]])
 
     async def logs(self, job_id: str) -> str:
         return await self.ray.logs(self._row(job_id)["submission_id"])
@@ -221,15 +226,23 @@ class JobService:
                                code="document_not_found")
         return answer
 
-    async def drops(self, job_id: str, stage: str | None, reason: str | None, limit: int) -> list[dict]:
+    async def documents(self, job_id: str, *, limit: int, cursor: str | None, **filters: str | None) -> dict:
+        """A page of lineage rows (stage, decision, reason, change filters), in (stage, doc) order."""
         row = self._row(job_id)
         await self._registered(row)
-        rows = await self.db.run(lambda c: c.drops(job_id, stage, reason, limit))
-        text_column = JobSpec.model_validate_json(row["spec"]).columns.text
-        texts = await asyncio.to_thread(JobFolder(row["output"]).texts, rows, text_column)
-        for r, t in zip(rows, texts, strict=True):
+        after = pagination.decode(cursor, 2)
+        rows = await self.db.run(lambda c: c.lineage_rows(job_id, limit=limit + 1, after=after, **filters))
+        return pagination.page(rows, limit, lambda r: [r["stage_index"], r["doc_id"]])
+
+    async def drops(self, job_id: str, stage: str | None, reason: str | None, limit: int, cursor: str | None) -> dict:
+        """A page of dropped documents with the start of the text the dropping stage saw."""
+        result = await self.documents(job_id, limit=limit, cursor=cursor, decision="drop", stage=stage, reason=reason)
+        spec = JobSpec.model_validate_json(self._row(job_id)["spec"])
+        texts = await asyncio.to_thread(JobFolder(self._row(job_id)["output"]).texts, result["items"],
+                                        spec.columns.text)
+        for r, t in zip(result["items"], texts, strict=True):
             r["text_preview"] = None if t is None else t[:300]
-        return rows
+        return result
 
     async def preview(self, job_id: str, stage: str, params: dict) -> dict:
         row = self._row(job_id)

@@ -4,15 +4,21 @@ Nothing else in the service talks to Ray's job server."""
 from __future__ import annotations
 
 import asyncio
-import base64
+import os
+import shlex
+from pathlib import Path
 
 RAY_STATES = {"PENDING": "queued", "RUNNING": "running", "SUCCEEDED": "succeeded", "FAILED": "failed",
               "STOPPED": "cancelled"}
 
 
 class RayJobs:
-    def __init__(self, jobs_url: str, python: str) -> None:
-        self.jobs_url, self.python = jobs_url, python
+    """``spec_dir`` holds each submission's spec as a file the driver reads (a command line
+    argument is capped at 128 KiB; request bodies may be larger). It must be visible where
+    Ray runs job drivers (the head node): ``$CURATE_HOME/specs`` on shared storage."""
+
+    def __init__(self, jobs_url: str, python: str, spec_dir: Path) -> None:
+        self.jobs_url, self.python, self.spec_dir = jobs_url, python, spec_dir
         self._client = None
 
     async def connect(self) -> None:
@@ -28,8 +34,10 @@ class RayJobs:
             return False
 
     async def submit(self, submission_id: str, spec_json: str, job_id: str) -> None:
-        spec_b64 = base64.urlsafe_b64encode(spec_json.encode()).decode()
-        entrypoint = f"{self.python} -m workers.job_entrypoint --spec-b64 {spec_b64} --no-progress"
+        path = self.spec_dir / f"{submission_id}.json"
+        await asyncio.to_thread(_write_spec, path, spec_json)
+        entrypoint = (f"{shlex.quote(self.python)} -m workers.job_entrypoint --spec-file {shlex.quote(str(path))} "
+                      "--no-progress")
         await asyncio.to_thread(self._client.submit_job, entrypoint=entrypoint, submission_id=submission_id,
                                 metadata={"curate_job_id": job_id})
 
@@ -52,3 +60,11 @@ class RayJobs:
 
     async def logs(self, submission_id: str) -> str:
         return await asyncio.to_thread(self._client.get_job_logs, submission_id)
+
+
+def _write_spec(path: Path, spec_json: str) -> None:
+    from workers import atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(spec_json, path)
+    os.chmod(path, 0o600)

@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
-from pydantic import BaseModel, Field
 
 from service.deps import AdminKey, Jobs, ReadKey
 from service.errors import ErrorBody, ServiceError
+from service.pagination import MAX_LIMIT
+from service.schemas import (
+    DocumentLineage,
+    DocumentRow,
+    DropRow,
+    Health,
+    Job,
+    JobStats,
+    Manifest,
+    Page,
+    Preview,
+    PreviewResult,
+)
 from workers.spec import JobSpec
 
 router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422)
 }
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"page size (at most {MAX_LIMIT})")]
+Cursor = Annotated[str | None, Query(max_length=2000, description="the `next` value of the previous page")]
+Filter = Annotated[str | None, Query(max_length=200)]
 
 EXAMPLE_SPEC = {
     "name": "web-pool-v1",
@@ -23,30 +38,6 @@ EXAMPLE_SPEC = {
     "output": "web-pool-v1",
     "stages": [{"stage": "exact_dedup_v1"}, {"stage": "quality_rules_v1", "params": {"min_words": 50}}],
 }
-
-
-class Job(BaseModel):
-    job_id: str
-    name: str
-    state: str = Field(description="queued, running, succeeded, failed or cancelled")
-    error: str | None = None
-    error_code: str | None = Field(None, description="why it failed, as a code: bad_input, stage_failed, "
-                                   "model_load_failed, resources_unavailable, ...")
-    output: str
-    created_at: str
-    attempts: int
-    ray_submission_id: str | None
-    progress: dict | None = Field(None, description="per stage: units done / total, docs in / out / created; ETA")
-
-
-class Preview(BaseModel):
-    stage: str = Field(description="stage name (or index) in this job", examples=["quality_rules_v1"])
-    params: dict[str, Any] = Field(default_factory=dict, examples=[{"min_words": 30}])
-
-
-class Health(BaseModel):
-    status: str
-    checks: dict[str, bool] = Field(default_factory=dict)
 
 
 @router.get("/healthz", response_model=Health, tags=["health"])
@@ -64,21 +55,26 @@ async def readyz(jobs: Jobs):
     return Health(status="ready", checks=checks)
 
 
-@router.post("/jobs", response_model=Job, status_code=201, tags=["jobs"], responses=ERRORS)
+@router.post("/jobs", response_model=Job, status_code=201, tags=["jobs"],
+             responses={**ERRORS, 200: {"model": Job, "description": "a retried POST with the same Idempotency-Key: "
+                                        "the job it launched"}})
 async def submit_job(
     jobs: Jobs, _: AdminKey,
     spec: Annotated[JobSpec, Body(examples=[EXAMPLE_SPEC])],
     idempotency_key: Annotated[str | None, Header(max_length=200, description="a retried POST with the same key "
                                                   "returns the first job instead of launching again")] = None,
 ):
-    """Validate the spec, confine its paths, and launch it as a Ray job."""
+    """Validate the spec, confine its paths, and launch it as a Ray job (201, with the
+    job's URL in ``Location``)."""
     view, created = await jobs.submit(spec, idempotency_key)
-    return JSONResponse(Job(**view).model_dump(), status_code=201 if created else 200)
+    return JSONResponse(Job(**view).model_dump(), status_code=201 if created else 200,
+                        headers={"Location": f"/jobs/{view['job_id']}"})
 
 
-@router.get("/jobs", response_model=list[Job], tags=["jobs"], responses=ERRORS)
-async def list_jobs(jobs: Jobs, _: ReadKey) -> list[Job]:
-    return [Job(**v) for v in await jobs.list()]
+@router.get("/jobs", response_model=Page[Job], tags=["jobs"], responses=ERRORS)
+async def list_jobs(jobs: Jobs, _: ReadKey, limit: Limit = 100, cursor: Cursor = None) -> Page[Job]:
+    """Jobs, oldest first, a page at a time."""
+    return Page[Job](**await jobs.list(limit, cursor))
 
 
 @router.get("/jobs/{job_id}", response_model=Job, tags=["jobs"], responses=ERRORS)
@@ -104,40 +100,49 @@ async def job_logs(job_id: str, jobs: Jobs, _: ReadKey) -> str:
     return await jobs.logs(job_id)
 
 
-@router.get("/jobs/{job_id}/stats", tags=["lineage"], responses=ERRORS)
-async def job_stats(job_id: str, jobs: Jobs, _: ReadKey) -> dict:
-    """The funnel per stage and per shard."""
-    return await jobs.stats(job_id)
+@router.get("/jobs/{job_id}/stats", response_model=JobStats, tags=["lineage"], responses=ERRORS)
+async def job_stats(job_id: str, jobs: Jobs, _: ReadKey) -> JobStats:
+    """The funnel per stage and per work unit."""
+    return JobStats(**await jobs.stats(job_id))
 
 
-@router.get("/jobs/{job_id}/documents/{doc_id:path}", tags=["lineage"], responses=ERRORS)
-async def document_lineage(job_id: str, doc_id: str, jobs: Jobs, _: ReadKey) -> dict:
+@router.get("/jobs/{job_id}/documents", response_model=Page[DocumentRow], tags=["lineage"], responses=ERRORS)
+async def list_documents(
+    job_id: str, jobs: Jobs, _: ReadKey, stage: Filter = None,
+    decision: Annotated[Literal["keep", "drop"] | None, Query()] = None, reason: Filter = None,
+    change: Annotated[Literal["edited", "created"] | None, Query()] = None, limit: Limit = 100, cursor: Cursor = None,
+) -> Page[DocumentRow]:
+    """Lineage rows (decision, reason, scores, change, parent) in stage and document order,
+    a page at a time; filter by stage, decision, reason or change."""
+    return Page[DocumentRow](**await jobs.documents(job_id, limit=limit, cursor=cursor, stage=stage,
+                                                   decision=decision, reason=reason, change=change))
+
+
+@router.get("/jobs/{job_id}/documents/{doc_id:path}", response_model=DocumentLineage, tags=["lineage"],
+            responses=ERRORS)
+async def document_lineage(job_id: str, doc_id: str, jobs: Jobs, _: ReadKey) -> DocumentLineage:
     """Every stage the document reached (scores, decision, reason, cluster and survivor),
     the sources it was created from (``sources``) and the documents created from it
     (``children``)."""
-    return await jobs.document(job_id, doc_id)
+    return DocumentLineage(**await jobs.document(job_id, doc_id))
 
 
-@router.get("/jobs/{job_id}/drops", tags=["lineage"], responses=ERRORS)
-async def dropped_documents(
-    job_id: str, jobs: Jobs, _: ReadKey,
-    stage: Annotated[str | None, Query(max_length=200)] = None,
-    reason: Annotated[str | None, Query(max_length=200)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
-) -> list[dict]:
-    """Dropped documents with their reason, scores and the start of their text."""
-    return await jobs.drops(job_id, stage, reason, limit)
+@router.get("/jobs/{job_id}/drops", response_model=Page[DropRow], tags=["lineage"], responses=ERRORS)
+async def dropped_documents(job_id: str, jobs: Jobs, _: ReadKey, stage: Filter = None, reason: Filter = None,
+                            limit: Limit = 20, cursor: Cursor = None) -> Page[DropRow]:
+    """Dropped documents with their reason, scores and the start of their text, a page at a time."""
+    return Page[DropRow](**await jobs.drops(job_id, stage, reason, limit, cursor))
 
 
-@router.post("/jobs/{job_id}/preview-selection", tags=["lineage"], responses=ERRORS)
-async def preview_selection(job_id: str, body: Preview, jobs: Jobs, _: ReadKey) -> dict:
+@router.post("/jobs/{job_id}/preview-selection", response_model=PreviewResult, tags=["lineage"], responses=ERRORS)
+async def preview_selection(job_id: str, body: Preview, jobs: Jobs, _: ReadKey) -> PreviewResult:
     """Re-apply other thresholds to the stored scores of one stage; nothing is recomputed."""
-    return await jobs.preview(job_id, body.stage, body.params)
+    return PreviewResult(**await jobs.preview(job_id, body.stage, body.params))
 
 
-@router.get("/jobs/{job_id}/manifest", tags=["outputs"], responses=ERRORS)
-async def job_manifest(job_id: str, jobs: Jobs, _: ReadKey) -> dict:
-    return await jobs.manifest(job_id)
+@router.get("/jobs/{job_id}/manifest", response_model=Manifest, tags=["outputs"], responses=ERRORS)
+async def job_manifest(job_id: str, jobs: Jobs, _: ReadKey) -> Manifest:
+    return Manifest(**await jobs.manifest(job_id))
 
 
 @router.get("/jobs/{job_id}/outputs/{file_name}", tags=["outputs"], response_class=FileResponse,

@@ -101,11 +101,11 @@ def test_job_lifecycle_lineage_and_download(api, done_job):
     assert doc["outcome"] == "dropped" and doc["reason"] == "exact_dedup.duplicate"
     assert doc["stages"][1]["survivor_id"] == "a0"
 
-    drops = api.get(f"/jobs/{job_id}/drops", params={"stage": "quality_rules_v1"}, headers=api.read).json()
+    drops = api.get(f"/jobs/{job_id}/drops", params={"stage": "quality_rules_v1"}, headers=api.read).json()["items"]
     assert sorted((d["doc_id"], d["reason"]) for d in drops) == [
         ("a2", "quality_rules.too_few_words"), ("b1", "quality_rules.short_mean_word_length")]
     assert drops[0]["text_preview"] in ("Too short.", "#x " * 60)
-    null = api.get(f"/jobs/{job_id}/drops", params={"reason": "input.null_text"}, headers=api.read).json()
+    null = api.get(f"/jobs/{job_id}/drops", params={"reason": "input.null_text"}, headers=api.read).json()["items"]
     assert [d["doc_id"] for d in null] == ["a3"] and null[0]["text_preview"] is None
 
     manifest = api.get(f"/jobs/{job_id}/manifest", headers=api.read).json()
@@ -119,7 +119,7 @@ def test_job_lifecycle_lineage_and_download(api, done_job):
 
     logs = api.get(f"/jobs/{job_id}/logs", headers=api.read).text
     assert f"job {job_id} complete: 2 rows" in logs
-    assert any(j["job_id"] == job_id for j in api.get("/jobs", headers=api.read).json())
+    assert any(j["job_id"] == job_id for j in api.get("/jobs", headers=api.read).json()["items"])
 
 
 def test_preview_selection_reuses_stored_scores(api, done_job):
@@ -149,6 +149,7 @@ def test_idempotency_key_and_duplicate_submission(api, done_job):
     first = submit(api, spec, **{"Idempotency-Key": "k-1"})
     again = submit(api, spec, **{"Idempotency-Key": "k-1"})
     assert first.status_code == 201 and again.status_code == 200
+    assert first.headers["location"] == f"/jobs/{first.json()['job_id']}" == again.headers["location"]
     assert again.json()["job_id"] == first.json()["job_id"] and again.json()["attempts"] == 1
     assert_error(submit(api, {**spec, "name": "other", "output": "other"}, **{"Idempotency-Key": "k-1"}),
                  409, "idempotency_key_reused")
@@ -184,14 +185,17 @@ def test_auth_on_every_jobs_route(api, done_job):
     job_id = done_job["job_id"]
     routes = [("get", "/jobs"), ("post", "/jobs"), ("get", f"/jobs/{job_id}"), ("post", f"/jobs/{job_id}/cancel"),
               ("post", f"/jobs/{job_id}/retry"), ("get", f"/jobs/{job_id}/logs"), ("get", f"/jobs/{job_id}/stats"),
-              ("get", f"/jobs/{job_id}/documents/a0"), ("get", f"/jobs/{job_id}/drops"),
+              ("get", f"/jobs/{job_id}/documents/a0"), ("get", f"/jobs/{job_id}/documents"),
+              ("get", f"/jobs/{job_id}/drops"),
               ("post", f"/jobs/{job_id}/preview-selection"), ("get", f"/jobs/{job_id}/manifest"),
               ("get", f"/jobs/{job_id}/outputs/x.parquet")]
     documented = {(m, p) for p, ops in api.get("/openapi.json").json()["paths"].items() for m in ops
                   if p.startswith("/jobs")}
     assert len(documented) == len(routes)  # every documented /jobs route is in this list
     for method, path in routes:
-        assert_error(getattr(api, method)(path), 401, "unauthorized", "missing API key")
+        missing = getattr(api, method)(path)
+        assert_error(missing, 401, "unauthorized", "missing API key")
+        assert missing.headers["www-authenticate"].startswith("Bearer")
         assert_error(getattr(api, method)(path, headers={"Authorization": "Bearer wrong"}), 401, "unauthorized",
                      "invalid API key")
         if method == "post" and "preview" not in path:
@@ -242,7 +246,7 @@ def test_failed_job_reports_the_error_and_retry_succeeds_after_a_fix(api):
     assert done["state"] == "succeeded" and done["error"] is None and done["attempts"] == 2
 
 
-def test_unavailable_and_internal_errors_use_the_same_body(api, done_job, monkeypatch):
+def test_unavailable_and_internal_errors_use_the_same_body(api, done_job, monkeypatch, caplog):
     jobs = api.app.state.jobs
 
     async def unreachable() -> bool:
@@ -256,8 +260,13 @@ def test_unavailable_and_internal_errors_use_the_same_body(api, done_job, monkey
     assert error["details"] == {"duckdb": True, "ray": False}
     monkeypatch.setattr(jobs, "stats", broken)
     quiet = TestClient(api.app, raise_server_exceptions=False)  # same running app, no second lifespan
-    assert_error(quiet.get(f"/jobs/{done_job['job_id']}/stats", headers=api.read), 500, "internal_error",
-                 "RuntimeError: disk on fire")
+    with caplog.at_level("ERROR", logger="curate.api"):
+        resp = quiet.get(f"/jobs/{done_job['job_id']}/stats", headers={**api.read, "X-Request-ID": "req-42"})
+    error = assert_error(resp, 500, "internal_error", "request id req-42")
+    assert "disk on fire" not in resp.text and error["details"] == {"request_id": "req-42"}
+    assert resp.headers["x-request-id"] == "req-42"
+    logged = [r for r in caplog.records if "req-42" in r.getMessage()]
+    assert logged and "disk on fire" in str(logged[0].exc_info[1])  # the text goes to the log, not the client
 
 
 def test_a_job_ray_forgot_is_reported_failed_and_can_be_retried(api, done_job):
@@ -342,6 +351,63 @@ def test_created_documents_on_the_rest_routes(api):
     assert doc["sources"][0]["doc_id"] == "two" and doc["sources"][0]["stages"][-1]["reason"] == "split.replaced"
     source = api.get(f"/jobs/{job['job_id']}/documents/two", headers=api.read).json()
     assert sorted(c["doc_id"] for c in source["children"]) == sorted([created_id("two", split, "p0"), short])
-    drops = api.get(f"/jobs/{job['job_id']}/drops", headers=api.read).json()
+    drops = api.get(f"/jobs/{job['job_id']}/drops", headers=api.read).json()["items"]
     previews = {d["doc_id"]: d["text_preview"] for d in drops}
     assert previews == {"two": f"{GOOD}\n\nToo short."[:300], short: "Too short."}
+
+
+def test_pages_follow_a_stable_order_with_a_next_cursor(api, done_job):
+    """Cursor pagination on /jobs, /drops and /documents: pages of `limit`, `next` until the
+    last page, every row exactly once, in a stable order; a bad cursor is a 422."""
+    job_id = done_job["job_id"]
+
+    def walk(path, limit, **params):
+        seen, cursor = [], None
+        while True:
+            page = api.get(path, params={**params, "limit": limit, **({"cursor": cursor} if cursor else {})},
+                           headers=api.read).json()
+            assert len(page["items"]) <= limit
+            seen += page["items"]
+            cursor = page["next"]
+            if cursor is None:
+                return seen
+
+    docs = walk(f"/jobs/{job_id}/documents", 2)
+    everything = api.get(f"/jobs/{job_id}/documents", params={"limit": 1000}, headers=api.read).json()
+    assert everything["next"] is None and docs == everything["items"]
+    assert [(d["stage_index"], d["doc_id"]) for d in docs] == sorted((d["stage_index"], d["doc_id"]) for d in docs)
+    assert len(docs) == 6 + 5 + 4  # every lineage row: input_v1, exact_dedup_v1, quality_rules_v1
+    kept = walk(f"/jobs/{job_id}/documents", 1, stage="quality_rules_v1", decision="keep")
+    assert [d["doc_id"] for d in kept] == ["a0", "b0"]
+    drops = walk(f"/jobs/{job_id}/drops", 1)
+    assert [d["doc_id"] for d in drops] == ["a3", "a1", "a2", "b1"] and all("text_preview" in d for d in drops)
+    jobs = walk("/jobs", 1)
+    assert [j["job_id"] for j in jobs] == [j["job_id"] for j in api.get("/jobs", headers=api.read).json()["items"]]
+    assert_error(api.get(f"/jobs/{job_id}/drops", params={"cursor": "not-a-cursor"}, headers=api.read), 422,
+                 "invalid_request", "invalid cursor")
+    assert_error(api.get("/jobs", params={"limit": 1001}, headers=api.read), 422, "invalid_request", "query.limit")
+
+
+def test_every_route_documents_its_response_body(api):
+    schema = api.get("/openapi.json").json()
+    for path, ops in schema["paths"].items():
+        for method, op in ops.items():
+            ok = op["responses"].get("200") or op["responses"].get("201")
+            content = ok.get("content", {})
+            assert content, f"{method.upper()} {path} documents no response body"
+            media = next(iter(content.values()))
+            if "application/json" in content:
+                assert media["schema"] not in ({}, {"type": "object"}), f"{method.upper()} {path}: a bare dict"
+
+
+def test_openapi_lists_every_stage_and_its_params(api):
+    from filters.registry import BUILTIN_FIRST_STAGE, STAGES
+
+    schema = api.get("/openapi.json").json()
+    variants = schema["components"]["schemas"]["StageSpec"]["oneOf"]
+    names = {v["properties"]["stage"]["const"] for v in variants}
+    assert names == set(STAGES) - {BUILTIN_FIRST_STAGE}
+    quality = next(v for v in variants if v["properties"]["stage"]["const"] == "quality_rules_v1")
+    ref = quality["properties"]["params"]["$ref"].split("/")[-1]
+    assert "min_words" in schema["components"]["schemas"][ref]["properties"]
+

@@ -5,33 +5,27 @@ run of the OpenAPI schema, and the local Ray head started and stopped with the s
 from __future__ import annotations
 
 import hashlib
-import re
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import hypothesis
+import psutil
 import pytest
 import schemathesis
 from conftest import GOOD, write_shard
 from schemathesis.checks import not_a_server_error
 
 from service.local_server import LocalServer
-from service.ray_head import _pids_with
+from service.ray_head import head_processes
 
 
 def start_server(tmp_path, env_extra: dict[str, str], unset: tuple[str, ...] = ()):
     server = LocalServer(tmp_path / "home", tmp_path / "data", env={"CURATE_POLL_SECONDS": "0.3", **env_extra},
                          unset=unset, log=tmp_path / "serve.log").start()
     return server, server.base, server.auth
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +84,27 @@ def test_submit_poll_in_parallel_and_download(server):
         assert hashlib.sha256(r.content).hexdigest() == f["sha256"] == r.headers["x-content-sha256"]
 
 
+def test_a_500_kib_spec_launches_and_runs(server):
+    """A command-line argument is capped at 128 KiB: the spec reaches the Ray job as a file."""
+    base, auth, _ = server
+    phrases = [f"blocked phrase number {i:06d}" for i in range(17_000)]
+    spec = {"name": "large", "inputs": ["*.parquet"], "output": "large",
+            "stages": [{"stage": "c4_lines_v1", "params": {"policy_substrings": phrases, "min_sentences": 0}}]}
+    body = json.dumps(spec)
+    assert len(body) > 500 * 1024
+    resp = httpx.post(f"{base}/jobs", content=body, headers={**auth, "Content-Type": "application/json"}, timeout=60)
+    assert resp.status_code == 201, resp.text[:500]
+    job_id = resp.json()["job_id"]
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        job = httpx.get(f"{base}/jobs/{job_id}", headers=auth).json()
+        if job["state"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.5)
+    assert job["state"] == "succeeded", job
+    assert job["progress"]["stages"][1]["docs_in"] == 4 * 302
+
+
 @pytest.fixture(scope="module")
 def api_schema(server):
     base, _, _ = server
@@ -111,10 +126,12 @@ def test_openapi_schema_fuzz_finds_no_server_errors(case, server):
 def test_serve_without_ray_address_owns_a_local_head(tmp_path, ray_head):
     (tmp_path / "data").mkdir()
     server, base, _ = start_server(tmp_path, {}, unset=("RAY_ADDRESS", "CURATE_RAY_JOBS_URL"))
-    temp_dirs = set(re.findall(r"/tmp/curate-ray-\w+", " ".join(map(_cmdline, _pids_with("/tmp/curate-ray-")))))
-    own = temp_dirs - {str(ray_head.temp_dir)}
-    assert len(own) == 1, temp_dirs  # the server started exactly one head of its own
+    heads = [c for c in (p.cmdline() for p in psutil.Process(server.proc.pid).children()) if "--head" in c]
+    assert len(heads) == 1, heads  # the server started exactly one head of its own, as its child
+    assert "--block" in heads[0] and "--node-ip-address=127.0.0.1" in heads[0]
+    own = next(a.removeprefix("--temp-dir=") for a in heads[0] if a.startswith("--temp-dir="))
+    assert own != str(ray_head.temp_dir) and len(head_processes(own)) > 1  # `ray start` and the head's processes
     assert httpx.get(f"{base}/readyz").json()["checks"] == {"duckdb": True, "ray": True}
     server.stop()
-    assert not _pids_with(own.pop())  # ... and stopped it on shutdown
-    assert _pids_with(str(ray_head.temp_dir))  # other clusters untouched
+    assert not head_processes(own) and not Path(own).exists()  # ... and stopped it on shutdown
+    assert head_processes(ray_head.temp_dir)  # other clusters untouched

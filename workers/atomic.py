@@ -31,6 +31,10 @@ def write_parquet(table: pa.Table, path: Path) -> None:
     _atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=64_000))
 
 
+def write_text(text: str, path: Path) -> None:
+    _atomic(path, lambda tmp: tmp.write_text(text))
+
+
 def write_json(obj: Any, path: Path) -> None:
     _atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
 

@@ -7,9 +7,9 @@ Exit status 1 on failure; the failure itself is in the job folder's ``error.json
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import sys
+from pathlib import Path
 
 from workers.job import JobError, run_job
 from workers.shards import InputError
@@ -21,14 +21,14 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("spec", nargs="?", help="job spec file (YAML or JSON); relative paths are relative to the "
                         "working directory")
-    source.add_argument("--spec-b64", help="the job spec as URL-safe base64 JSON, paths already resolved "
-                        "(how the service submits)")
+    source.add_argument("--spec-file", help="the job spec as a JSON file, paths already resolved (how the "
+                        "service submits: a command line is capped at 128 KiB, a spec may be larger)")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
-        if args.spec_b64:
-            spec = parse_spec(json.loads(base64.urlsafe_b64decode(args.spec_b64)), "from --spec-b64")
+        if args.spec_file:
+            spec = parse_spec(json.loads(Path(args.spec_file).read_text()), args.spec_file)
         else:
             spec = local_paths(load_spec(args.spec))
         manifest = run_job(spec, overwrite=args.overwrite, progress=not args.no_progress)

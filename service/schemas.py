@@ -1,0 +1,206 @@
+"""What the REST API returns: one response model per route, so OpenAPI documents every
+body (and schemathesis checks responses against it)."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+class _Open(BaseModel):
+    """Responses may gain fields; clients should ignore ones they do not know."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Page(_Open, Generic[T]):
+    items: list[T]
+    next: str | None = Field(None, description="pass as ?cursor= for the next page; null on the last page")
+
+
+class StageProgress(_Open):
+    stage_index: int
+    stage: str
+    kind: str = Field(description="filter or transform")
+    units_done: int
+    units_total: int
+    docs_in: int
+    docs_out: int
+    created: int
+
+
+class Progress(_Open):
+    fraction: float
+    eta_seconds: float | None
+    complete: bool
+    stages: list[StageProgress]
+    shards_written: int
+    shards_total: int
+
+
+class Job(_Open):
+    job_id: str
+    name: str
+    state: str = Field(description="queued, running, succeeded, failed or cancelled")
+    error: str | None = None
+    error_code: str | None = Field(None, description="why it failed, as a code: bad_input, stage_failed, "
+                                   "model_load_failed, resources_unavailable, ...")
+    output: str
+    created_at: str
+    attempts: int
+    ray_submission_id: str | None
+    progress: Progress | None = Field(None, description="per stage: units done / total, docs in / out / created; ETA")
+
+
+class Preview(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stage: str = Field(description="stage name (or index) in this job", examples=["quality_rules_v1"])
+    params: dict[str, Any] = Field(default_factory=dict, examples=[{"min_words": 30}])
+
+
+class Health(_Open):
+    status: str
+    checks: dict[str, bool] = Field(default_factory=dict)
+
+
+class LineageRow(_Open):
+    """What one stage recorded for one document."""
+
+    stage_index: int
+    stage: str
+    decision: str = Field(description="keep or drop")
+    reason: str | None
+    change: str | None = Field(description="edited or created (transform stages), else null")
+    scores: dict[str, float] | None
+    cluster_id: str | None
+    survivor_id: str | None
+    parent_id: str | None
+    shard: str
+    unit: str | None
+    row: int
+
+
+class SourceChain(_Open):
+    doc_id: str
+    stages: list[LineageRow]
+
+
+class ChildRef(_Open):
+    doc_id: str
+    stage: str
+    stage_index: int
+
+
+class DocumentLineage(_Open):
+    job_id: str
+    doc_id: str
+    outcome: str = Field(description="kept, dropped, pending or unknown")
+    dropped_at: str | None
+    reason: str | None
+    created_by: str | None = Field(description="the transform stage that created this document, if one did")
+    parent_id: str | None
+    edited_by: list[str]
+    sources: list[SourceChain] = Field(description="the documents it was created from, nearest first")
+    children: list[ChildRef] = Field(description="documents created from it")
+    stages: list[LineageRow]
+
+
+class DocumentRow(_Open):
+    doc_id: str
+    parent_id: str | None
+    stage: str
+    stage_index: int
+    decision: str
+    reason: str | None
+    change: str | None
+    scores: dict[str, float] | None
+    cluster_id: str | None
+    survivor_id: str | None
+
+
+class DropRow(DocumentRow):
+    shard: str
+    unit: str | None
+    row: int
+    text_preview: str | None = Field(None, description="the first 300 characters the dropping stage saw")
+
+
+class UnitStats(_Open):
+    shard: str
+    unit: str
+    docs_in: int
+    kept: int
+    dropped: int
+    created: int
+    reasons: dict[str, int]
+    score_seconds: float | None
+
+
+class StageFunnel(_Open):
+    stage_index: int
+    stage: str
+    kind: str
+    docs_in: int
+    kept: int
+    dropped: int
+    created: int
+    edited: int
+    docs_out: int
+    reasons: dict[str, int]
+    text_bytes_in: int
+    text_bytes_out: int
+
+
+class StageStats(StageFunnel):
+    units: list[UnitStats]
+
+
+class JobStats(_Open):
+    job_id: str
+    complete: bool
+    stages: list[StageStats]
+
+
+class OutputFile(_Open):
+    path: str
+    source: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+class Manifest(_Open):
+    job_id: str
+    name: str
+    spec_hash: str
+    code_version: str
+    model_hashes: dict[str, str]
+    artifacts: dict[str, dict[str, str]]
+    columns: dict[str, str]
+    input: dict[str, int]
+    output: dict[str, int]
+    files: list[OutputFile]
+    funnel: list[StageFunnel]
+    completed_at: str
+
+
+class Reselection(_Open):
+    kept: int
+    dropped: int
+    reasons: dict[str, int]
+
+
+class PreviewResult(_Open):
+    stage_index: int
+    stage: str
+    changed_params: list[str]
+    params: dict[str, Any]
+    docs_in: int
+    before: Reselection
+    after: Reselection
+    newly_kept: int
+    newly_dropped: int
+    note: str
