@@ -7,28 +7,81 @@ as one plain-text document named after the file (e.g. a folder of licence texts)
 Every input record becomes exactly one output row (null texts included; the job's
 input check records them). Bad input stops the ingest with the file and line named,
 and shards are written under temporary names, so a failed ingest leaves no shard that
-looks complete.
+looks complete (a failed ingest removes the shards it had already written).
+
+JSONL is parsed by Arrow's JSON reader a chunk (``CHUNK_BYTES`` of decompressed text)
+at a time and Parquet a record batch at a time; ids, texts and other fields are checked
+and converted as columns. Python's per-line reader is kept to name ``file:line``: when
+Arrow rejects a chunk (invalid JSON or UTF-8, a line that is not an object, a field
+whose type changes...) or the chunk holds something the column checks cannot vouch for
+(a line that is not exactly one object, a null text that may be a missing field, an
+``id``/``text`` field that a renamed one would overwrite), that chunk goes through the
+per-line code, which raises the error it always raised or, when the chunk is fine
+after all (a field of mixed types), converts it record by record.
+
+Reading (and gunzipping), Arrow's parsing and writing shards run on threads of their
+own, so each overlaps the others (all release the GIL).
+
+This module holds the entry point (``ingest``), the per-record readers (the reference
+reading of every format, the one that names ``file:line``) and ``_Ingest``, which runs
+each file through the column path or the per-record path. The Arrow column path is in
+``workers.ingest_columns``; cutting, writing and unifying shards and the duplicate-id
+check are in ``workers.ingest_shards`` (neither imports this module). The constants
+stay here, read when an ingest runs, so that tests can patch them on this module.
 """
 
 from __future__ import annotations
 
 import glob
 import gzip
+import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workers import atomic
+from workers.ingest_columns import (
+    _BOOL,
+    _FLOAT,
+    _INT,
+    _JSON,
+    _NULL,
+    _STR,
+    _STRINGS,
+    _chunked,
+    _convert,
+    _json_chunks,
+    _json_text,
+    _JsonChunk,
+    _lossless,
+    _parquet_kind,
+    _Piece,
+    _plain,
+    _read_ahead,
+    _read_json,
+    _records_piece,
+)
+from workers.ingest_shards import _Ids, _Shards
 from workers.shards import InputError
 
 JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjson.gz")
 WARC_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz")
 RECORD_SUFFIXES = (".parquet", *JSON_SUFFIXES, *WARC_SUFFIXES)
+
+CHUNK_BYTES = 8 << 20  # decompressed JSONL handed to Arrow at a time (whole lines)
+PARQUET_BATCH_ROWS = 65_536
+PY_BATCH_ROWS = 4_096  # records the per-line path converts at a time
+# Ids held (as Arrow strings) for the duplicate check: checking them takes about 7x this (Arrow's
+# hash set). An ingest with more ids has DuckDB check the written shards, within DUCKDB_MEMORY_LIMIT
+# (it spills to disk past it).
+ID_MEMORY_BYTES = 16 << 20
+DUCKDB_MEMORY_LIMIT = "256MB"
 
 
 @dataclass
@@ -48,27 +101,33 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
+# --- Per-record readers: WARC, plain text, and the per-line JSON path that names file:line ---
+
+def _json_lines(f: Iterable[bytes], path: Path, line_offset: int = 0) -> Iterator[tuple[str, dict]]:
+    for line_no, raw in enumerate(f, line_offset + 1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{line_no}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"{where}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+            ) from None
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        yield where, record
+
+
 def _json_records(path: Path) -> Iterator[tuple[str, dict]]:
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
-            for line_no, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                where = f"{path}:{line_no}"
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise InputError(
-                        f"{where}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
-                    ) from None
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-                if not isinstance(record, dict):
-                    raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
-                yield where, record
+            yield from _json_lines(f, path)
     except (OSError, EOFError) as exc:
         raise InputError(f"{path}: cannot read ({exc})") from None
 
@@ -129,6 +188,8 @@ def _text_file_record(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def iter_records(path: Path, skipped: dict[str, int]) -> Iterator[tuple[str, dict]]:
+    """Record by record, each with where it is (``file:line``, ``file row N``...): the reference
+    reading of every format, also used to name the two places of a duplicate id."""
     if path.name.endswith(".parquet"):
         return _parquet_records(path)
     if path.name.endswith(JSON_SUFFIXES):
@@ -155,46 +216,239 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
-def _column(values: list[Any]) -> pa.Array:
-    """Scalars keep their type when the shard agrees on it; anything else becomes JSON text."""
-    kinds = {type(v) for v in values if v is not None}
-    if kinds <= {str}:
-        return pa.array(values, pa.string())
-    if kinds == {bool}:
-        return pa.array(values, pa.bool_())
-    if kinds == {int}:
+# --- The ingest ---
+
+class _Ingest:
+    def __init__(self, files: list[Path], shards: _Shards, text_field: str, id_field: str) -> None:
+        self.files, self.shards, self.text_field, self.id_field = files, shards, text_field, id_field
+        self.result = shards.result
+
+    def run(self) -> None:
+        for index, path in enumerate(self.files):
+            stem = _stem(path)
+            if path.name.endswith(".parquet"):
+                pieces = self._parquet(path, index, stem)
+            elif path.name.endswith(JSON_SUFFIXES):
+                pieces = self._json(path, index, stem)
+            else:
+                pieces = self._records(iter_records(path, self.result.skipped), index, stem, 0)
+            for piece in pieces:
+                self.shards.add(piece)
+        self.shards.flush()
+        self.shards.wait()
+        repeat = self.shards.first_repeat()
+        if repeat:
+            doc_id, row, first = repeat
+            raise InputError(f"{self._where(row)}: duplicate id {doc_id!r} (first seen at {self._where(first)})")
+        self.shards.unify()
+
+    def _where(self, row: int) -> str:
+        """Where an ingest row came from, as the per-record readers name it (a second pass over
+        that one file, up to that record: only done to report a duplicate)."""
+        file, number = self.shards.source(row)
+        for n, (where, _) in enumerate(iter_records(self.files[file], {})):
+            if n == number:
+                return where
+        return str(self.files[file])
+
+    # The per-record path: checks each record, as ingest always did.
+    def _records(self, records: Iterable[tuple[str, dict]], file: int, stem: str, first: int) -> Iterator[_Piece]:
+        text_field, id_field = self.text_field, self.id_field
+        batch: list[dict] = []
+        doc_ids: list[str] = []
+        start = first
+        for n, (where, record) in enumerate(records, first):
+            if text_field not in record:
+                raise InputError(f"{where}: no field {text_field!r} (fields: {', '.join(record) or 'none'})")
+            text = record.pop(text_field)
+            if text is not None and not isinstance(text, str):
+                raise InputError(f"{where}: field {text_field!r} is {type(text).__name__}, expected a string")
+            doc_id = record.pop(id_field, None)
+            if doc_id is None:
+                doc_id = f"{stem}:{n}"
+                self.result.derived_ids = True
+            elif not isinstance(doc_id, str | int):
+                raise InputError(f"{where}: field {id_field!r} is {type(doc_id).__name__}, expected string or int")
+            doc_id = str(doc_id)
+            batch.append({"id": doc_id, "text": text, **record})
+            doc_ids.append(doc_id)
+            if len(batch) >= PY_BATCH_ROWS:
+                yield _records_piece(batch, doc_ids, file, start)
+                batch, doc_ids, start = [], [], n + 1
+        if batch:
+            yield _records_piece(batch, doc_ids, file, start)
+
+    def _ids(self, values: pa.ChunkedArray | None, stem: str, first: int, rows: int) -> pa.ChunkedArray:
+        """Ids as strings; a record without one gets ``<file stem>:<record number>``."""
+        if values is not None and not values.null_count:
+            return values
+        numbers = pa.array(np.arange(first, first + rows, dtype=np.int64)).cast(pa.string())
+        derived = _chunked(pc.binary_join_element_wise(f"{stem}:", numbers, ""))
+        self.result.derived_ids = True
+        return derived if values is None else _chunked(pc.if_else(values.is_null(), derived, values))
+
+    def _columns(self, table: pa.Table, text: pa.ChunkedArray, ids: pa.ChunkedArray,
+                 kind_of) -> tuple[dict[str, pa.ChunkedArray], dict[str, str]] | None:
+        """``id``, ``text`` and every other field converted by ``kind_of`` (None: leave the
+        records to the per-record path)."""
+        columns = {"id": ids, "text": text.cast(pa.string())}
+        kinds = {"id": _STR, "text": _NULL if text.null_count == len(text) else _STR}
+        for name in table.column_names:
+            if name in (self.text_field, self.id_field):
+                continue
+            if name in ("id", "text"):  # a renamed id/text field: the record's own field wins, as before
+                return None
+            converted = kind_of(name, table[name])
+            if converted is None:
+                return None
+            columns[name], kinds[name] = converted
+        return columns, kinds
+
+    # JSON lines: Arrow a chunk at a time, the per-line path for a chunk it cannot vouch for.
+    def _json(self, path: Path, file: int, stem: str) -> Iterator[_Piece]:
+        line0 = record0 = 0
+        # Three stages on three threads: read (and decompress), parse, check and convert.
+        chunks = _read_ahead(map(_JsonChunk, _read_ahead(_json_chunks(path, CHUNK_BYTES))))
+        while True:
+            try:
+                chunk = next(chunks, None)
+            except (OSError, pa.ArrowException) as exc:
+                raise _read_error(path, exc) from None
+            if chunk is None:
+                return
+            try:
+                piece = self._json_piece(chunk, file, stem, record0)
+            except (pa.ArrowException, UnicodeDecodeError, json.JSONDecodeError):  # e.g. bad UTF-8 in a key
+                piece = None
+            if piece is not None:
+                pieces: Iterable[_Piece] = [piece]
+            else:
+                lines = io.BytesIO(chunk.data[:chunk.end])
+                pieces = self._records(_json_lines(lines, path, line0), file, stem, record0)
+            for p in pieces:
+                record0 += p.table.num_rows
+                yield p
+            line0 += chunk.newlines
+
+    def _json_piece(self, chunk: _JsonChunk, file: int, stem: str, first: int) -> _Piece | None:
+        """Arrow's reading of the chunk's lines if it is what the per-line reader would give."""
+        if chunk.spans is None:
+            return None
+        data, (starts, ends) = chunk.data, chunk.spans
+        if not len(starts):
+            return _Piece(pa.table({}), {}, pa.chunked_array([], pa.string()), file, first)
+        table = chunk.table
+        if table is None or table.num_rows != len(starts):
+            return None
+        names = table.column_names
+        dated = [f.name for f in table.schema if pa.types.is_timestamp(f.type)]
+        if dated:  # Arrow reads ISO dates as timestamps: read those fields again as the strings they are
+            table = _read_json(chunk.buffer, pa.schema([(n, pa.string()) for n in dated]))
+            if table is None:
+                return None
+            table = table.select(names)
+        table.validate(full=True)  # invalid UTF-8 in a string value (Arrow does not check)
+        if self.text_field not in names:
+            return None
+        text = table[self.text_field]
+        if text.type not in (pa.string(), pa.null()):
+            return None
+        if text.null_count:  # null, or no text field at all?
+            for i in np.flatnonzero(text.is_null().to_numpy()):
+                if self.text_field not in json.loads(data[starts[i]:ends[i]]):
+                    return None
+        ids = table[self.id_field] if self.id_field in names else None
+        if ids is not None:
+            if ids.type == pa.int64():
+                ids = ids.cast(pa.string())
+            elif ids.type == pa.null():
+                ids = None
+            elif ids.type != pa.string():
+                return None
+        ids = self._ids(ids, stem, first, table.num_rows)
+        again: list[str] = []
+
+        def kind_of(name: str, values: pa.ChunkedArray) -> tuple[pa.ChunkedArray, str] | None:
+            t = values.type
+            if t == pa.null():
+                return _convert(values, _NULL, _NULL), _NULL
+            simple = {pa.bool_(): _BOOL, pa.int64(): _INT, pa.float64(): _FLOAT, pa.string(): _STR}
+            if t in simple:
+                return values, simple[t]
+            if pa.types.is_struct(t) or pa.types.is_list(t):
+                if _lossless(values):
+                    return _chunked(_json_text(values.to_pylist())), _JSON
+                again.append(name)
+                return values, _JSON
+            return None
+
+        converted = self._columns(table, text, ids, kind_of)
+        if converted is None:
+            return None
+        columns, kinds = converted
+        if again:  # nested values Arrow may have reshaped: JSON text from the lines themselves
+            values: dict[str, list] = {name: [] for name in again}
+            for s, e in zip(starts, ends, strict=True):
+                record = json.loads(data[s:e])
+                for name in again:
+                    values[name].append(record.get(name))
+            for name in again:
+                columns[name] = _chunked(_json_text(values[name]))
+        return _Piece(pa.table(columns), kinds, ids, file, first)
+
+    # Parquet: a record batch at a time, the per-record path for a batch the columns cannot serve.
+    def _parquet(self, path: Path, file: int, stem: str) -> Iterator[_Piece]:
         try:
-            return pa.array(values, pa.int64())
-        except OverflowError:
+            batches = pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS)
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
+        row = 0
+        while True:
+            try:
+                batch = next(batches, None)
+            except (OSError, pa.ArrowException) as exc:
+                raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
+            if batch is None:
+                return
+            piece = self._parquet_piece(pa.Table.from_batches([batch]), file, stem, row) if batch.num_rows else None
+            if piece is not None:
+                yield piece
+            else:
+                records = ((f"{path} row {row + i}", r) for i, r in enumerate(batch.to_pylist()))
+                yield from self._records(records, file, stem, row)
+            row += batch.num_rows
+
+    def _parquet_piece(self, table: pa.Table, file: int, stem: str, first: int) -> _Piece | None:
+        if self.text_field not in table.column_names:
+            return None
+        text = _plain(table[self.text_field])
+        if text.type not in (*_STRINGS, pa.null()):
+            return None
+        ids = None
+        if self.id_field in table.column_names:
+            ids = _plain(table[self.id_field])
+            if ids.type in _STRINGS or pa.types.is_integer(ids.type):
+                ids = ids.cast(pa.string())
+            elif ids.type == pa.null():
+                ids = None
+            else:
+                return None
+        ids = self._ids(ids, stem, first, table.num_rows)
+        converted = self._columns(table, text, ids, lambda _, values: _parquet_kind(_plain(values)))
+        if converted is None:
+            return None
+        columns, kinds = converted
+        return _Piece(pa.table(columns), kinds, ids, file, first)
+
+
+def _read_error(path: Path, exc: Exception) -> InputError:
+    """A file Arrow could not read: the per-line reader names the problem as it always did."""
+    try:
+        for _ in _json_records(path):
             pass
-    if kinds <= {int, float} and bool not in kinds:
-        return pa.array([None if v is None else float(v) for v in values], pa.float64())
-    return pa.array([None if v is None else json.dumps(v, ensure_ascii=False, sort_keys=True) for v in values],
-                    pa.string())
-
-
-class _ShardWriter:
-    def __init__(self, out: Path, prefix: str) -> None:
-        self.out, self.prefix = out, prefix
-        self.records: list[dict] = []
-        self.text_bytes = 0
-        self.result = IngestResult()
-
-    def add(self, record: dict, text: str | None) -> None:
-        self.records.append(record)
-        self.text_bytes += len(text.encode("utf-8")) if text else 0
-
-    def flush(self) -> None:
-        if not self.records:
-            return
-        names = list(dict.fromkeys(k for r in self.records for k in r))
-        table = pa.table({n: _column([r.get(n) for r in self.records]) for n in names})
-        path = self.out / f"{self.prefix}-{len(self.result.files):05d}.parquet"
-        atomic.write_parquet(table, path)
-        self.result.files.append({"path": path.name, "rows": table.num_rows, "bytes": path.stat().st_size,
-                                  "sha256": atomic.sha256_file(path)})
-        self.result.rows += table.num_rows
-        self.records, self.text_bytes = [], 0
+    except InputError as error:
+        return error
+    return InputError(f"{path}: cannot read ({exc})")
 
 
 def ingest(inputs: list[str], out: str | Path, *, text_field: str = "text", id_field: str = "id",
@@ -207,31 +461,15 @@ def ingest(inputs: list[str], out: str | Path, *, text_field: str = "text", id_f
         raise InputError(f"{out} already holds {len(existing)} shards; use --overwrite or another folder")
     for p in existing:
         p.unlink()
-    writer = _ShardWriter(out, prefix)
-    seen: dict[str, str] = {}
     max_bytes = int(shard_mb * 2**20) if shard_mb else None
-    for path in files:
-        stem = _stem(path)
-        for n, (where, record) in enumerate(iter_records(path, writer.result.skipped)):
-            if text_field not in record:
-                raise InputError(f"{where}: no field {text_field!r} (fields: {', '.join(record) or 'none'})")
-            text = record.pop(text_field)
-            if text is not None and not isinstance(text, str):
-                raise InputError(f"{where}: field {text_field!r} is {type(text).__name__}, expected a string")
-            doc_id = record.pop(id_field, None)
-            if doc_id is None:
-                doc_id = f"{stem}:{n}"
-                writer.result.derived_ids = True
-            elif not isinstance(doc_id, str | int):
-                raise InputError(f"{where}: field {id_field!r} is {type(doc_id).__name__}, expected string or int")
-            doc_id = str(doc_id)
-            if doc_id in seen:
-                raise InputError(f"{where}: duplicate id {doc_id!r} (first seen at {seen[doc_id]})")
-            seen[doc_id] = where
-            writer.add({"id": doc_id, "text": text, **record}, text)
-            if len(writer.records) >= shard_rows or (max_bytes and writer.text_bytes >= max_bytes):
-                writer.flush()
-    writer.flush()
-    atomic.write_json({"inputs": [str(f) for f in files], "rows": writer.result.rows,
-                       "files": writer.result.files}, out / "_ingest.json")
-    return writer.result
+    shards = _Shards(out, prefix, shard_rows, max_bytes, IngestResult(), _Ids(ID_MEMORY_BYTES, DUCKDB_MEMORY_LIMIT))
+    try:
+        _Ingest(files, shards, text_field, id_field).run()
+    except BaseException:
+        shards.discard()
+        raise
+    shards.close()
+    result = shards.result
+    atomic.write_json({"inputs": [str(f) for f in files], "rows": result.rows, "files": result.files},
+                      out / "_ingest.json")
+    return result
