@@ -4,6 +4,7 @@ that `curate schema` prints."""
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -12,6 +13,7 @@ import jsonschema
 import pyarrow as pa
 import pytest
 import yaml
+from conftest import run_cli
 
 import curate
 from workers.spec import spec_json_schema
@@ -59,7 +61,8 @@ def _readme_yaml() -> list[str]:
 
 
 def test_the_readme_yaml_examples_are_valid_specs_or_stage_entries():
-    schema = spec_json_schema()
+    schema = json.loads(run_cli("schema").stdout)  # what `curate schema` prints
+    assert schema == spec_json_schema()
     stage_schema = {"$defs": schema["$defs"], **schema["$defs"]["StageSpec"]}
     blocks = _readme_yaml()
     assert len(blocks) >= 4
