@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workers import atomic
-from workers.job_folder import JobFolder
+from workers.job_folder import JobFolder, UnknownStage
 
 FORMATS = ("wide", "struct")
 COLUMNS = ("doc_id", "parent_id", "decision", "reason", "change", "cluster_id", "survivor_id")
@@ -48,17 +48,10 @@ class ExportResult:
 
 
 def resolve_stage(folder: JobFolder, stage: str) -> dict:
-    """A stage of the job by name (``quality_rules_v1``), index (``2``) or folder name
-    (``02-quality_rules_v1``); a name that occurs twice needs the index."""
-    stages = folder.stages()
-    matches = [st for st in stages if stage in (st["name"], str(st["index"]), f"{st['index']:02d}-{st['name']}")]
-    if not matches:
-        names = ", ".join(f"{st['index']}:{st['name']}" for st in stages)
-        raise ExportError(f"job has no stage {stage!r} (stages: {names})")
-    if len(matches) > 1:
-        which = ", ".join(f"{st['index']:02d}-{st['name']}" for st in matches)
-        raise ExportError(f"stage {stage!r} occurs {len(matches)} times ({which}); name it by index")
-    return matches[0]
+    try:
+        return folder.stage(stage)
+    except UnknownStage as exc:
+        raise ExportError(str(exc)) from None
 
 
 def _score_names(tables: list[pa.Table]) -> list[str]:

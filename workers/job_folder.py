@@ -48,6 +48,10 @@ def step_name(index: int, stage: str, step: str) -> str:
     return f"{stage_folder_name(index, stage)}.{step}"
 
 
+class UnknownStage(LookupError):
+    """A stage reference that names no stage of the job (or names two)."""
+
+
 class JobFolder:
     def __init__(self, output: str | Path) -> None:
         self.root = Path(output)
@@ -161,6 +165,21 @@ class JobFolder:
     def stages(self) -> list[dict]:
         """The job's stages as recorded: index, name, params (the built-in input check included)."""
         return self.job()["stages"]
+
+    def stage(self, ref: str | int) -> dict:
+        """A stage of the job by name (``quality_rules_v1``), index (``2``) or folder name
+        (``02-quality_rules_v1``); a name that occurs twice needs the index."""
+        stages = self.stages()
+        ref = str(ref)
+        matches = [st for st in stages if ref in (st["name"], str(st["index"]), stage_folder_name(st["index"],
+                                                                                                  st["name"]))]
+        if not matches:
+            names = ", ".join(f"{st['index']}:{st['name']}" for st in stages)
+            raise UnknownStage(f"job has no stage {ref!r} (stages: {names})")
+        if len(matches) > 1:
+            which = ", ".join(stage_folder_name(st["index"], st["name"]) for st in matches)
+            raise UnknownStage(f"stage {ref!r} occurs {len(matches)} times ({which}); name it by index")
+        return matches[0]
 
     def units(self) -> list[dict]:
         return self.job().get("units", [])

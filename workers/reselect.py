@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from filters.base import Fitted
 from filters.registry import get_stage
-from workers.job_folder import JobFolder
+from workers.job_folder import JobFolder, UnknownStage
 from workers.lineage import KEEP
 from workers.planner import last_fit_before, score_phases
 
@@ -28,23 +28,13 @@ class ReselectError(ValueError):
         self.code = code
 
 
-def _find_stage(stages: list[dict], ref: str | int) -> dict:
-    if isinstance(ref, int) or str(ref).isdigit():
-        index = int(ref)
-        if not 0 <= index < len(stages):
-            raise ReselectError(f"stage index {index} out of range (job has {len(stages)} stages)", "bad_stage")
-        return stages[index]
-    for st in stages:
-        if st["name"] == ref:
-            return st
-    raise ReselectError(f"stage {ref!r} is not in this job (stages: {', '.join(s['name'] for s in stages)})",
-                        "bad_stage")
-
-
 def preview_selection(output: str | Path, stage_ref: str | int, params: dict[str, Any]) -> dict:
     folder = JobFolder(output)
     stages = folder.stages()
-    record = _find_stage(stages, stage_ref)
+    try:
+        record = folder.stage(stage_ref)
+    except UnknownStage as exc:
+        raise ReselectError(str(exc), "bad_stage") from None
     index, name = record["index"], record["name"]
     cls = get_stage(name)
     if cls.kind == "transform":
