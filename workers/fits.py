@@ -9,8 +9,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from filters.base import Stage
 from workers import atomic
 from workers.fit_view import FileScoreView
@@ -64,8 +62,3 @@ def run_fit(folder: JobFolder, units: list[Unit], step: Step, stages: list[Stage
     folder.write_marker(step.name, None, {"rows": rows, "seconds": round(time.perf_counter() - started, 6),
                                           "table_rows": table.num_rows if table is not None else None,
                                           "artifacts": hashes})
-
-
-def read_fit(folder: JobFolder, index: int, stage: str, phase: str = "fit"):
-    path = folder.fit(index, stage, phase)
-    return pq.read_table(path) if path.exists() else None

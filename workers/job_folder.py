@@ -106,9 +106,6 @@ class JobFolder:
     def decisions_glob(self) -> str:
         return str(self.root / "stages" / "*" / "decisions" / "*.parquet")
 
-    def stage_decisions_glob(self, index: int, stage: str) -> str:
-        return str(self.stage_dir(index, stage) / "decisions" / "*.parquet")
-
     def version(self, index: int, stage: str, unit: str) -> Path:
         """A transform stage's new version of a unit's documents."""
         return self.stage_dir(index, stage) / "docs" / f"{unit}.parquet"
