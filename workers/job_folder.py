@@ -14,6 +14,8 @@ what its markers are called, how the funnel is counted and what ``error.json`` h
     stages/<NN>-<stage>/stats/<unit>.json       docs in / kept / dropped / created, reasons, bytes
     stages/<NN>-<stage>/fit.parquet             corpus-wide result (another fit phase P: fit-P.parquet)
     stages/<NN>-<stage>/artifacts/              files a fit wrote (a trained model, centroids)
+    ablations/<id>/result.json, plot.png        ``curate ablate``: bits per byte per arm and seed (runs/: one
+                                                file per finished run, so a rerun resumes)
     _done/<step>/<unit>.json                    completion markers: a folder per step, a file per unit
     _done/<step>.json                           a corpus-wide fit's marker
     _done/write/<shard>.json                    an output shard's marker (rows, bytes, sha256)
@@ -72,6 +74,18 @@ class JobFolder:
     @property
     def data_dir(self) -> Path:
         return self.root / "data"
+
+    @property
+    def ablations_dir(self) -> Path:
+        return self.root / "ablations"
+
+    def ablation_dir(self, ablation_id: str) -> Path:
+        return self.ablations_dir / ablation_id
+
+    def ablation_results(self) -> list[dict]:
+        """Every finished ablation of the job, oldest first."""
+        found = [atomic.read_json(p) for p in self.ablations_dir.glob("*/result.json")]
+        return sorted(found, key=lambda r: (r["created_at"], r["ablation_id"]))
 
     def output(self, shard_key: str) -> Path:
         return self.data_dir / f"{shard_key}.parquet"
