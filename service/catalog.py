@@ -44,6 +44,15 @@ CREATE TABLE IF NOT EXISTS stage_stats (
     job_id VARCHAR, stage_index INTEGER, stage VARCHAR, shard VARCHAR, unit VARCHAR, docs_in BIGINT, kept BIGINT,
     dropped BIGINT, created BIGINT, reasons JSON, text_bytes_in BIGINT, text_bytes_out BIGINT, score_seconds DOUBLE
 );
+CREATE TABLE IF NOT EXISTS ablation_arms (
+    job_id VARCHAR, ablation_id VARCHAR, created_at VARCHAR, model VARCHAR, tokens BIGINT, seeds INTEGER,
+    eval_path VARCHAR, eval_sha256 VARCHAR, arm VARCHAR, kind VARCHAR, stage VARCHAR, docs BIGINT,
+    bits_per_byte DOUBLE, ci_low DOUBLE, ci_high DOUBLE, delta_vs_random DOUBLE, contaminated BIGINT,
+    removed BIGINT, flagged BOOLEAN
+);
+CREATE TABLE IF NOT EXISTS ablation_submissions (
+    ablation_id VARCHAR, job_id VARCHAR, submission_id VARCHAR PRIMARY KEY, params JSON, created_at VARCHAR
+);
 """
 JOB_COLUMNS = ["job_id", "name", "state", "error", "error_code", "output", "spec_hash", "code_version", "spec",
                "model_hashes", "artifacts", "created_at", "completed_at", "input_rows", "output_rows",
@@ -168,6 +177,15 @@ class Catalog:
         """The service's part of a job record (state, attempts, submission id, ...)."""
         self._upsert({k: record[k] for k in SUBMISSION_FIELDS if k in record})
 
+    def save_ablation_submission(self, row: dict[str, Any]) -> None:
+        self._con.execute("INSERT INTO ablation_submissions VALUES (?, ?, ?, ?, ?)",
+                          [row["ablation_id"], row["job_id"], row["submission_id"], json.dumps(row["params"]),
+                           row["created_at"]])
+
+    def ablation_submissions(self, job_id: str) -> list[dict[str, Any]]:
+        """Ablations the service launched for a job, newest submission last."""
+        return self._rows("SELECT * FROM ablation_submissions WHERE job_id = ? ORDER BY created_at", [job_id])
+
     def submissions(self) -> list[dict[str, Any]]:
         return self._rows(f"SELECT {', '.join(SUBMISSION_FIELDS)} FROM jobs WHERE submission_id IS NOT NULL "
                           "ORDER BY created_at, job_id")
@@ -206,8 +224,18 @@ class Catalog:
     def _insert_folder_facts(self, folder: JobFolder, manifest: dict | None = None) -> None:
         job = folder.job()
         job_id = job["job_id"]
-        for table in ("stages", "shards", "stage_stats"):
+        for table in ("stages", "shards", "stage_stats", "ablation_arms"):
             self._con.execute(f"DELETE FROM {table} WHERE job_id = ?", [job_id])
+        for result in folder.ablation_results():
+            for arm in result["arms"]:
+                bpb, cont = arm["bits_per_byte"], arm["contamination"]
+                self._con.execute(
+                    "INSERT INTO ablation_arms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [job_id, result["ablation_id"], result["created_at"], result["params"]["model"],
+                     result["tokens"], result["params"]["seeds"], result["eval"]["path"], result["eval"]["sha256"],
+                     arm["name"], arm["kind"], arm["stage"], arm["docs"], bpb["mean"],
+                     bpb["ci95"][0] if bpb["ci95"] else None, bpb["ci95"][1] if bpb["ci95"] else None,
+                     arm["delta_vs_random"], cont["contaminated"], cont["removed"], cont["flagged"]])
         for shard in job.get("inputs", []):
             self._con.execute("INSERT INTO shards VALUES (?, 'input', ?, ?, NULL, NULL)",
                               [job_id, shard["path"], shard["rows"]])
@@ -247,6 +275,16 @@ class Catalog:
     def jobs(self) -> list[dict[str, Any]]:
         return self._rows("SELECT job_id, name, state, input_rows, output_rows, created_docs, completed_at, output "
                           "FROM jobs ORDER BY created_at")
+
+    def ablation_arms(self, job_ref: str | None = None) -> list[dict[str, Any]]:
+        """Ablation results per arm, of one job or of every job (to compare jobs that were
+        ablated on the same eval set and token budget)."""
+        tables = {r[0] for r in self._con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        if "ablation_arms" not in tables:  # a catalog written before ablations existed, opened read-only
+            return []
+        where, params = ("WHERE a.job_id = ?", [self.resolve_job(job_ref)["job_id"]]) if job_ref else ("", [])
+        return self._rows("SELECT j.name AS job_name, a.* FROM ablation_arms a LEFT JOIN jobs j USING (job_id) "
+                          f"{where} ORDER BY a.created_at, a.ablation_id, a.bits_per_byte", params)
 
     def _job_decisions(self, job: dict[str, Any]) -> str:
         """A FROM clause over one job's decision files only (the ``decisions`` view spans
