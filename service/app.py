@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import errors
+from service.ablations import AblationService
 from service.auth import KeyStore
 from service.job_store import Database
 from service.jobs import JobService
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             await service.start()
             app.state.jobs, app.state.keys, app.state.settings = service, keys, settings
+            app.state.ablations = AblationService(service)
             yield
         finally:
             await service.stop()

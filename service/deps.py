@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service import errors
+from service.ablations import AblationService
 from service.jobs import JobService
 
 _bearer = HTTPBearer(auto_error=False, description="an API key from `curate keys create`")
@@ -33,6 +34,11 @@ def get_jobs(request: Request) -> JobService:
     return request.app.state.jobs
 
 
+def get_ablations(request: Request) -> AblationService:
+    return request.app.state.ablations
+
+
 Jobs = Annotated[JobService, Depends(get_jobs)]
+Ablations = Annotated[AblationService, Depends(get_ablations)]
 ReadKey = Annotated[str, Depends(_require("read"))]
 AdminKey = Annotated[str, Depends(_require("admin"))]

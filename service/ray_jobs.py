@@ -41,6 +41,15 @@ class RayJobs:
         await asyncio.to_thread(self._client.submit_job, entrypoint=entrypoint, submission_id=submission_id,
                                 metadata={"curate_job_id": job_id})
 
+    async def submit_ablation(self, submission_id: str, job_dir: str, params_json: str, ablation_id: str,
+                              job_id: str) -> None:
+        path = self.spec_dir / f"{submission_id}.json"
+        await asyncio.to_thread(_write_spec, path, params_json)
+        entrypoint = (f"{shlex.quote(self.python)} -m workers.ablate_entrypoint --job-dir {shlex.quote(job_dir)} "
+                      f"--params-file {shlex.quote(str(path))} --ablation-id {shlex.quote(ablation_id)}")
+        await asyncio.to_thread(self._client.submit_job, entrypoint=entrypoint, submission_id=submission_id,
+                                metadata={"curate_job_id": job_id, "curate_ablation_id": ablation_id})
+
     async def state(self, submission_id: str) -> tuple[str | None, str | None]:
         """(queued/running/succeeded/failed/cancelled, Ray's message), or (None, None) when
         the cluster has no record of the submission (e.g. a restarted local head)."""

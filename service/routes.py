@@ -7,10 +7,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 
-from service.deps import AdminKey, Jobs, ReadKey
+from service.deps import Ablations, AdminKey, Jobs, ReadKey
 from service.errors import ErrorBody, ServiceError
 from service.pagination import MAX_LIMIT
 from service.schemas import (
+    Ablation,
     DocumentLineage,
     DocumentRow,
     DropRow,
@@ -22,6 +23,7 @@ from service.schemas import (
     Preview,
     PreviewResult,
 )
+from workers.ablate import AblationParams
 from workers.spec import JobSpec
 
 router = APIRouter()
@@ -152,3 +154,29 @@ async def download_output(job_id: str, file_name: str, jobs: Jobs, _: ReadKey) -
     path, facts = await jobs.output_file(job_id, file_name)
     return FileResponse(path, media_type="application/vnd.apache.parquet", filename=file_name,
                         headers={"X-Content-SHA256": facts["sha256"], "ETag": f'"{facts["sha256"]}"'})
+
+
+@router.post("/jobs/{job_id}/ablations", response_model=Ablation, status_code=202, tags=["ablations"],
+             responses={**ERRORS, 200: {"model": Ablation, "description": "this ablation exists (running or done)"}})
+async def submit_ablation(job_id: str, body: AblationParams, ablations: Ablations, _: AdminKey):
+    """Train small LMs on the job's curated selection, random selections of its input and each
+    stage alone (exactly ``tokens`` tokens each, several seeds) and compare held-out bits per
+    byte on ``eval``; runs as a Ray job. The same body on the same job is the same ablation."""
+    view, created = await ablations.submit(job_id, body)
+    return JSONResponse(Ablation(**view).model_dump(mode="json"), status_code=202 if created else 200)
+
+
+@router.get("/jobs/{job_id}/ablations", response_model=list[Ablation], tags=["ablations"], responses=ERRORS)
+async def list_ablations(job_id: str, ablations: Ablations, _: ReadKey) -> list[Ablation]:
+    return [Ablation(**v) for v in await ablations.list(job_id)]
+
+
+@router.get("/jobs/{job_id}/ablations/{ablation_id}", response_model=Ablation, tags=["ablations"], responses=ERRORS)
+async def get_ablation(job_id: str, ablation_id: str, ablations: Ablations, _: ReadKey) -> Ablation:
+    return Ablation(**await ablations.view(job_id, ablation_id))
+
+
+@router.get("/jobs/{job_id}/ablations/{ablation_id}/plot.png", tags=["ablations"], response_class=FileResponse,
+            responses={**ERRORS, 200: {"content": {"image/png": {}}, "description": "bits per byte per arm"}})
+async def ablation_plot(job_id: str, ablation_id: str, ablations: Ablations, _: ReadKey) -> FileResponse:
+    return FileResponse(await ablations.plot(job_id, ablation_id), media_type="image/png")

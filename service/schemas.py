@@ -204,3 +204,36 @@ class PreviewResult(_Open):
     newly_kept: int
     newly_dropped: int
     note: str
+
+
+class AblationArm(_Open):
+    name: str = Field(description="curated, random, or only:<NN>-<stage>")
+    kind: str
+    stage: str | None
+    docs: int
+    available_tokens: int
+    bits_per_byte: dict[str, Any] = Field(description="mean, sd, ci95 [low, high], n (seeds)")
+    delta_vs_random: float | None
+    contamination: dict[str, Any] = Field(description="13-gram overlap with the eval set: documents, contaminated, "
+                                          "shared_ngrams, eval_docs_hit, removed, flagged")
+    runs: list[dict[str, Any]]
+
+
+class AblationResult(_Open):
+    ablation_id: str
+    job_id: str | None
+    tokens: int
+    params: dict[str, Any]
+    eval: dict[str, Any]
+    arms: list[AblationArm]
+    wall_seconds: float | None
+
+
+class Ablation(_Open):
+    ablation_id: str
+    job_id: str
+    state: str = Field(description="queued, running, succeeded, failed or cancelled")
+    error: str | None = None
+    error_code: str | None = None
+    ray_submission_id: str | None = None
+    result: AblationResult | None = Field(None, description="once succeeded; the plot is at .../plot.png")

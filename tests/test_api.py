@@ -188,7 +188,9 @@ def test_auth_on_every_jobs_route(api, done_job):
               ("get", f"/jobs/{job_id}/documents/a0"), ("get", f"/jobs/{job_id}/documents"),
               ("get", f"/jobs/{job_id}/drops"),
               ("post", f"/jobs/{job_id}/preview-selection"), ("get", f"/jobs/{job_id}/manifest"),
-              ("get", f"/jobs/{job_id}/outputs/x.parquet")]
+              ("get", f"/jobs/{job_id}/outputs/x.parquet"), ("post", f"/jobs/{job_id}/ablations"),
+              ("get", f"/jobs/{job_id}/ablations"), ("get", f"/jobs/{job_id}/ablations/abl-x"),
+              ("get", f"/jobs/{job_id}/ablations/abl-x/plot.png")]
     documented = {(m, p) for p, ops in api.get("/openapi.json").json()["paths"].items() for m in ops
                   if p.startswith("/jobs")}
     assert len(documented) == len(routes)  # every documented /jobs route is in this list
@@ -411,3 +413,35 @@ def test_openapi_lists_every_stage_and_its_params(api):
     ref = quality["properties"]["params"]["$ref"].split("/")[-1]
     assert "min_words" in schema["components"]["schemas"][ref]["properties"]
 
+
+
+def test_an_ablation_runs_as_a_ray_job_and_serves_its_result(api, done_job):
+    job_id = done_job["job_id"]
+    held_out = ("A lighthouse keeper recorded the weather twice a day for forty years, noting the wind, the "
+                "height of the waves and every ship that passed the point in a series of small leather books.")
+    (api.data / "eval.jsonl").write_text(json.dumps({"text": held_out}) + "\n")
+    body = {"eval": "eval.jsonl", "model": "ngram", "seeds": 2}
+    assert_error(api.post(f"/jobs/{job_id}/ablations", json=body, headers=api.read), 403, "forbidden")
+    assert_error(api.post(f"/jobs/{job_id}/ablations", json={**body, "eval": "/etc/hosts"}, headers=api.admin),
+                 400, "path_not_allowed", "eval:")
+    assert_error(api.post("/jobs/nope/ablations", json=body, headers=api.admin), 404, "job_not_found")
+    resp = api.post(f"/jobs/{job_id}/ablations", json=body, headers=api.admin)
+    assert resp.status_code == 202, resp.text
+    aid = resp.json()["ablation_id"]
+    deadline = time.time() + 180
+    while (view := api.get(f"/jobs/{job_id}/ablations/{aid}", headers=api.read).json())["state"] not in (
+            "succeeded", "failed") and time.time() < deadline:
+        time.sleep(0.5)
+    assert view["state"] == "succeeded", view
+    result = view["result"]
+    arms = {a["name"]: a for a in result["arms"]}
+    assert set(arms) == {"curated", "random", "only:01-exact_dedup_v1", "only:02-quality_rules_v1"}
+    assert result["tokens"] == min(a["available_tokens"] for a in arms.values())
+    assert all(len(a["runs"]) == 2 for a in arms.values())
+    plot = api.get(f"/jobs/{job_id}/ablations/{aid}/plot.png", headers=api.read)
+    assert plot.status_code == 200 and plot.headers["content-type"] == "image/png"
+    assert plot.content[:4] == b"\x89PNG"
+    assert [v["ablation_id"] for v in api.get(f"/jobs/{job_id}/ablations", headers=api.read).json()] == [aid]
+    again = api.post(f"/jobs/{job_id}/ablations", json=body, headers=api.admin)
+    assert again.status_code == 200 and again.json()["ablation_id"] == aid
+    assert_error(api.get(f"/jobs/{job_id}/ablations/abl-000000000000", headers=api.read), 404, "ablation_not_found")
