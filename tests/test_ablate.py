@@ -208,8 +208,10 @@ def test_cli_transformer_ablation_on_ray(job):
 def test_cli_errors(job, tmp_path):
     res = run_cli("ablate", str(job.output), "--eval", str(tmp_path / "nope.jsonl"), check=False)
     assert res.returncode == 1 and "nope.jsonl does not exist" in res.stderr
-    res = run_cli("ablate", str(job.output), "--eval", str(job.eval), "--seeds", "0", check=False)
-    assert res.returncode == 2 and "seeds" in res.stderr
+    for bad, field in ((("--seeds", "0"), "seeds"), (("--tokens", "0"), "tokens"),
+                       (("--d-model", "30", "--n-head", "4"), "multiple of n_head")):
+        res = run_cli("ablate", str(job.output), "--eval", str(job.eval), *bad, check=False)
+        assert res.returncode == 2 and field in res.stderr, res.stderr
     res = run_cli("ablate", str(job.output), "--eval", str(job.eval), "--arms", "curated,bogus", check=False)
     assert res.returncode == 1 and "no arm bogus" in res.stderr
     bad = tmp_path / "bad.jsonl"
@@ -234,3 +236,29 @@ def test_an_arm_emptied_by_decontamination_is_an_error_not_a_silent_zero():
     arms[0].tokens = [np.ones(2, np.int32)]
     assert budget(arms, {"curated": 3, "random": 6}, report, "max") == 3
     assert budget(arms, {"curated": 3, "random": 6}, report, 3) == 3
+
+
+def test_created_documents_and_inputs_without_ids(tmp_path, ray_cluster):
+    texts = ["First part here.\n\nSecond part here.", "KEEP this source.\n\nand its child", "one paragraph only"]
+    write_shard(tmp_path / "in" / "noids.parquet", texts)  # no id column: ids are derived
+    spec = parse_spec({"name": "ablate-split", "inputs": [str(tmp_path / "in" / "noids.parquet")],
+                       "output": str(tmp_path / "out"), "stages": [{"stage": "split_paragraphs_test_v1"}]})
+    run_job(spec, progress=False)
+    arms = {a.name: a for a in build_arms(tmp_path / "out")}
+    output = pq.read_table(tmp_path / "out" / "data")["text"].to_pylist()
+    assert sorted(arms["curated"].texts) == sorted(output) and len(output) == 6  # 4 created, 2 kept sources
+    assert sorted(arms["only:01-split_paragraphs_test_v1"].texts) == sorted(output)  # its only stage
+    assert sorted(arms["random"].texts) == sorted(texts)
+
+
+def test_train_on_documents_learns_text():
+    from filters.lm.small_lm import train_on_documents
+
+    english = [f"The {w} of the river is long, and the town beside it is old and quiet." for w in
+               ("course", "bank", "mouth", "source", "water", "bridge", "valley", "delta")] * 40
+    held_out = ["The bank of the river is quiet, and the old town beside it is long."]
+    config = SmallLMConfig(**{**TINY, "vocab_size": 4096, "lr": 1e-2})
+    _, learned = train_on_documents(english, held_out, 4000, config, seed=0)
+    noise = [" ".join(f"q{k * 7919 % 1000}z" for k in range(i, i + 40)) for i in range(400)]
+    _, unlearned = train_on_documents(noise, held_out, 4000, config, seed=0)
+    assert learned < 0.6 * unlearned, (learned, unlearned)

@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from filters.contamination import NGRAM, EvalNgrams
 from workers import atomic
@@ -46,7 +46,8 @@ class AblationParams(BaseModel):
 
     eval: str = Field(description="target set: JSONL(.gz) with a text field, Parquet with a text column, or .txt")
     eval_text_field: str = "text"
-    tokens: int | Literal["max"] = Field("max", description="training tokens per arm; max: the smallest arm's")
+    tokens: Annotated[int, Field(ge=1)] | Literal["max"] = Field(
+        "max", description="training tokens per arm; max: the smallest arm's")
     seeds: int = Field(3, ge=1, le=32)
     model: Literal["transformer", "ngram"] = Field("transformer", description="ngram: the fast Kneser-Ney tier")
     arms: list[str] | None = Field(None, description="arm names to train (default all): curated, random, "
@@ -58,12 +59,18 @@ class AblationParams(BaseModel):
     d_model: int = Field(128, ge=16, le=4096)
     n_head: int = Field(4, ge=1, le=64)
     context: int = Field(256, ge=8, le=8192)
-    batch_size: int = Field(16, ge=1, le=4096)
+    batch_size: int = Field(4, ge=1, le=4096)
     lr: float = Field(3e-3, gt=0, le=1)
     ngram_order: int = Field(4, ge=1, le=8)
     # execution only
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
     cpus_per_run: int = Field(2, ge=1, le=256, description="CPUs (torch threads) per training run")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> AblationParams:
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be a multiple of n_head ({self.n_head})")
+        return self
 
     def identity(self) -> dict[str, Any]:
         return self.model_dump(exclude=set(EXECUTION_FIELDS))
@@ -320,6 +327,12 @@ def _execute(jobs: list, runs_dir: Path, eval_docs: list, eval_bytes: int, param
 
     connect_ray()
     gpus = 1 if params.device.startswith("cuda") else 0
+    cluster = ray.cluster_resources()
+    if gpus and cluster.get("GPU", 0) < 1:
+        raise AblationError(f"device {params.device} asked, but the Ray cluster has no GPU")
+    if params.cpus_per_run > cluster.get("CPU", 0):
+        raise AblationError(f"cpus_per_run {params.cpus_per_run} exceeds the Ray cluster's {cluster.get('CPU', 0):g} "
+                            "CPUs: no run could ever start")
     remote = ray.remote(num_cpus=params.cpus_per_run, num_gpus=gpus, max_retries=1)(_train_and_eval)
     eval_ref = ray.put(eval_docs)
     pending = {remote.remote(stream, eval_ref, eval_bytes, p, seed, eot, vocab): (arm, seed, used)

@@ -41,7 +41,7 @@ class Arm:
     tokens: list = field(default_factory=list, repr=False)  # per document, filled by the runner
 
 
-def _read_dir(folder: Path, columns: list[str]) -> pa.Table:
+def _read_dir(folder: Path, columns: list[str] | None) -> pa.Table:
     files = sorted(folder.glob("*.parquet"))
     if not files:
         raise ArmError(f"{folder} holds no Parquet files; was the job folder moved or partly deleted?")
@@ -100,8 +100,11 @@ def build_arms(output: str | Path) -> list[Arm]:
         raise ArmError(f"job in {folder.root} has not finished (no manifest.json): run it to the end first")
     text_column = folder.job()["spec"]["columns"]["text"]
     pool_ids, pool_texts = _pool(folder, text_column)
-    final = _read_dir(folder.data_dir, ["id", text_column])
-    arms = [Arm("curated", "curated", final["id"].to_pylist(), [t or "" for t in final[text_column].to_pylist()],
+    id_column = folder.job()["spec"]["columns"]["id"]
+    final = _read_dir(folder.data_dir, None)
+    ids = final[id_column].to_pylist() if id_column in final.column_names else [
+        f"output:{k}" for k in range(final.num_rows)]  # an input without ids: output rows have none either
+    arms = [Arm("curated", "curated", ids, [t or "" for t in final[text_column].to_pylist()],
                 note="the job's output shards"),
             Arm("random", "random", pool_ids, pool_texts, note="a random selection of the input pool per seed")]
     arms += [_stage_arm(folder, st, pool_ids, pool_texts) for st in folder.stages() if st["index"] > 0]

@@ -29,7 +29,7 @@ class SmallLMConfig:
     n_head: int = 4
     d_model: int = 128
     context: int = 256
-    batch_size: int = 16  # rows of ``context`` tokens per step
+    batch_size: int = 4  # rows of ``context`` tokens per step: many small steps suit a budget of ~1M tokens
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decay to lr * this
     warmup_steps: int = 20
@@ -232,3 +232,19 @@ def bits_per_byte(trained: TrainedLM, eval_texts: Sequence[str], tokenizer: Any,
     if n_bytes == 0:
         raise ValueError("the eval set has no text")
     return eval_bits(trained, docs, end_of_text) / n_bytes
+
+
+def train_on_documents(train_texts: Iterable[str], eval_texts: Sequence[str], n_tokens: int,
+                       config: SmallLMConfig | None = None, seed: int = 0, tokenizer: Any = None,
+                       device: str = "cpu") -> tuple[TrainedLM, float]:
+    """Documents in, a model and its held-out bits per byte out: ``train_texts`` (in the
+    order given) become a stream of exactly ``n_tokens`` tokens of the bundled ablation
+    BPE (or ``tokenizer``), the model trains on it once, and ``eval_texts`` score it."""
+    from filters.lm.bpe import end_of_text_id, load_tokenizer
+
+    tok = tokenizer or load_tokenizer()
+    eot = end_of_text_id(tok)
+    config = config or SmallLMConfig(vocab_size=tok.get_vocab_size())
+    docs = (tok.encode(t).ids for t in train_texts)
+    trained = train_small_lm(token_stream(docs, n_tokens, eot), config, seed, device)
+    return trained, bits_per_byte(trained, eval_texts, tok, eot)
