@@ -5,7 +5,7 @@ ablation model's training throughput against a bare torch loop over the same mod
 batches, measured in the same run.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_ablate.py [--data ../shared/data]
-        [--job runs/web-pool-full]     # reuse a finished job instead of running it (~6 min)
+        [--job runs/web-pool-full]     # reuse a finished job instead of running it (~10 min)
         [--tiers ngram,transformer]    # transformer: ~25 min on 2 cores
         [--throughput-only]
 
