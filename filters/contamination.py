@@ -39,13 +39,13 @@ class EvalNgrams:
 
     def __init__(self, eval_texts: Iterable[str], n: int = NGRAM) -> None:
         self.n = n
-        self.owner: dict[int, int] = {}  # n-gram hash -> first eval document holding it
+        self.owners: dict[int, list[int]] = {}  # n-gram hash -> the eval documents holding it
         for k, text in enumerate(eval_texts):
             for h in ngram_hashes(text, n):
-                self.owner.setdefault(h, k)
+                self.owners.setdefault(h, []).append(k)
 
     def shared(self, text: str) -> set[int]:
-        return ngram_hashes(text, self.n) & self.owner.keys()
+        return ngram_hashes(text, self.n) & self.owners.keys()
 
     def check(self, texts: Iterable[str]) -> tuple[Overlap, list[bool]]:
         """The overlap report and, per training document, whether it is contaminated."""
@@ -55,5 +55,5 @@ class EvalNgrams:
             hit = self.shared(text)
             flags.append(bool(hit))
             found |= hit
-        eval_docs = {self.owner[h] for h in found}
+        eval_docs = {k for h in found for k in self.owners[h]}
         return Overlap(len(flags), sum(flags), len(found), len(eval_docs)), flags

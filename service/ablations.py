@@ -38,11 +38,16 @@ class AblationService:
         params = params.model_copy(update={
             "eval": confine_file("eval", params.eval, roots),
             "tokenizer": params.tokenizer and confine_file("tokenizer", params.tokenizer, roots)})
+        for field in ("eval", "tokenizer"):
+            value = getattr(params, field)
+            if value and not Path(value).is_file():
+                raise ServiceError(422, f"{field}: not a file: {value}", code="invalid_request")
         eval_sha = await asyncio.to_thread(atomic.sha256_file, Path(params.eval))
         aid = ablation_id(folder.job()["spec_hash"], params, eval_sha)
         current = await self.view(job_id, aid, missing_ok=True)
         if current and current["state"] in ("queued", "running", "succeeded"):
             return current, False
+        (folder.ablation_dir(aid) / "error.json").unlink(missing_ok=True)  # a failed earlier try's, now stale
         submission_id = f"{aid}-{secrets.token_hex(3)}"
         await self.jobs.ray.submit_ablation(submission_id, str(folder.root), params.model_dump_json(), aid, job_id)
         row = {"ablation_id": aid, "job_id": job_id, "submission_id": submission_id,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Header, Query
+from fastapi import APIRouter, Body, Header, Path, Query
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 
 from service.deps import Ablations, AdminKey, Jobs, ReadKey
@@ -33,6 +33,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"page size (at most {MAX_LIMIT})")]
 Cursor = Annotated[str | None, Query(max_length=2000, description="the `next` value of the previous page")]
 Filter = Annotated[str | None, Query(max_length=200)]
+AblationId = Annotated[str, Path(pattern=r"^abl-[0-9a-f]{12}$", description="as POST returned it")]
 
 EXAMPLE_SPEC = {
     "name": "web-pool-v1",
@@ -172,11 +173,11 @@ async def list_ablations(job_id: str, ablations: Ablations, _: ReadKey) -> list[
 
 
 @router.get("/jobs/{job_id}/ablations/{ablation_id}", response_model=Ablation, tags=["ablations"], responses=ERRORS)
-async def get_ablation(job_id: str, ablation_id: str, ablations: Ablations, _: ReadKey) -> Ablation:
+async def get_ablation(job_id: str, ablation_id: AblationId, ablations: Ablations, _: ReadKey) -> Ablation:
     return Ablation(**await ablations.view(job_id, ablation_id))
 
 
 @router.get("/jobs/{job_id}/ablations/{ablation_id}/plot.png", tags=["ablations"], response_class=FileResponse,
             responses={**ERRORS, 200: {"content": {"image/png": {}}, "description": "bits per byte per arm"}})
-async def ablation_plot(job_id: str, ablation_id: str, ablations: Ablations, _: ReadKey) -> FileResponse:
+async def ablation_plot(job_id: str, ablation_id: AblationId, ablations: Ablations, _: ReadKey) -> FileResponse:
     return FileResponse(await ablations.plot(job_id, ablation_id), media_type="image/png")

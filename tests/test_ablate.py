@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -59,11 +60,12 @@ def test_arms_come_from_stored_decisions(job):
                           "only:03-c4_lines_v1"]
     output_ids = pq.read_table(job.output / "data", columns=["id"])["id"].to_pylist()
     assert sorted(arms["curated"].ids) == sorted(output_ids)
-    assert sorted(arms["random"].ids) == sorted(d["id"] for d in job.pool)
+    empty = {r["doc_id"] for r in decisions(job.output, "00-input_v1") if r["decision"] == "drop"}
+    assert empty and sorted(arms["random"].ids) == sorted(d["id"] for d in job.pool if d["id"] not in empty)
     rules = decisions(job.output, "02-quality_rules_v1")
     dropped = {r["doc_id"] for r in rules if r["decision"] == "drop"}
     assert dropped and not dropped & set(arms["only:02-quality_rules_v1"].ids)
-    assert len(arms["only:02-quality_rules_v1"].ids) == len(job.pool) - len(dropped)
+    assert len(arms["only:02-quality_rules_v1"].ids) == len(job.pool) - len(empty) - len(dropped)
     # the transform's arm carries the text it wrote, not the input's
     c4 = decisions(job.output, "03-c4_lines_v1")
     c4_dropped = {r["doc_id"] for r in c4 if r["decision"] == "drop"}
@@ -188,8 +190,14 @@ def test_cli_ngram_ablation_is_recorded_plotted_and_resumable(job):
     # the same command again: every run is already stored, nothing is retrained
     stamps = {p: p.stat().st_mtime_ns for p in (results[0].parent / "runs").iterdir()}
     again = run_cli(*args)
-    assert "seed 0:" not in again.stdout
+    assert not re.findall(r" seed \d+:", again.stdout)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # a stored run made from other tokens (e.g. a changed input) is trained again, not reused
+    stale = results[0].parent / "runs" / "random.1.json"
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "stream_sha256": "0" * 64}))
+    third = run_cli(*args)
+    assert re.findall(r"(\S+) +seed (\d+):", third.stdout) == [("random", "1")]
+    assert json.loads(stale.read_text())["stream_sha256"] != "0" * 64
 
 
 def test_cli_transformer_ablation_on_ray(job):
@@ -214,6 +222,10 @@ def test_cli_errors(job, tmp_path):
         assert res.returncode == 2 and field in res.stderr, res.stderr
     res = run_cli("ablate", str(job.output), "--eval", str(job.eval), "--arms", "curated,bogus", check=False)
     assert res.returncode == 1 and "no arm bogus" in res.stderr
+    csv = tmp_path / "eval.csv"
+    csv.write_text("text\nhello\n")
+    res = run_cli("ablate", str(job.output), "--eval", str(csv), check=False)
+    assert res.returncode == 1 and "unknown format" in res.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"body": "no text"}\n')
     res = run_cli("ablate", str(job.output), "--eval", str(bad), check=False)
@@ -241,14 +253,24 @@ def test_an_arm_emptied_by_decontamination_is_an_error_not_a_silent_zero():
 def test_created_documents_and_inputs_without_ids(tmp_path, ray_cluster):
     texts = ["First part here.\n\nSecond part here.", "KEEP this source.\n\nand its child", "one paragraph only"]
     write_shard(tmp_path / "in" / "noids.parquet", texts)  # no id column: ids are derived
+    split = {"stage": "split_paragraphs_test_v1"}
     spec = parse_spec({"name": "ablate-split", "inputs": [str(tmp_path / "in" / "noids.parquet")],
-                       "output": str(tmp_path / "out"), "stages": [{"stage": "split_paragraphs_test_v1"}]})
+                       "output": str(tmp_path / "out"), "stages": [split]})
     run_job(spec, progress=False)
     arms = {a.name: a for a in build_arms(tmp_path / "out")}
     output = pq.read_table(tmp_path / "out" / "data")["text"].to_pylist()
     assert sorted(arms["curated"].texts) == sorted(output) and len(output) == 6  # 4 created, 2 kept sources
     assert sorted(arms["only:01-split_paragraphs_test_v1"].texts) == sorted(output)  # its only stage
     assert sorted(arms["random"].texts) == sorted(texts)
+    # a later transform's arm: the pool with its own decisions only, never an earlier stage's creations
+    spec = parse_spec({"name": "ablate-split-c4", "inputs": [str(tmp_path / "in" / "noids.parquet")],
+                       "output": str(tmp_path / "out2"),
+                       "stages": [split, {"stage": "c4_lines_v1", "params": {"min_sentences": 0}}]})
+    run_job(spec, progress=False)
+    arms = {a.name: a for a in build_arms(tmp_path / "out2")}
+    c4 = arms["only:02-c4_lines_v1"]
+    assert set(c4.ids) <= set(arms["random"].ids) and texts[0] in c4.texts  # split dropped it; c4 never saw it
+    assert "and its child" not in c4.texts
 
 
 def test_train_on_documents_learns_text():
@@ -262,3 +284,12 @@ def test_train_on_documents_learns_text():
     noise = [" ".join(f"q{k * 7919 % 1000}z" for k in range(i, i + 40)) for i in range(400)]
     _, unlearned = train_on_documents(noise, held_out, 4000, config, seed=0)
     assert learned < 0.6 * unlearned, (learned, unlearned)
+
+
+def test_overlap_counts_every_eval_document_sharing_an_ngram():
+    from filters.contamination import EvalNgrams
+
+    shared = "one two three four five six seven eight nine ten eleven twelve thirteen"
+    ngrams = EvalNgrams([f"alpha {shared}", f"beta {shared}", "unrelated words only here"])
+    overlap, flags = ngrams.check([f"Gamma: {shared.upper()}!", "nothing in common"])
+    assert flags == [True, False] and overlap.eval_docs_hit == 2 and overlap.shared_ngrams == 1

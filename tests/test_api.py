@@ -189,8 +189,8 @@ def test_auth_on_every_jobs_route(api, done_job):
               ("get", f"/jobs/{job_id}/drops"),
               ("post", f"/jobs/{job_id}/preview-selection"), ("get", f"/jobs/{job_id}/manifest"),
               ("get", f"/jobs/{job_id}/outputs/x.parquet"), ("post", f"/jobs/{job_id}/ablations"),
-              ("get", f"/jobs/{job_id}/ablations"), ("get", f"/jobs/{job_id}/ablations/abl-x"),
-              ("get", f"/jobs/{job_id}/ablations/abl-x/plot.png")]
+              ("get", f"/jobs/{job_id}/ablations"), ("get", f"/jobs/{job_id}/ablations/abl-000000000000"),
+              ("get", f"/jobs/{job_id}/ablations/abl-000000000000/plot.png")]
     documented = {(m, p) for p, ops in api.get("/openapi.json").json()["paths"].items() for m in ops
                   if p.startswith("/jobs")}
     assert len(documented) == len(routes)  # every documented /jobs route is in this list
@@ -425,6 +425,8 @@ def test_an_ablation_runs_as_a_ray_job_and_serves_its_result(api, done_job):
     assert_error(api.post(f"/jobs/{job_id}/ablations", json={**body, "eval": "/etc/hosts"}, headers=api.admin),
                  400, "path_not_allowed", "eval:")
     assert_error(api.post("/jobs/nope/ablations", json=body, headers=api.admin), 404, "job_not_found")
+    assert_error(api.post(f"/jobs/{job_id}/ablations", json={**body, "eval": "small"}, headers=api.admin), 422,
+                 "invalid_request", "eval: not a file")
     resp = api.post(f"/jobs/{job_id}/ablations", json=body, headers=api.admin)
     assert resp.status_code == 202, resp.text
     aid = resp.json()["ablation_id"]

@@ -46,7 +46,7 @@ class AblationParams(BaseModel):
 
     eval: str = Field(description="target set: JSONL(.gz) with a text field, Parquet with a text column, or .txt")
     eval_text_field: str = "text"
-    tokens: Annotated[int, Field(ge=1)] | Literal["max"] = Field(
+    tokens: Annotated[int, Field(ge=2)] | Literal["max"] = Field(
         "max", description="training tokens per arm; max: the smallest arm's")
     seeds: int = Field(3, ge=1, le=32)
     model: Literal["transformer", "ngram"] = Field("transformer", description="ngram: the fast Kneser-Ney tier")
@@ -73,11 +73,17 @@ class AblationParams(BaseModel):
         return self
 
     def identity(self) -> dict[str, Any]:
-        return self.model_dump(exclude=set(EXECUTION_FIELDS))
+        """What names the ablation: every field but the execution ones and the file paths
+        (the files count by content: see ``ablation_id``)."""
+        return self.model_dump(exclude=set(EXECUTION_FIELDS) | {"eval", "tokenizer"})
 
 
 def ablation_id(spec_hash: str, params: AblationParams, eval_sha: str) -> str:
-    key = json.dumps({"job": spec_hash, "params": params.identity(), "eval_sha256": eval_sha}, sort_keys=True)
+    """The job's spec, the eval set's and tokenizer's contents and every parameter but the
+    execution ones: the same ablation from the CLI or REST, from any working directory."""
+    tokenizer_sha = atomic.sha256_file(Path(params.tokenizer)) if params.tokenizer else "bundled"
+    key = json.dumps({"job": spec_hash, "params": params.identity(), "eval_sha256": eval_sha,
+                      "tokenizer_sha256": tokenizer_sha}, sort_keys=True)
     return "abl-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -105,8 +111,10 @@ def load_eval_texts(path: str | Path, field: str = "text") -> list[str]:
                     raise AblationError(f"eval set {path}:{line_no}: no {field!r} text ({exc})") from None
                 if value:
                     texts.append(str(value))
-    else:
+    elif name.endswith((".txt", ".md")):
         texts = [path.read_text(encoding="utf-8")]
+    else:
+        raise AblationError(f"eval set {path}: unknown format (use .jsonl, .jsonl.gz, .json.gz, .parquet or .txt)")
     if not any(t.strip() for t in texts):
         raise AblationError(f"eval set {path} holds no text")
     return texts
@@ -228,7 +236,7 @@ def budget(arms: list[Arm], available: dict[str, int], contamination: dict[str, 
 
 
 def run_ablation(output: str | Path, params: AblationParams, *, use_ray: bool = True,
-                 say: Callable[[str], None] = lambda s: log.info(s)) -> dict:
+                 say: Callable[[str], None] = lambda s: log.info(s), expected_id: str | None = None) -> dict:
     from filters.lm.bpe import end_of_text_id, load_tokenizer
 
     _check_installed(params.model)
@@ -238,6 +246,9 @@ def run_ablation(output: str | Path, params: AblationParams, *, use_ray: bool = 
     eval_sha = atomic.sha256_file(Path(params.eval))
     job = folder.job() if folder.started() else {}
     aid = ablation_id(job.get("spec_hash", ""), params, eval_sha)
+    if expected_id and aid != expected_id:  # e.g. the eval file changed between submission and start
+        raise AblationError(f"this ablation is {aid}, not the {expected_id} submitted: its eval set or tokenizer "
+                            "changed since; submit it again")
     arms = build_arms(output)
     if params.arms:
         unknown = sorted(set(params.arms) - {a.name for a in arms})
@@ -285,8 +296,12 @@ def run_ablation(output: str | Path, params: AblationParams, *, use_ray: bool = 
         result["arms"].append({"name": arm.name, "kind": arm.kind, "stage": arm.stage, "note": arm.note,
                                "docs": len(arm.texts), "available_tokens": available[arm.name],
                                "contamination": contamination[arm.name], "bits_per_byte": bpb, "runs": runs})
+    random_runs = {r["seed"]: r["bits_per_byte"] for a in result["arms"] if a["kind"] == "random" for r in a["runs"]}
     for a in result["arms"]:
         a["delta_vs_random"] = None if random_mean is None else a["bits_per_byte"]["mean"] - random_mean
+        # paired by seed (the same seed: the same initialisation and row order)
+        diffs = [r["bits_per_byte"] - random_runs[r["seed"]] for r in a["runs"] if r["seed"] in random_runs]
+        a["delta_vs_random_paired"] = summarise(diffs) if diffs and a["kind"] != "random" else None
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     from workers.ablate_report import write_plot
 
@@ -303,16 +318,20 @@ def _execute(jobs: list, runs_dir: Path, eval_docs: list, eval_bytes: int, param
              vocab: int, use_ray: bool, say: Callable[[str], None]) -> dict[str, list[dict]]:
     results: dict[str, list[dict]] = {}
     todo = []
+    device = "cuda" if params.device.startswith("cuda") else "cpu"
     for arm, seed, stream, used in jobs:
         path = _run_file(runs_dir, arm, seed)
-        if path.exists():  # finished by an earlier, interrupted run of this ablation
-            results.setdefault(arm, []).append(atomic.read_json(path))
+        stored = atomic.read_json(path) if path.exists() else None
+        same = stored and (stored.get("stream_sha256"), stored.get("device")) == (_sha(stream), device)
+        if same:  # finished by an earlier, interrupted run of this ablation, on the same tokens and device
+            results.setdefault(arm, []).append(stored)
         else:
             todo.append((arm, seed, stream, used))
     p = params.model_dump()
+    streams = {(arm, seed): _sha(stream) for arm, seed, stream, _ in todo}
 
     def done(arm: str, seed: int, used: int, run: dict) -> None:
-        run = {**run, "docs_used": used}
+        run = {**run, "docs_used": used, "stream_sha256": streams[(arm, seed)], "device": device}
         atomic.write_json(run, _run_file(runs_dir, arm, seed))
         results.setdefault(arm, []).append(run)
         say(f"  {arm:<34} seed {seed}: {run['bits_per_byte']:.4f} bits/byte ({run['tokens_per_second']:.0f} tok/s)")
@@ -333,15 +352,28 @@ def _execute(jobs: list, runs_dir: Path, eval_docs: list, eval_bytes: int, param
     if params.cpus_per_run > cluster.get("CPU", 0):
         raise AblationError(f"cpus_per_run {params.cpus_per_run} exceeds the Ray cluster's {cluster.get('CPU', 0):g} "
                             "CPUs: no run could ever start")
+    if gpus:
+        p["device"] = "cuda"  # Ray gives each task its own GPU, which the task sees as cuda:0
     remote = ray.remote(num_cpus=params.cpus_per_run, num_gpus=gpus, max_retries=1)(_train_and_eval)
     eval_ref = ray.put(eval_docs)
     pending = {remote.remote(stream, eval_ref, eval_bytes, p, seed, eot, vocab): (arm, seed, used)
                for arm, seed, stream, used in todo}
+    failures = []
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         arm, seed, used = pending.pop(ready[0])
-        done(arm, seed, used, ray.get(ready[0]))
+        try:
+            done(arm, seed, used, ray.get(ready[0]))
+        except ray.exceptions.RayTaskError as exc:  # store every other run first: a rerun resumes
+            failures.append(f"{arm} seed {seed}: {exc.cause!r}")
+    if failures:
+        raise AblationError(f"{len(failures)} of {len(todo)} runs failed (the others are stored; rerun to resume): "
+                            + "; ".join(failures[:3]))
     return results
+
+
+def _sha(stream: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(stream, dtype=np.int64).tobytes()).hexdigest()
 
 
 __all__ = ["AblationError", "AblationParams", "ArmError", "load_eval_texts", "run_ablation"]

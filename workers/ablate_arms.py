@@ -6,10 +6,11 @@
   its drops removed and, for a transform, the documents it saw replaced by what it wrote.
   Stages run in sequence, so a stage never saw what an earlier stage dropped; those
   documents stay in its arm (there is no decision to apply). The arm therefore shows
-  what the stage removed *in this job*, its marginal effect.
+  what the stage removed *in this job*, its marginal effect. A transform's text for a
+  document it saw is what it wrote, which includes any earlier transform's edits.
 
-The built-in input check (stage 0) gets no arm: it only drops empty documents, which hold
-no tokens.
+The built-in input check (stage 0) gets no arm, and the pool leaves out the empty
+documents it drops: they hold no text.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workers.job_folder import JobFolder
-from workers.lineage import DROPPED
+from workers.lineage import CREATED, DROPPED
 
 
 class ArmError(ValueError):
@@ -52,8 +53,9 @@ def _pool(folder: JobFolder, text_column: str) -> tuple[list[str], list[str]]:
     """Every input document (id, original text) in input order, from the input check's lineage."""
     first = folder.stages()[0]
     lineage = _read_dir(folder.stage_dir(first["index"], first["name"]) / "decisions",
-                        ["doc_id", "shard", "unit", "row", "stage_index"])
-    rows = sorted(lineage.to_pylist(), key=lambda r: (r["shard"], r["row"]))
+                        ["doc_id", "shard", "unit", "row", "stage_index", "decision"])
+    # the input check drops only empty documents: no text, and no separator token either
+    rows = sorted((r for r in lineage.to_pylist() if r["decision"] != DROPPED), key=lambda r: (r["shard"], r["row"]))
     for shard in folder.job()["inputs"]:
         fs, path = fsspec.core.url_to_fs(shard["path"])
         if not fs.exists(path):
@@ -65,7 +67,7 @@ def _pool(folder: JobFolder, text_column: str) -> tuple[list[str], list[str]]:
 def _stage_arm(folder: JobFolder, stage: dict, pool_ids: list[str], pool_texts: list[str]) -> Arm:
     index, name = stage["index"], stage["name"]
     base = folder.stage_dir(index, name)
-    decisions = _read_dir(base / "decisions", ["doc_id", "decision"])
+    decisions = _read_dir(base / "decisions", ["doc_id", "decision", "change"])
     label = f"only:{index:02d}-{name}"
     if stage["kind"] != "transform":
         dropped = {d for d, k in zip(decisions["doc_id"].to_pylist(), decisions["decision"].to_pylist(), strict=True)
@@ -73,7 +75,9 @@ def _stage_arm(folder: JobFolder, stage: dict, pool_ids: list[str], pool_texts: 
         keep = [k for k, d in enumerate(pool_ids) if d not in dropped]
         return Arm(label, "stage", [pool_ids[k] for k in keep], [pool_texts[k] for k in keep], name,
                    f"input pool minus the {len(dropped)} documents {name} dropped")
-    seen = set(decisions["doc_id"].to_pylist())
+    changes = decisions["change"].to_pylist()
+    seen = {d for d, c in zip(decisions["doc_id"].to_pylist(), changes, strict=True) if c != CREATED}
+    made = {d for d, c in zip(decisions["doc_id"].to_pylist(), changes, strict=True) if c == CREATED}
     version = _read_dir(base / "docs", ["id", "text", "parent_id"]).to_pylist()
     written = {r["id"]: r["text"] or "" for r in version}
     ids, texts = [], []
@@ -84,8 +88,7 @@ def _stage_arm(folder: JobFolder, stage: dict, pool_ids: list[str], pool_texts: 
         elif d in written:
             ids.append(d)
             texts.append(written[d])
-    pool = set(pool_ids)
-    created = [r for r in version if r["id"] not in pool]
+    created = [r for r in version if r["id"] in made]  # not documents earlier transforms created
     ids += [r["id"] for r in created]
     texts += [r["text"] or "" for r in created]
     return Arm(label, "stage", ids, texts, name,

@@ -29,9 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     error_file.unlink(missing_ok=True)
     try:
         params = AblationParams(**json.loads(Path(args.params_file).read_text()))
-        result = run_ablation(args.job_dir, params, say=print)
-        if result["ablation_id"] != args.ablation_id:  # the eval file changed since submission
-            raise AblationError(f"the eval set changed after submission: this run is {result['ablation_id']}")
+        run_ablation(args.job_dir, params, say=print, expected_id=args.ablation_id)
     except (AblationError, ArmError, ValueError) as exc:
         error_file.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_json({"code": "bad_input", "message": str(exc)}, error_file)

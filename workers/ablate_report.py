@@ -14,15 +14,18 @@ def format_table(result: dict) -> str:
     head = (f"ablation {result['ablation_id']} of job {result['job_id']}: {result['params']['model']} model, "
             f"{result['tokens']} tokens per arm, {result['params']['seeds']} seeds, eval "
             f"{Path(result['eval']['path']).name} ({result['eval']['bytes']} bytes)")
-    lines = [head, "", f"{'arm':<34} {'docs':>6} {'bits/byte':>10} {'95% interval':>20} {'vs random':>10}  "
-             f"{'13-gram contamination':<24}"]
+    lines = [head, "", f"{'arm':<34} {'docs':>6} {'bits/byte':>10} {'95% interval':>20} "
+             f"{'vs random (paired 95% interval)':>34}  {'13-gram contamination':<24}"]
     for a in sorted(result["arms"], key=lambda a: a["bits_per_byte"]["mean"]):
         c = a["contamination"]
         cont = (f"{c['contaminated']} docs, removed" if c["removed"] else
                 f"{c['contaminated']} docs, FLAGGED" if c["flagged"] else "none")
         delta = "" if a["delta_vs_random"] is None else f"{a['delta_vs_random']:+.4f}"
+        paired = a.get("delta_vs_random_paired")
+        if paired and paired["ci95"]:
+            delta += f" [{paired['ci95'][0]:+.4f}, {paired['ci95'][1]:+.4f}]"
         lines.append(f"{a['name']:<34} {a['docs']:>6} {a['bits_per_byte']['mean']:>10.4f} "
-                     f"{_interval(a['bits_per_byte']):>20} {delta:>10}  {cont:<24}")
+                     f"{_interval(a['bits_per_byte']):>20} {delta:>34}  {cont:<24}")
     lines.append(f"\nwall time {result['wall_seconds']} s; lower bits/byte is better")
     return "\n".join(lines)
 
