@@ -211,7 +211,8 @@ def test_ctrl_c_exits_130_and_the_same_command_resumes(tmp_path):
             "stages": [{"stage": "exact_dedup_v1"}, {"stage": "quality_rules_v1"}], "execution": {"num_workers": 1}}))
         return path
 
-    out, step = tmp_path / "killed", "02-quality_rules_v1.select"
+    # the first unit done of the first pass: most of the job (the fit, the second pass, the writes) is still ahead
+    out, step = tmp_path / "killed", "01-exact_dedup_v1.score"
     proc = start_cli("run", str(spec("killed")), "--no-progress")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not list((out / "_done" / step).glob("*.json")):
