@@ -47,13 +47,13 @@ class EvalNgrams:
     def shared(self, text: str) -> set[int]:
         return ngram_hashes(text, self.n) & self.owners.keys()
 
+    def overlap(self, shared_per_doc: list[set[int]]) -> Overlap:
+        """The report over training documents whose shared n-grams are already known."""
+        found: set[int] = set().union(*shared_per_doc)
+        eval_docs = {k for h in found for k in self.owners[h]}
+        return Overlap(len(shared_per_doc), sum(1 for hit in shared_per_doc if hit), len(found), len(eval_docs))
+
     def check(self, texts: Iterable[str]) -> tuple[Overlap, list[bool]]:
         """The overlap report and, per training document, whether it is contaminated."""
-        flags: list[bool] = []
-        found: set[int] = set()
-        for text in texts:
-            hit = self.shared(text)
-            flags.append(bool(hit))
-            found |= hit
-        eval_docs = {k for h in found for k in self.owners[h]}
-        return Overlap(len(flags), sum(flags), len(found), len(eval_docs)), flags
+        shared = [self.shared(text) for text in texts]
+        return self.overlap(shared), [bool(hit) for hit in shared]

@@ -132,6 +132,9 @@ class Catalog:
         ``decisions``), rows as dicts."""
         return self._rows(query, params)
 
+    def _tables(self) -> set[str]:
+        return {r[0] for r in self._con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
     def ping(self) -> bool:
         return self._con.execute("SELECT 1").fetchone() == (1,)
 
@@ -145,7 +148,7 @@ class Catalog:
         them into the one ``jobs`` record (nothing is lost; stages/shards are re-registered)."""
         if not self._needs_migration():
             return
-        tables = {r[0] for r in self._con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        tables = self._tables()
         old = self._rows("SELECT * FROM jobs")
         api = {r["job_id"]: r for r in self._rows("SELECT * FROM api_jobs")} if "api_jobs" in tables else {}
         for table in ("jobs", "stages", "shards", "stage_stats", "api_jobs"):
@@ -279,8 +282,7 @@ class Catalog:
     def ablation_arms(self, job_ref: str | None = None) -> list[dict[str, Any]]:
         """Ablation results per arm, of one job or of every job (to compare jobs that were
         ablated on the same eval set and token budget)."""
-        tables = {r[0] for r in self._con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        if "ablation_arms" not in tables:  # a catalog written before ablations existed, opened read-only
+        if "ablation_arms" not in self._tables():  # a catalog written before ablations existed, opened read-only
             return []
         where, params = ("WHERE a.job_id = ?", [self.resolve_job(job_ref)["job_id"]]) if job_ref else ("", [])
         return self._rows("SELECT j.name AS job_name, a.* FROM ablation_arms a LEFT JOIN jobs j USING (job_id) "

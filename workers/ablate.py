@@ -191,19 +191,20 @@ def _tokenize(arms: list[Arm], tokenizer: Any) -> None:
 
 def _decontaminate(arms: list[Arm], eval_texts: list[str], drop: bool) -> dict[str, dict]:
     ngrams = EvalNgrams(eval_texts)
-    flags_by_text: dict[str, bool] = {}
+    shared_by_text: dict[str, set[int]] = {}  # arms share most texts: hash each one once
     report = {}
     for arm in arms:
-        todo = [t for t in set(arm.texts) if t not in flags_by_text]
-        _, flags = ngrams.check(todo)
-        flags_by_text.update(zip(todo, flags, strict=True))
-        overlap, _ = ngrams.check(t for t in arm.texts if flags_by_text[t])
-        contaminated = [flags_by_text[t] for t in arm.texts]
-        report[arm.name] = {"documents": len(arm.texts), "contaminated": sum(contaminated),
+        for text in arm.texts:
+            if text not in shared_by_text:
+                shared_by_text[text] = ngrams.shared(text)
+        shared = [shared_by_text[t] for t in arm.texts]
+        overlap = ngrams.overlap(shared)
+        report[arm.name] = {"documents": overlap.documents, "contaminated": overlap.contaminated,
                             "shared_ngrams": overlap.shared_ngrams, "eval_docs_hit": overlap.eval_docs_hit,
-                            "removed": sum(contaminated) if drop else 0, "flagged": sum(contaminated) > 0 and not drop}
-        if drop and any(contaminated):
-            keep = [k for k, c in enumerate(contaminated) if not c]
+                            "removed": overlap.contaminated if drop else 0,
+                            "flagged": overlap.contaminated > 0 and not drop}
+        if drop and overlap.contaminated:
+            keep = [k for k, hit in enumerate(shared) if not hit]
             arm.ids, arm.texts = [arm.ids[k] for k in keep], [arm.texts[k] for k in keep]
     return report
 

@@ -38,10 +38,9 @@ def write_plot(result: dict, path: Path) -> None:
 
     arms = sorted(result["arms"], key=lambda a: a["bits_per_byte"]["mean"], reverse=True)
     means = [a["bits_per_byte"]["mean"] for a in arms]
-    errors = [[m - a["bits_per_byte"]["ci95"][0] if a["bits_per_byte"]["ci95"] else 0 for m, a in zip(means, arms,
-                                                                                                      strict=True)],
-              [a["bits_per_byte"]["ci95"][1] - m if a["bits_per_byte"]["ci95"] else 0 for m, a in zip(means, arms,
-                                                                                                      strict=True)]]
+    bounds = [a["bits_per_byte"]["ci95"] or (m, m) for a, m in zip(arms, means, strict=True)]  # one seed: no bar
+    errors = [[m - lo for m, (lo, _) in zip(means, bounds, strict=True)],
+              [hi - m for m, (_, hi) in zip(means, bounds, strict=True)]]
     colours = {"curated": "#2a7", "random": "#888", "stage": "#48c"}
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(arms) + 1.6))
     ax.barh([a["name"] for a in arms], means, xerr=errors, capsize=3,
