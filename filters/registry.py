@@ -22,10 +22,11 @@ from filters.exact_dedup import ExactDedupV1
 from filters.input_check import InputCheckV1
 from filters.minhash import MinHashDedupV1
 from filters.perplexity import PerplexityV1
+from filters.preselect import PreselectV1
 from filters.quality_rules import QualityRulesV1
 
 BUILTIN: tuple[type[Stage], ...] = (InputCheckV1, ExactDedupV1, QualityRulesV1, MinHashDedupV1, PerplexityV1,
-                                    C4LinesV1)
+                                    C4LinesV1, PreselectV1)
 
 # Runs first in every job so null/empty texts are recorded with a reason, never lost.
 BUILTIN_FIRST_STAGE = InputCheckV1.name

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from filters.lm.family import FamilyError
+from filters.text_files import TextFileError
 from service.catalog import Catalog, CatalogError, default_path
 from workers.ablate import AblationError
 from workers.ablate_arms import ArmError
@@ -111,6 +113,31 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preselect_family(args: argparse.Namespace) -> int:
+    from filters.lm.family import read_family
+
+    if args.action == "build":
+        from workers.preselect_family import Recipe, build_family
+
+        try:
+            text = Path(args.recipe).read_text()
+            recipe = Recipe.model_validate(yaml.safe_load(text))
+        except (OSError, yaml.YAMLError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            raise SpecError(f"{args.recipe}: {exc}") from None
+        family = build_family(recipe, Path(args.out), text)
+        print(f"family {family['name']} version {family['version']}: {len(family['models'])} models in {args.out}")
+        ref = args.out
+    else:
+        ref = args.family
+    members, meta = read_family(ref)
+    print(f"{meta.get('name', ref)} (version {meta.get('version', '?')}): benchmark = {meta.get('benchmark', '?')}")
+    for m, entry in zip(members, meta["models"], strict=True):
+        tokens = (entry.get("training") or {}).get("tokens")
+        print(f"  {m.name:<16} {m.backend:<12} score {m.benchmark_score:>10.4f}"
+              + (f"  trained on {tokens:,} tokens" if tokens else ""))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from workers.demo_corpus import build_demo_corpus
     from workers.ingest import ingest
@@ -133,6 +160,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             {"stage": "perplexity_v1", "params": {
                 "window": args.ppl_window, "score": "bits_per_byte",
                 "select": {"mode": "buckets", "percentiles": [50, 90], "keep": ["head", "middle"]}}},
+            # PreSelect with the bundled family: a 200-document calibration sample (the first
+            # 400 characters of each) keeps it to seconds; the classifier then scores every
+            # survivor and half of their characters are kept, the best first.
+            {"stage": "preselect_v1", "params": {
+                "sample": 200, "max_chars": 400, "min_per_class": 10,
+                "select": {"mode": "budget", "fraction": 0.5}}},
         ],
     }
     spec_path = root / "demo.yaml"
@@ -430,6 +463,22 @@ def build_parser() -> argparse.ArgumentParser:
     abls.add_argument("--json", action="store_true", help="print the rows as JSON")
     abls.set_defaults(func=cmd_ablations)
 
+    fam = sub.add_parser(
+        "preselect-family", help="build or show a PreSelect model family (preselect_v1's `family:`)",
+        description="build: train the small LMs a recipe (YAML) names on its corpora, measure each on the "
+                    "recipe's target set, and write a hashed family folder a job names in `family:`. "
+                    "show: print a family's models, benchmark scores and version.")
+    fam_sub = fam.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions")
+    fam_build = fam_sub.add_parser("build", help="train a family from a recipe", description="Train a family "
+                                   "from a recipe (see bench/preselect_family_v1.yaml); the folder is written "
+                                   "whole or not at all.")
+    fam_build.add_argument("recipe", help="recipe YAML")
+    fam_build.add_argument("--out", required=True, help="the family folder to write")
+    fam_show = fam_sub.add_parser("show", help="print a family", description="Print a family's models.")
+    fam_show.add_argument("family", nargs="?", default="preselect-family-v1",
+                          help="a family folder, or the bundled family's name (default)")
+    fam.set_defaults(func=cmd_preselect_family)
+
     serve = sub.add_parser("serve", help="start the REST API (and a local Ray head unless RAY_ADDRESS is set)",
                            description="Start the REST API; settings from CURATE_* variables or .env.")
     serve.add_argument("--host", help="default $CURATE_HOST or 127.0.0.1")
@@ -462,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:  # the invocation names a spec that cannot be read or is invalid: nothing ran
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (InputError, JobError, CatalogError, ExportError, AblationError, ArmError) as exc:
+    except (InputError, JobError, CatalogError, ExportError, AblationError, ArmError, FamilyError,
+            TextFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt as exc:

@@ -265,6 +265,24 @@ class JobService:
                                code="job_not_complete")
         return await asyncio.to_thread(atomic.read_json, folder.manifest)
 
+    def artifacts(self, job_id: str) -> dict[str, dict[str, str]]:
+        """Files the job's fits wrote (a trained classifier, a calibration report), by stage
+        folder, with the SHA256 recorded in job.json; a running job lists what is done."""
+        folder = JobFolder(self._row(job_id)["output"])
+        try:
+            return folder.job().get("artifacts", {})
+        except FileNotFoundError:
+            return {}
+
+    def artifact_file(self, job_id: str, stage: str, name: str) -> tuple[Path, str]:
+        """Only a file recorded in job.json is served (no path from the request is opened)."""
+        recorded = self.artifacts(job_id)
+        if stage not in recorded or name not in recorded[stage]:
+            raise ServiceError(404, f"job {job_id} has no artifact {stage}/{name}", code="file_not_found",
+                               details={"artifacts": {k: sorted(v) for k, v in recorded.items()}})
+        folder = JobFolder(self._row(job_id)["output"])
+        return folder.root / "stages" / stage / "artifacts" / name, recorded[stage][name]
+
     async def output_file(self, job_id: str, name: str) -> tuple[Path, dict]:
         manifest = await self.manifest(job_id)
         root = JobFolder(self._row(job_id)["output"]).root

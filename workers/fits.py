@@ -17,6 +17,10 @@ from workers.planner import Step, score_phases
 from workers.shards import Unit
 
 
+def first_fit(stage: Stage) -> str | None:
+    return next((p.method for p in stage.phases if p.kind == "fit"), None)
+
+
 def artifact_hashes(folder: JobFolder, index: int, stage: str) -> dict[str, str]:
     root = folder.artifacts(index, stage)
     if not root.exists():
@@ -31,8 +35,11 @@ def run_fit(folder: JobFolder, units: list[Unit], step: Step, stages: list[Stage
     index, stage = step.stage_index, stages[step.stage_index]
     before = score_phases(stage, before=step.method)
     artifacts = folder.artifacts(index, stage.name)
-    shutil.rmtree(artifacts, ignore_errors=True)  # leftovers of a fit killed mid-way
-    artifacts.mkdir(parents=True)
+    if step.method == first_fit(stage):
+        # Leftovers of a fit killed mid-way go; a stage's later fits add to what its earlier
+        # ones wrote (train → score → cut keeps the trained model).
+        shutil.rmtree(artifacts, ignore_errors=True)
+    artifacts.mkdir(parents=True, exist_ok=True)
 
     def other_stage(name: str) -> list[Path]:
         earlier = [i for i, s in enumerate(stages[:index]) if s.name == name]

@@ -1,0 +1,65 @@
+"""Documents from JSONL(.gz) or Parquet files given by a user (a calibration set, a
+family's training corpus): a bad record names the file and line, nothing is skipped
+silently."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+JSONL = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
+
+
+class TextFileError(ValueError):
+    pass
+
+
+def read_records(path: str | Path, text_field: str = "text", where: dict | None = None) -> Iterator[dict]:
+    """Records (dicts) that have a string ``text_field`` and match every ``where`` field."""
+    path = Path(path)
+    if not path.is_file():
+        raise TextFileError(f"{path} does not exist")
+    where = where or {}
+    if path.name.endswith(".parquet"):
+        table = pq.read_table(path)
+        missing = [c for c in (text_field, *where) if c not in table.column_names]
+        if missing:
+            raise TextFileError(f"{path} has no column {missing[0]!r} (columns: {', '.join(table.column_names)})")
+        rows: Iterator[tuple[str, dict]] = ((f"{path} row {i}", r) for i, r in enumerate(table.to_pylist()))
+    elif path.name.endswith(JSONL):
+        rows = _jsonl(path)
+    else:
+        raise TextFileError(f"{path}: unknown format (use .jsonl, .jsonl.gz, .json.gz or .parquet)")
+    for place, record in rows:
+        text = record.get(text_field)
+        if text is not None and not isinstance(text, str):
+            raise TextFileError(f"{place}: {text_field!r} is {type(text).__name__}, not text")
+        if all(record.get(k) == v for k, v in where.items()):
+            yield record
+
+
+def _jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TextFileError(f"{path}:{line_no}: not JSON ({exc})") from None
+            if not isinstance(record, dict):
+                raise TextFileError(f"{path}:{line_no}: a JSON object per line is expected")
+            yield f"{path}:{line_no}", record
+
+
+def read_texts(path: str | Path, text_field: str = "text", where: dict | None = None) -> list[str]:
+    """The non-empty texts of ``path`` (an error if there are none)."""
+    texts = [r[text_field] for r in read_records(path, text_field, where) if (r.get(text_field) or "").strip()]
+    if not texts:
+        raise TextFileError(f"{path} holds no text in field {text_field!r}" + (f" where {where}" if where else ""))
+    return texts
