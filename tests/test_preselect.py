@@ -206,3 +206,36 @@ def test_full_loop_on_ray_records_strength_scores_and_the_classifier(ray_cluster
     wider = preview_selection(out, "preselect_v1", {"select": {"mode": "budget", "fraction": 0.6}})
     assert wider["after"]["kept"] > wider["before"]["kept"] and wider["newly_dropped"] == 0
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp  # nothing rescored or retrained
+
+
+def test_calibration_data_trains_on_a_separate_file(tmp_path, docstrings):
+    rows = [{"body": t} for t in docstrings[:300]] + [{"body": ""}]
+    (tmp_path / "cal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stage = PreselectV1({"calibration_data": str(tmp_path / "cal.jsonl"), "calibration_text_field": "body",
+                         "max_chars": 200, "min_per_class": 5, "n_threads": 1})
+    assert stage.draw(pa.table({"id": ["x"], "text": ["some text here"]}))["sample_key"].to_pylist() == [None]
+    stage.train(None, tmp_path)
+    report = json.loads((tmp_path / REPORT_FILE).read_text())
+    assert report["calibration_documents"] == 300  # the empty row is left out
+    assert report["source"].endswith("cal.jsonl")
+    assert report["positives"] + report["negatives"] <= 300 and (tmp_path / MODEL_FILE).exists()
+
+
+def test_preselect_family_build_writes_a_hashed_family_a_job_can_name(tmp_path, docstrings):
+    from service.cli import main
+
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t, "part": i % 2}) + "\n"
+                                              for i, t in enumerate(docstrings[:400])))
+    (tmp_path / "target.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docstrings[400:420]))
+    source = {"path": str(tmp_path / "a.jsonl")}
+    recipe = {"name": "tiny", "target": {"path": str(tmp_path / "target.jsonl")}, "max_chars": 300, "window": 63,
+              "model": {"d_model": 32, "n_layer": 1, "n_head": 2, "context": 64},
+              "members": [{"name": "big", "tokens": 8000, "sources": [source]},
+                          {"name": "small", "tokens": 1000, "sources": [{**source, "where": {"part": 1}}]}]}
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))  # YAML is a superset of JSON
+    assert main(["preselect-family", "build", str(tmp_path / "recipe.json"), "--out", str(tmp_path / "fam")]) == 0
+    members, meta = read_family(str(tmp_path / "fam"))
+    assert [m.name for m in members] == ["big", "small"] and len(meta["version"]) == 16
+    assert members[0].benchmark_score > members[1].benchmark_score  # 8x the data: lower loss on the target
+    assert meta["target"]["docs"] == 20 and meta["models"][1]["training"]["sources"][0]["where"] == {"part": 1}
+    assert PreselectV1({"family": str(tmp_path / "fam")}).members() == members
