@@ -190,7 +190,8 @@ def test_auth_on_every_jobs_route(api, done_job):
               ("post", f"/jobs/{job_id}/preview-selection"), ("get", f"/jobs/{job_id}/manifest"),
               ("get", f"/jobs/{job_id}/outputs/x.parquet"), ("post", f"/jobs/{job_id}/ablations"),
               ("get", f"/jobs/{job_id}/ablations"), ("get", f"/jobs/{job_id}/ablations/abl-000000000000"),
-              ("get", f"/jobs/{job_id}/ablations/abl-000000000000/plot.png")]
+              ("get", f"/jobs/{job_id}/ablations/abl-000000000000/plot.png"), ("get", f"/jobs/{job_id}/artifacts"),
+              ("get", f"/jobs/{job_id}/artifacts/01-x/model.bin")]
     documented = {(m, p) for p, ops in api.get("/openapi.json").json()["paths"].items() for m in ops
                   if p.startswith("/jobs")}
     assert len(documented) == len(routes)  # every documented /jobs route is in this list
