@@ -164,7 +164,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             # 400 characters of each) keeps it to seconds; the classifier then scores every
             # survivor and half of their characters are kept, the best first.
             {"stage": "preselect_v1", "params": {
-                "sample": 200, "max_chars": 400, "min_per_class": 10,
+                "sample": 200, "max_chars": 400, "min_per_class": 3,
                 "select": {"mode": "budget", "fraction": 0.5}}},
         ],
     }
@@ -468,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="build: train the small LMs a recipe (YAML) names on its corpora, measure each on the "
                     "recipe's target set, and write a hashed family folder a job names in `family:`. "
                     "show: print a family's models, benchmark scores and version.")
-    fam_sub = fam.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions")
+    fam_sub = fam.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions",
+                             help="`curate preselect-family ACTION --help` shows its arguments")
     fam_build = fam_sub.add_parser("build", help="train a family from a recipe", description="Train a family "
                                    "from a recipe (see bench/preselect_family_v1.yaml); the folder is written "
                                    "whole or not at all.")

@@ -29,7 +29,7 @@ def test_demo_runs_end_to_end_and_why_explains_its_examples(tmp_path):
     out = res.stdout
     assert re.search(r"demo corpus: \d+ docs", out)
     for stage in ("input_v1", "exact_dedup_v1", "minhash_dedup_v1", "c4_lines_v1", "quality_rules_v1",
-                  "perplexity_v1"):
+                  "perplexity_v1", "preselect_v1"):
         assert re.search(rf"^{stage}\s+\d+\s+\d+\s+\d+", out, re.M), out
     assert "perplexity.bucket_tail=" in out  # the 10% least English-like of what the rules kept
     assert re.search(r"^c4_lines_v1 .*c4_lines\.too_few_sentences=\d+.*\(edited \d+\)$", out, re.M), out
@@ -45,8 +45,10 @@ def test_demo_runs_end_to_end_and_why_explains_its_examples(tmp_path):
     why_keep = curate("why", job, kept, "--json").stdout
     answer = json.loads(why_keep)
     assert answer["outcome"] == "kept" and [s["stage"] for s in answer["stages"]] == [
-        "input_v1", "exact_dedup_v1", "minhash_dedup_v1", "c4_lines_v1", "quality_rules_v1", "perplexity_v1"]
-    assert answer["stages"][-1]["scores"]["bits_per_byte"] > 0
+        "input_v1", "exact_dedup_v1", "minhash_dedup_v1", "c4_lines_v1", "quality_rules_v1", "perplexity_v1",
+        "preselect_v1"]
+    assert answer["stages"][-2]["scores"]["bits_per_byte"] > 0
+    assert 0 <= answer["stages"][-1]["scores"]["preselect_score"] <= 1
     jobs = curate("jobs").stdout
     assert job in jobs and "succeeded" in jobs
 
