@@ -187,9 +187,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _print_examples(job_id: str, catalog: str | None) -> None:
     with Catalog(catalog, read_only=True) as c:
-        found = c.examples(job_id, "quality_rules_v1")
+        dropped = c.examples(job_id, "quality_rules_v1")["drop"]
+        kept = c.examples(job_id, "preselect_v1")["keep"]  # the last stage: kept there is kept in the output
     print("ask why:")
-    for doc_id in (found["drop"], found["keep"]):
+    for doc_id in (dropped, kept):
         if doc_id:
             print(f"  curate why {job_id} '{doc_id}'")
 
