@@ -48,7 +48,7 @@ from filters.base import (
     scores_view,
 )
 from filters.lm.base import DocScore, Scorer
-from filters.lm.models import BUNDLED, SMOLLM2, check_model, resolve_model
+from filters.lm.models import BUNDLED, SMOLLM2, check_model, model_file_list, resolve_model
 
 
 class _Mode(BaseModel):
@@ -215,10 +215,8 @@ class PerplexityV1(Stage[PerplexityParams]):
             self._scorer = load_scorer(self.params)
 
     def model_files(self) -> list[str]:
-        model = resolve_model(self.params.model)
         # A transformers folder: hash its weights, config and tokenizer files.
-        files = sorted(str(f) for f in model.iterdir() if f.is_file()) if model.is_dir() else [str(model)]
-        return files + ([self.params.sp_model] if self.params.sp_model else [])
+        return model_file_list(self.params.model) + ([self.params.sp_model] if self.params.sp_model else [])
 
     def score(self, docs: pa.Table) -> pa.Table:
         self.load()

@@ -206,7 +206,9 @@ class PreselectV1(Stage[PreselectParams]):
             ok = [k for k in picked if np.isfinite(bpc[k]).all()]
             if ok:
                 strength[ok] = predictive_strength(bpc[ok], [m.benchmark_score for m in self.members()])
-        columns = {"calibration": pa.array([k in set(picked) for k in range(len(ids))], pa.bool_()),
+        in_sample = np.zeros(len(ids), dtype=bool)
+        in_sample[picked] = True
+        columns = {"calibration": pa.array(in_sample, pa.bool_()),
                    "strength": pa.array(strength, pa.float64(), from_pandas=True)}
         for j, name in enumerate(names):
             columns[f"bpc.{name}"] = pa.array(bpc[:, j], pa.float64(), from_pandas=True)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from filters.base import OptionalInputPath, PathRef
 from filters.lm.base import Scorer
-from filters.lm.models import BUNDLED, resolve_model
+from filters.lm.models import BUNDLED, model_file_list, resolve_model
 from filters.preselect_method import bits_per_char
 
 BUNDLED_FAMILY = "preselect-family-v1"
@@ -89,9 +89,7 @@ def read_family(ref: str) -> tuple[list[FamilyMember], dict]:
 
 def member_files(member: FamilyMember) -> list[str]:
     """The files a member loads (hashed into job.json)."""
-    model = resolve_model(member.model)
-    files = sorted(str(f) for f in model.iterdir() if f.is_file()) if model.is_dir() else [str(model)]
-    return files + ([member.sp_model] if member.sp_model else [])
+    return model_file_list(member.model) + ([member.sp_model] if member.sp_model else [])
 
 
 def member_scorer(member: FamilyMember, window: int, n_threads: int | None) -> Scorer:

@@ -69,3 +69,9 @@ def resolve_model(model: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"model not found: {model} (bundled models: {', '.join(BUNDLED)})")
     return path
+
+
+def model_file_list(model: str) -> list[str]:
+    """The files a model loads, for hashing: a transformers or small-LM folder's files, or the file."""
+    path = resolve_model(model)
+    return sorted(str(f) for f in path.iterdir() if f.is_file()) if path.is_dir() else [str(path)]
