@@ -110,6 +110,10 @@ class PreselectParams(ModelParams):
     epoch: int = Field(3, ge=1)
     lr: float = Field(0.1, gt=0)
     word_ngrams: int = Field(2, ge=1)
+    # fastText's own defaults. Scoring speed is bound by random reads of the dim × bucket
+    # input matrix (870 MB at the defaults); dim 10 scores ~2.5× faster (bench/RESULTS.md).
+    dim: int = Field(100, ge=1, description="fastText vector size")
+    bucket: int = Field(2_000_000, ge=1, description="fastText hash buckets for word n-grams")
     scorer: OptionalInputPath = Field(None, description="an existing fastText .bin: skip calibration and training")
     calibration_only: bool = Field(False, description="train and publish the classifier, keep every document")
     n_threads: int | None = Field(None, ge=1, description="threads per actor (default: the actor's CPUs)")
@@ -148,6 +152,8 @@ class PreselectV1(Stage[PreselectParams]):
         self._classifier_path: str | None = None
         self._cut_source: object = None
         self._cut: dict | None = None
+        self._labels_source: object = None
+        self._labels_by_id: dict = {}
 
     # -- the family and the classifier ------------------------------------------------------
     def members(self) -> list[FamilyMember]:
@@ -253,7 +259,8 @@ class PreselectV1(Stage[PreselectParams]):
         texts = [t or "" for t in docs[TEXT].to_pylist()]
         n = len(texts)
         labels = self._labels(fitted)
-        label_col = pa.array([labels.get(i) for i in docs[ID].to_pylist()], pa.float64())
+        label_col = (pa.array([labels.get(i) for i in docs[ID].to_pylist()], pa.float64()) if labels
+                     else pa.nulls(n, pa.float64()))
         chars = pa.array([len(t) for t in texts], pa.int64())
         if self.params.calibration_only:
             return pa.table({SCORE_COLUMN: pa.nulls(n, pa.float64()), "chars": chars, "calibration_label": label_col})
@@ -269,13 +276,15 @@ class PreselectV1(Stage[PreselectParams]):
             raise RuntimeError(f"{self.name}: the train fit left no {MODEL_FILE}")
         return str(fitted.artifacts / MODEL_FILE)
 
-    @staticmethod
-    def _labels(fitted: Fitted | None) -> dict:
+    def _labels(self, fitted: Fitted | None) -> dict:
+        """The calibration label by document id, built once per fit (not per unit)."""
         table = fitted.table if fitted is not None else None
-        if table is None or ID not in table.column_names:
-            return {}
-        return {i: v for i, v in zip(table[ID].to_pylist(), table["label"].to_pylist(), strict=True)
-                if i is not None and v is not None}
+        if table is not self._labels_source:
+            self._labels_source, self._labels_by_id = table, {}
+            if table is not None and ID in table.column_names:
+                self._labels_by_id = {i: v for i, v in zip(table[ID].to_pylist(), table["label"].to_pylist(),
+                                                          strict=True) if i is not None and v is not None}
+        return self._labels_by_id
 
     # -- 6: the cut -------------------------------------------------------------------------------
     def fit(self, view: ScoreView | None, artifacts: Path) -> pa.Table:
@@ -334,14 +343,24 @@ class PreselectV1(Stage[PreselectParams]):
 
 def predict_positive(model, texts: list[str]) -> list[float | None]:
     """P(__label__1) per text, one batched ``predict(k=-1)``; None for an empty text."""
-    lines = [fasttext_text(t) for t in texts]
-    present = [k for k, t in enumerate(lines) if t.strip()]
-    out: list[float | None] = [None] * len(lines)
-    if present:
-        labels, probs = model.predict([lines[k] for k in present], k=-1)
+    out: list[float | None] = [None] * len(texts)
+    present, lines = [], []
+    for k, text in enumerate(texts):
+        line = fasttext_text(text)
+        if line.strip():
+            present.append(k)
+            lines.append(line)
+    if lines:
+        labels, probs = model.predict(lines, k=-1)
         for k, lab, pr in zip(present, labels, probs, strict=True):
-            d = dict(zip(lab, pr, strict=True))
-            out[k] = float(min(1.0, d.get(POSITIVE, 1.0 - d.get(NEGATIVE, 1.0))))
+            # The positive label is usually first or second of two: no dict per document.
+            if lab[0] == POSITIVE:
+                p = pr[0]
+            elif POSITIVE in lab:
+                p = pr[lab.index(POSITIVE)]
+            else:
+                p = 1.0 - pr[lab.index(NEGATIVE)] if NEGATIVE in lab else 0.0
+            out[k] = min(1.0, float(p))  # fastText's softmax can exceed 1 by a rounding step
     return out
 
 
@@ -356,7 +375,7 @@ def _train_fasttext(lines, target: Path, p: PreselectParams) -> None:
                 f.write(line + "\n")
         # One thread: fastText's Hogwild updates make multi-thread training irreproducible.
         model = fasttext.train_supervised(input=train_path, epoch=p.epoch, lr=p.lr, wordNgrams=p.word_ngrams,
-                                          thread=1, seed=p.seed, verbose=0)
+                                          dim=p.dim, bucket=p.bucket, thread=1, seed=p.seed, verbose=0)
         model.save_model(str(tmp_model))
         os.replace(tmp_model, target)
     finally:

@@ -1,0 +1,110 @@
+"""Out-of-core spherical k-means and SemDeDup for ``concept_prune_v1`` (methods.md §4).
+
+The embeddings are streamed once into a float32 memory map (rows of the score files, in
+input order), so no step holds more than a batch or one cluster in RAM: k-means trains on
+a seeded sample, every row is assigned in batches, and SemDeDup reads one cluster's rows
+at a time (blockwise inside it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from filters.concept_method import semdedup_max_cosine
+
+
+def default_k(n: int) -> int:
+    """About √n (methods.md: k ≈ √n for a few thousand documents), at least 2, at most n."""
+    return int(max(1, min(n, max(2, round(np.sqrt(n))), 50_000)))
+
+
+class EmbeddingMap:
+    """A float32 (n, dim) memory map filled from Arrow batches of a fixed-size-list column."""
+
+    def __init__(self, path: Path, n: int, dim: int) -> None:
+        self.path, self.n, self.dim = path, n, dim
+        self.array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))
+        self._filled = 0
+
+    def append(self, column: pa.Array) -> None:
+        flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        rows = flat.reshape(-1, self.dim)
+        self.array[self._filled:self._filled + len(rows)] = rows
+        self._filled += len(rows)
+
+    def close(self) -> None:
+        self.array.flush()
+        del self.array
+        self.path.unlink(missing_ok=True)
+
+
+def train_centroids(emb: np.ndarray, k: int, niter: int, seed: int, max_train_points: int,
+                    threads: int) -> np.ndarray:
+    """faiss spherical k-means (``faiss.Kmeans(d, k, niter, seed, spherical=True)`` as in
+    SemDeDup's clustering) on a seeded sample of at most ``max_train_points`` rows."""
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    n, dim = emb.shape
+    if n > max_train_points:
+        rows = np.sort(np.random.default_rng(seed).choice(n, max_train_points, replace=False))
+        sample = np.ascontiguousarray(emb[rows])
+    else:
+        sample = np.ascontiguousarray(emb[:])
+    # faiss would subsample again above 256 points per centroid; the sample is ours.
+    km = faiss.Kmeans(dim, k, niter=niter, seed=seed, spherical=True, verbose=False,
+                      max_points_per_centroid=max(256, len(sample) // k + 1), min_points_per_centroid=1)
+    km.train(sample)
+    centroids = np.asarray(km.centroids, dtype=np.float32)
+    norms = np.linalg.norm(centroids, axis=1, keepdims=True)
+    return centroids / np.where(norms > 0, norms, 1.0)
+
+
+def assign(emb: np.ndarray, centroids: np.ndarray, batch: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """(cluster, cosine distance 1 − ⟨x, μ⟩) of every row, a batch at a time."""
+    import faiss
+
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(centroids)
+    n = len(emb)
+    labels = np.empty(n, np.int64)
+    dist = np.empty(n, np.float64)
+    for start in range(0, n, batch):
+        sims, idx = index.search(np.ascontiguousarray(emb[start:start + batch]), 1)
+        labels[start:start + batch] = idx[:, 0]
+        dist[start:start + batch] = 1.0 - sims[:, 0].astype(np.float64)
+    return labels, dist
+
+
+def hard_first(labels: np.ndarray, dist: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Row indices sorted by cluster, then farthest from the centroid first (SemDeDup's
+    ``keep_hard`` order), then input order: a fixed order whatever the workers. Distances
+    within 1e-5 are ties (batch padding moves a transformer embedding by ~1e-7, so two
+    copies of a text must not be ordered by that noise)."""
+    return np.lexsort((order, -tie_key(dist), labels))
+
+
+def tie_key(dist: np.ndarray) -> np.ndarray:
+    return np.round(np.nan_to_num(dist, nan=0.0), 5)
+
+
+def semdedup(emb: np.ndarray, labels: np.ndarray, ranked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the largest cosine to an earlier row of its cluster in ``ranked`` order and
+    that row's index (-inf / -1 for the first of a cluster)."""
+    best = np.full(len(labels), -np.inf)
+    nearest = np.full(len(labels), -1, np.int64)
+    cuts = np.flatnonzero(np.diff(labels[ranked])) + 1
+    for members in np.split(ranked, cuts):
+        if len(members) < 2:
+            continue
+        # Read the cluster's rows in file order (memory-map friendly), then rank them.
+        sorted_rows = np.sort(members)
+        block = np.asarray(emb[sorted_rows])
+        pos = np.searchsorted(sorted_rows, members)
+        m, arg = semdedup_max_cosine(block[pos])
+        best[members] = m
+        nearest[members] = np.where(arg >= 0, members[np.maximum(arg, 0)], -1)
+    return best, nearest

@@ -1,0 +1,325 @@
+"""``concept_prune_v1``: SemDeDup then density-based pruning (Abbas et al. 2023, 2024;
+methods.md §4). Keeps more of the complex concept clusters and less of the simple ones,
+and inside a cluster drops the most prototypical documents. On the stage contract v2:
+
+1. ``prepare`` (fit): for ``embedder: {kind: model2vec}`` without a path, distil the static
+   embedder from the bundled MiniLM into the stage's artifacts (once per job); else nothing.
+2. ``embed`` (per unit, on the actor pool): an L2-normalised embedding per document, kept
+   in the score files (a fixed-size list: not in the lineage map).
+3. ``cluster`` (fit, out of core): faiss spherical k-means, every document assigned in
+   batches, and per cluster in hard-first order each document's largest cosine to an
+   earlier one (SemDeDup's upper triangle). Centroids and a cluster report are artifacts.
+4. ``select``: SemDeDup drops cosine > 1 − ε; DBP quotas from d_intra · d_inter and
+   softmax(C / τ); each cluster keeps its n_j least prototypical documents. ``keep_ratio``,
+   ``temperature``, ``epsilon``, ``num_nns`` and ``within`` only change this step, so a new
+   value is a re-select: no re-embedding, no re-clustering.
+
+Deviation (documented in the README): DBP ran on a re-clustered SemDeDup output; here the
+quotas use the same clusters, with sizes and d_intra over the SemDeDup survivors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+import xxhash
+from pydantic import Field
+
+from filters.base import ID, ORDER, TEXT, Fitted, ModelParams, Phase, ScoreView, Selection, Stage, scores_view
+from filters.concept_cluster import EmbeddingMap, assign, default_k, hard_first, semdedup, tie_key, train_centroids
+from filters.concept_method import dbp_quotas, inter_cluster_distance
+from filters.embedders import EmbedderSpec, distill_model2vec, embedder_files, load_embedder, minilm_path, model_folder
+
+log = logging.getLogger(__name__)
+
+EMBEDDING = "embedding"
+DISTILLED = "model2vec"
+CENTROIDS = "centroids.npy"
+REPORT = "clusters.json"
+
+
+class ConceptPruneParams(ModelParams):
+    execution_fields: ClassVar[frozenset[str]] = ModelParams.execution_fields | {"n_threads"}
+
+    embedder: EmbedderSpec = Field(default_factory=lambda: EmbedderSpec.model_validate({}))
+    k: int | None = Field(None, ge=1, description="clusters (default: about √n, at most 50,000)")
+    niter: int = Field(100, ge=1, description="k-means iterations (SemDeDup's clustering: 100)")
+    seed: int = Field(1234, description="k-means seed (SemDeDup's: 1234) and the random within-cluster order")
+    max_train_points: int = Field(100_000, ge=2, description="k-means trains on a seeded sample this large")
+    semdedup: bool = Field(True, description="drop semantic duplicates before the quotas")
+    epsilon: float = Field(0.01, gt=0, lt=1, description="SemDeDup: drop cosine > 1 − epsilon to an earlier one")
+    keep_ratio: float = Field(0.8, gt=0, le=1, description="DBP: share of the SemDeDup survivors kept (N)")
+    temperature: float = Field(0.5, gt=0, description="DBP: τ of softmax(complexity / τ)")
+    num_nns: int = Field(20, ge=1, description="DBP: nearest other centroids in d_inter")
+    cls_bal_ratio: float = Field(0.5, ge=0, description="DBP: each cluster keeps at least N/k · this")
+    within: Literal["hard", "easy", "random"] = Field("hard", description="which documents a cluster keeps: "
+                                                                          "farthest from the centroid (hard), "
+                                                                          "nearest (easy) or random")
+    n_threads: int | None = Field(None, ge=1, description="threads per actor and for the fit (default: CPUs)")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The corpus-wide decision, one entry per row of the cluster fit's table."""
+
+    keep: np.ndarray
+    duplicate: np.ndarray
+    valid: np.ndarray
+    survivor_row: np.ndarray  # a duplicate's surviving earlier neighbour (its chain's root)
+    complexity: np.ndarray  # per document: its cluster's C
+    quota: np.ndarray
+    probability: np.ndarray
+    size: np.ndarray
+    report: dict
+
+
+class ConceptPruneV1(Stage[ConceptPruneParams]):
+    name = "concept_prune_v1"
+    Params = ConceptPruneParams
+    phases = (Phase.fit("prepare"), Phase.score("embed"), Phase.fit("cluster"))
+    reasons = ("concept.empty", "concept.semantic_duplicate", "concept.pruned_prototypical",
+               "concept.pruned_over_quota")
+    score_params = frozenset({"embedder", "k", "niter", "seed", "max_train_points"})
+
+    def __init__(self, params=None) -> None:
+        super().__init__(params)
+        self._embedder = None
+        self._embedder_folder: Path | None = None
+        self._plan_source: object = None
+        self._plan: Plan | None = None
+
+    # -- 1: the embedder -----------------------------------------------------------------------
+    def prepare(self, view: ScoreView | None, artifacts: Path) -> None:
+        spec = self.params.embedder
+        if spec.kind == "model2vec" and spec.path is None:
+            distill_model2vec(minilm_path(), artifacts / DISTILLED, spec.pca_dims)
+        return None
+
+    def model_files(self) -> list[str]:
+        return embedder_files(self.params.embedder)
+
+    def _threads(self) -> int:
+        return self.params.n_threads or self.params.cpus_per_actor
+
+    def embedder(self, fitted: Fitted | None):
+        distilled = fitted.artifacts / DISTILLED if fitted is not None and fitted.artifacts is not None else None
+        folder = model_folder(self.params.embedder, distilled)
+        if self._embedder is None or self._embedder_folder != folder:
+            self._embedder = load_embedder(self.params.embedder, folder, self._threads(), self.params.num_gpus > 0)
+            self._embedder_folder = folder
+        return self._embedder
+
+    # -- 2: per document -----------------------------------------------------------------------
+    def embed(self, docs: pa.Table, fitted: Fitted | None = None) -> pa.Table:
+        texts = [t or "" for t in docs[TEXT].to_pylist()]
+        present = [k for k, t in enumerate(texts) if t.strip()]
+        model = self.embedder(fitted)
+        vectors = model.encode([texts[k] for k in present])
+        dim = model.dim
+        flat = np.zeros((len(texts), dim), np.float32)
+        flat[present] = vectors
+        mask = np.ones(len(texts), bool)
+        mask[present] = False
+        column = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), pa.float32()), dim,
+                                                   mask=pa.array(mask))
+        return pa.table({EMBEDDING: column})
+
+    # -- 3: clusters and SemDeDup, out of core ---------------------------------------------------
+    def cluster(self, view: ScoreView | None, artifacts: Path) -> pa.Table:
+        view = scores_view(view, self.name)
+        p = self.params
+        meta = view.sql(f'SELECT id, "order", {EMBEDDING} IS NOT NULL AS valid FROM scores ORDER BY "order"')
+        ids, orders = meta[ID].to_pylist(), meta[ORDER].to_numpy(zero_copy_only=False)
+        valid = meta["valid"].to_numpy(zero_copy_only=False).astype(bool)
+        rows = np.flatnonzero(valid)  # fit-table row of each embedding, in input order
+        n = len(ids)
+        cluster = np.full(n, -1, np.int64)
+        dist = np.full(n, np.nan)
+        best = np.full(n, np.nan)
+        nearest = np.full(n, -1, np.int64)
+        centroids = np.zeros((0, 0), np.float32)
+        if len(rows):
+            dim = view.sql(f"SELECT len({EMBEDDING}) AS d FROM scores WHERE {EMBEDDING} IS NOT NULL LIMIT 1")["d"][0]
+            emap = EmbeddingMap(artifacts / ".embeddings.npy", len(rows), int(dim.as_py()))
+            try:
+                for batch in view.sql(f'SELECT {EMBEDDING} FROM scores WHERE {EMBEDDING} IS NOT NULL '
+                                      'ORDER BY "order"').to_batches(max_chunksize=65_536):
+                    emap.append(batch.column(0))
+                threads = p.n_threads or os.cpu_count() or 1
+                k = min(p.k or default_k(len(rows)), len(rows))
+                centroids = train_centroids(emap.array, k, p.niter, p.seed, p.max_train_points, threads)
+                labels, d = assign(emap.array, centroids)
+                ranked = hard_first(labels, d, orders[rows])
+                m, near = semdedup(emap.array, labels, ranked)
+            finally:
+                emap.close()
+            cluster[rows], dist[rows] = labels, d
+            best[rows] = np.where(np.isfinite(m), m, np.nan)
+            nearest[rows] = np.where(near >= 0, rows[np.maximum(near, 0)], -1)
+        _save_npy(artifacts / CENTROIDS, centroids)
+        table = pa.table({
+            ID: pa.array(ids, pa.string()), ORDER: pa.array(orders, pa.int64()),
+            "cluster": pa.array(cluster, pa.int64(), mask=cluster < 0),
+            "distance": pa.array(dist, pa.float64(), from_pandas=True),
+            "dup_cos": pa.array(best, pa.float64(), from_pandas=True),
+            "nearest": pa.array(nearest, pa.int64(), mask=nearest < 0),
+        })
+        report = self.plan(table, centroids).report
+        _write_text(artifacts / REPORT, json.dumps(report, indent=1) + "\n")
+        spread = report["probability_spread"]
+        log.info("%s: %d clusters; P from %.4g to %.4g (max/min %.2f, normalised entropy %.3f)", self.name,
+                 report["clusters"], spread["min"], spread["max"], spread["max_over_min"], spread["entropy"])
+        return table
+
+    # -- 4: the decision ---------------------------------------------------------------------------
+    def plan(self, table: pa.Table, centroids: np.ndarray) -> Plan:
+        p = self.params
+        n = table.num_rows
+        cluster = table["cluster"].to_numpy(zero_copy_only=False)
+        valid = ~np.isnan(cluster) if cluster.dtype.kind == "f" else np.ones(n, bool)
+        labels = np.where(valid, np.nan_to_num(cluster, nan=-1), -1).astype(np.int64)
+        dist = table["distance"].to_numpy(zero_copy_only=False).astype(np.float64)
+        dup_cos = table["dup_cos"].to_numpy(zero_copy_only=False).astype(np.float64)
+        nearest = table["nearest"].to_numpy(zero_copy_only=False)
+        nearest = np.where(np.isnan(nearest), -1, nearest).astype(np.int64) if nearest.dtype.kind == "f" \
+            else nearest.astype(np.int64)
+        duplicate = valid & p.semdedup & (np.nan_to_num(dup_cos, nan=-np.inf) > 1.0 - p.epsilon)
+        survivor = valid & ~duplicate
+        # A duplicate's survivor: follow nearest-earlier links until a row that stayed.
+        root = np.where(duplicate, nearest, -1)
+        while True:
+            step = np.where((root >= 0) & duplicate[np.maximum(root, 0)], nearest[np.maximum(root, 0)], root)
+            if np.array_equal(step, root):
+                break
+            root = step
+        k = len(centroids)
+        size = np.bincount(labels[survivor], minlength=k).astype(np.int64)
+        dist_sum = np.bincount(labels[survivor], weights=dist[survivor], minlength=k)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            d_intra = np.where(size > 0, dist_sum / np.maximum(size, 1), np.nan)
+        d_inter = inter_cluster_distance(centroids, p.num_nns) if k else np.zeros(0)
+        complexity = d_inter * d_intra
+        live = np.flatnonzero(size > 0)
+        keep_n = int(p.keep_ratio * int(survivor.sum()))
+        prob = np.zeros(k)
+        quota = np.zeros(k, np.int64)
+        if len(live):
+            prob[live], quota[live] = dbp_quotas(complexity[live], size[live], keep_n, p.temperature,
+                                                 p.cls_bal_ratio)
+        rank = _rank_within(labels, dist, table[ORDER].to_numpy(zero_copy_only=False), table[ID].to_pylist(),
+                            survivor, p.within, p.seed)
+        keep = survivor & (rank < quota[np.maximum(labels, 0)])
+        per_doc = np.maximum(labels, 0)
+        report = _report(p, size, d_intra, d_inter, complexity, prob, quota, int(valid.sum()),
+                         int(duplicate.sum()), keep_n)
+        return Plan(keep=keep, duplicate=duplicate, valid=valid, survivor_row=root,
+                    complexity=np.where(valid, complexity[per_doc] if k else np.nan, np.nan),
+                    quota=np.where(valid, quota[per_doc] if k else 0, 0), probability=prob[per_doc] if k else
+                    np.zeros(n), size=size[per_doc] if k else np.zeros(n), report=report)
+
+    def _cached_plan(self, fitted: Fitted | None) -> tuple[Plan, pa.Table, dict]:
+        if fitted is None or fitted.table is None:
+            raise RuntimeError(f"{self.name}: select needs the cluster fit")
+        if fitted.table is not self._plan_source:
+            centroids = np.load(fitted.artifacts / CENTROIDS) if fitted.artifacts is not None else np.zeros((0, 0))
+            self._plan = self.plan(fitted.table, centroids)
+            self._plan_source = fitted.table
+            self._row_of = {o: r for r, o in enumerate(fitted.table[ORDER].to_pylist())}
+        assert self._plan is not None
+        return self._plan, fitted.table, self._row_of
+
+    def select(self, scores: pa.Table, fitted: Fitted | None) -> Selection:
+        plan, table, row_of = self._cached_plan(fitted)
+        rows = np.array([row_of[o] for o in scores[ORDER].to_pylist()], np.int64)
+        ids = table[ID].to_pylist()
+        clusters = table["cluster"].to_pylist()
+        pruned = "concept.pruned_prototypical" if self.params.within == "hard" else "concept.pruned_over_quota"
+        keep: list[bool] = []
+        reason: list[str | None] = []
+        cluster_id: list[str | None] = []
+        survivor_id: list[str | None] = []
+        for r in rows:
+            ok = bool(plan.keep[r])
+            keep.append(ok)
+            if not plan.valid[r]:
+                reason.append("concept.empty")
+            elif plan.duplicate[r]:
+                reason.append("concept.semantic_duplicate")
+            else:
+                reason.append(None if ok else pruned)
+            cluster_id.append(f"concept-{clusters[r]}" if plan.valid[r] else None)
+            s = plan.survivor_row[r]
+            survivor_id.append(ids[s] if plan.duplicate[r] and s >= 0 else None)
+
+        def col(values: np.ndarray, only_valid: bool = True) -> list[float | None]:
+            return [float(values[r]) if plan.valid[r] or not only_valid else None for r in rows]
+
+        extra = {"cluster": [float(clusters[r]) if plan.valid[r] else None for r in rows],
+                 "distance": col(table["distance"].to_numpy(zero_copy_only=False)),
+                 "dup_cos": [None if (v := table["dup_cos"][int(r)].as_py()) is None else float(v) for r in rows],
+                 "complexity": col(plan.complexity), "quota": col(plan.quota),
+                 "cluster_p": col(plan.probability), "cluster_size": col(plan.size)}
+        return Selection(keep=keep, reason=reason, cluster_id=cluster_id, survivor_id=survivor_id,
+                         extra_scores=extra)
+
+
+def _rank_within(labels: np.ndarray, dist: np.ndarray, order: np.ndarray, ids: list, survivor: np.ndarray,
+                 within: str, seed: int) -> np.ndarray:
+    """Each survivor's place in its cluster's keep order (0 = kept first); others n."""
+    n = len(labels)
+    if within == "hard":
+        key = -tie_key(dist)
+    elif within == "easy":
+        key = tie_key(dist)
+    else:
+        key = np.array([xxhash.xxh3_64_intdigest(f"{seed}\0{i}".encode()) for i in ids], np.float64)
+    rows = np.flatnonzero(survivor)
+    ranked = rows[np.lexsort((order[rows], key[rows], labels[rows]))]
+    rank = np.full(n, n, np.int64)
+    if len(ranked):
+        starts = np.r_[0, np.flatnonzero(np.diff(labels[ranked])) + 1]
+        first = np.repeat(starts, np.diff(np.r_[starts, len(ranked)]))
+        rank[ranked] = np.arange(len(ranked)) - first
+    return rank
+
+
+def _report(p: ConceptPruneParams, size, d_intra, d_inter, complexity, prob, quota, embedded: int,
+            duplicates: int, keep_n: int) -> dict:
+    live = prob[size > 0]
+    k_live = max(1, len(live))
+    entropy = float(-(live * np.log(np.where(live > 0, live, 1))).sum() / np.log(k_live)) if k_live > 1 else 1.0
+    def r(x):
+        return [None if not np.isfinite(v) else round(float(v), 6) for v in x]
+    return {
+        "clusters": int(len(size)), "embedded_documents": embedded, "semantic_duplicates": duplicates,
+        "survivors": int(size.sum()), "keep_n": keep_n,
+        "params": {"epsilon": p.epsilon, "semdedup": p.semdedup, "keep_ratio": p.keep_ratio,
+                   "temperature": p.temperature, "num_nns": p.num_nns, "cls_bal_ratio": p.cls_bal_ratio,
+                   "within": p.within},
+        "probability_spread": {"min": float(live.min()) if len(live) else 0.0,
+                               "max": float(live.max()) if len(live) else 0.0,
+                               "max_over_min": float(live.max() / live.min()) if len(live) and live.min() > 0 else 0.0,
+                               "entropy": entropy},
+        "per_cluster": {"size": size.tolist(), "d_intra": r(d_intra), "d_inter": r(d_inter),
+                        "complexity": r(complexity), "probability": r(prob), "quota": quota.tolist()},
+    }
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

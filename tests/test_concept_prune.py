@@ -1,0 +1,224 @@
+"""concept_prune_v1: the DBP/SemDeDup arithmetic on hand examples, the quotas against a QP
+solver, the selection on a synthetic fit, and real jobs (MiniLM, faiss, Ray)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_shard
+from pydantic import ValidationError
+
+from filters.base import Fitted
+from filters.concept_method import closed_form_counts, dbp_quotas, lower_bounds, round_to_total, semdedup_max_cosine
+from filters.concept_prune import CENTROIDS, REPORT, ConceptPruneV1
+from workers.demo_corpus import _stdlib_docstrings
+from workers.job import run_job
+from workers.local import run_stages
+from workers.reselect import preview_selection
+from workers.spec import parse_spec
+
+STAGE = "concept_prune_v1"
+
+
+# -- the arithmetic ------------------------------------------------------------------------------
+
+def test_methods_hand_example_keeps_17_33_50():
+    p, n = dbp_quotas(np.array([0.1, 0.2, 0.3]), np.array([50, 50, 50]), 100, tau=0.1)
+    assert np.allclose(p, [0.090, 0.245, 0.665], atol=5e-4)
+    assert n.tolist() == [17, 33, 50]
+
+
+def test_closed_form_equals_the_quadratic_programme():
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        k = int(rng.integers(3, 9))
+        sizes = rng.integers(2, 60, k)
+        keep_n = int(rng.integers(k, sizes.sum()))
+        p = rng.dirichlet(np.ones(k) * 0.5)
+        lb = lower_bounds(sizes, keep_n, 0.5)
+        closed = closed_form_counts(p, sizes, keep_n, lb)
+        # The official prune.py's QP, min ½‖x‖² − (P·N)ᵀx s.t. Σx = N, lb ≤ x ≤ |C|, solved
+        # by a general solver in units of N (y = x / N) so its tolerances fit.
+        qp = minimize(lambda y, p=p: 0.5 * y @ y - p @ y, np.full(k, 1 / k), jac=lambda y, p=p: y - p,
+                      bounds=list(zip(lb / keep_n, sizes / keep_n, strict=True)),
+                      constraints=[{"type": "eq", "fun": lambda y: y.sum() - 1, "jac": np.ones_like}],
+                      method="SLSQP", options={"ftol": 1e-14, "maxiter": 1000})
+        assert qp.success, qp.message
+        assert np.allclose(closed, qp.x * keep_n, atol=1e-3), (closed, qp.x * keep_n)
+        assert closed.sum() == pytest.approx(keep_n)
+
+
+def test_rounded_counts_sum_to_n_exactly_within_bounds():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        k = int(rng.integers(2, 40))
+        sizes = rng.integers(1, 30, k)
+        keep_n = int(rng.integers(1, sizes.sum() + 1))
+        _, n = dbp_quotas(rng.uniform(0.01, 0.3, k), sizes, keep_n, tau=float(rng.choice([0.05, 0.5])))
+        assert n.sum() == keep_n
+        assert (n >= 0).all() and (n <= sizes).all()
+    with pytest.raises(ValueError, match="cannot keep 11 of 10"):
+        dbp_quotas(np.array([0.1, 0.2]), np.array([5, 5]), 11, tau=0.5)
+    assert round_to_total(np.array([0.5, 0.5, 0.5, 0.5]), np.zeros(4), np.ones(4), 2).sum() == 2
+
+
+def test_semdedup_drops_the_later_of_two_items_at_cosine_0995():
+    a = np.array([1.0, 0.0, 0.0])
+    b = np.array([0.995, np.sqrt(1 - 0.995**2), 0.0])
+    c = np.array([0.0, 0.0, 1.0])
+    best, nearest = semdedup_max_cosine(np.stack([a, b, c]))
+    assert best[1] == pytest.approx(0.995) and nearest[1] == 0
+    assert best[1] > 1 - 0.01 and best[2] < 1 - 0.01  # ε = 0.01: b goes, c stays
+    assert np.isneginf(best[0]) and nearest[0] == -1
+
+
+# -- the selection on a synthetic fit -------------------------------------------------------------
+
+def _fit_table(clusters, dist, dup_cos=None, nearest=None):
+    n = len(clusters)
+    return pa.table({"id": [f"d{i}" for i in range(n)], "order": list(range(n)),
+                     "cluster": pa.array(clusters, pa.int64()), "distance": pa.array(dist, pa.float64()),
+                     "dup_cos": pa.array(dup_cos or [None] * n, pa.float64()),
+                     "nearest": pa.array(nearest or [None] * n, pa.int64())})
+
+
+def _centroids(k: int, dim: int = 8) -> np.ndarray:
+    c = np.random.default_rng(3).normal(size=(k, dim))
+    return (c / np.linalg.norm(c, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _select(stage, table, tmp_path):
+    np.save(tmp_path / CENTROIDS, _centroids(int(max(v for v in table["cluster"].to_pylist() if v is not None)) + 1))
+    scores = table.select(["id", "order"])
+    return stage.select(scores, Fitted(table, tmp_path))
+
+
+def test_each_cluster_keeps_its_quota_of_the_farthest_documents(tmp_path):
+    rng = np.random.default_rng(4)
+    clusters = rng.integers(0, 5, 300).tolist()
+    dist = rng.uniform(0, 0.6, 300).tolist()
+    table = _fit_table(clusters, dist)
+    stage = ConceptPruneV1({"keep_ratio": 0.4, "semdedup": False})
+    sel = _select(stage, table, tmp_path)
+    assert sum(sel.keep) == int(0.4 * 300)
+    quota = sel.extra_scores["quota"]
+    for j in range(5):
+        members = [i for i in range(300) if clusters[i] == j]
+        kept = {i for i in members if sel.keep[i]}
+        farthest = sorted(members, key=lambda i: (-dist[i], i))[: int(quota[members[0]])]
+        assert kept == set(farthest)
+    assert {r for r in sel.reason if r} == {"concept.pruned_prototypical"}
+    assert all(c.startswith("concept-") for c in sel.cluster_id)
+    easy = _select(ConceptPruneV1({"keep_ratio": 0.4, "semdedup": False, "within": "easy"}), table, tmp_path)
+    assert sum(easy.keep) == sum(sel.keep) and easy.keep != sel.keep
+    assert {r for r in easy.reason if r} == {"concept.pruned_over_quota"}
+
+
+def test_duplicates_name_their_surviving_neighbour_and_leave_the_quota(tmp_path):
+    # cluster 0: d0 ← d1 (0.998) ← d2 (0.999, its nearest d1 went too: non-transitive); d3 apart
+    table = _fit_table([0, 0, 0, 0, 1, 1, None], [0.5, 0.4, 0.3, 0.2, 0.3, 0.1, None],
+                       dup_cos=[None, 0.998, 0.999, 0.5, None, 0.2, None], nearest=[None, 0, 1, 0, None, 4, None])
+    sel = _select(ConceptPruneV1({"keep_ratio": 1.0, "epsilon": 0.01}), table, tmp_path)
+    assert sel.reason == [None, "concept.semantic_duplicate", "concept.semantic_duplicate", None, None, None,
+                          "concept.empty"]
+    assert sel.survivor_id[1] == "d0" and sel.survivor_id[2] == "d0" and sel.survivor_id[0] is None
+    assert sel.extra_scores["cluster_size"][0] == 2  # d0 and d3 survive SemDeDup
+    looser = _select(ConceptPruneV1({"keep_ratio": 1.0, "epsilon": 0.0015}), table, tmp_path)
+    assert looser.reason[1] is None and looser.reason[2] == "concept.semantic_duplicate"
+    assert looser.survivor_id[2] == "d1"  # its nearest earlier neighbour stayed this time
+
+
+@pytest.mark.parametrize(("params", "fragment"), [
+    ({"embedder": {"kind": "sentence_transformers"}}, "needs path"),
+    ({"embedder": {"kind": "minilm", "path": "/x"}}, "bundled model"),
+    ({"keep_ratio": 0}, "greater than 0"),
+    ({"within": "middle"}, "hard"),
+])
+def test_bad_params_are_named(params, fragment):
+    with pytest.raises(ValidationError, match=fragment):
+        ConceptPruneV1.Params.model_validate(params)
+
+
+# -- real embeddings ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def docstrings() -> list[str]:
+    return [d["text"][:600] for d in itertools.islice(_stdlib_docstrings(), 2000) if len(d["text"]) > 200][:240]
+
+
+def test_minilm_embeddings_match_sentence_transformers_and_are_unit_length(docstrings):
+    from sentence_transformers import SentenceTransformer
+
+    from filters.embedders import minilm_path
+
+    stage = ConceptPruneV1({"n_threads": 1})
+    docs = pa.table({"id": ["a", "b", "c"], "text": [docstrings[0], "   ", docstrings[1]]})
+    column = stage.embed(docs, Fitted(None, None))["embedding"]
+    assert column.type.list_size == 384 and column.null_count == 1 and column[1].as_py() is None
+    got = np.array([column[0].as_py(), column[2].as_py()], np.float32)
+    raw = SentenceTransformer(str(minilm_path()), device="cpu").encode([docstrings[0], docstrings[1]],
+                                                                      normalize_embeddings=True)
+    assert np.allclose(got, raw, atol=1e-5) and np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_local_run_records_cluster_distance_quota_and_drops_copies(docstrings):
+    texts = docstrings[:200] + docstrings[:10]
+    docs = pa.table({"id": [f"d{i}" for i in range(len(texts))], "text": texts})
+    run = run_stages([(STAGE, {"keep_ratio": 0.5, "k": 8, "n_threads": 2})], docs, unit_rows=70)
+    rows = run.decisions(STAGE)
+    reasons = Counter(r["reason"] for r in rows)
+    assert reasons["concept.semantic_duplicate"] >= 10  # every exact copy, maybe a few near ones
+    assert sum(reasons.values()) == 210
+    copies = [r for r in rows if r["doc_id"] in {f"d{i}" for i in range(200, 210)}]
+    assert all(r["reason"] == "concept.semantic_duplicate" and r["survivor_id"] == f"d{int(r['doc_id'][1:]) - 200}"
+               for r in copies)
+    embedded = 210 - reasons["concept.semantic_duplicate"]
+    assert reasons[None] == int(0.5 * embedded)
+    kept = next(r for r in rows if r["reason"] is None)
+    assert {"cluster", "distance", "complexity", "quota", "cluster_size"} <= set(kept["scores"])
+    assert "embedding" not in kept["scores"]  # vectors stay in the score files
+
+
+# -- a real job on Ray -----------------------------------------------------------------------------
+
+def _job(tmp_path, name, docs, ids, workers, params):
+    write_shard(tmp_path / name / "in" / "a.parquet", docs[:120], ids[:120])
+    write_shard(tmp_path / name / "in" / "b.parquet", docs[120:], ids[120:])
+    spec = parse_spec({"name": name, "inputs": [str(tmp_path / name / "in" / "*.parquet")],
+                       "output": str(tmp_path / name / "out"), "execution": {"num_workers": workers, "unit_rows": 40},
+                       "stages": [{"stage": STAGE, "params": params}]})
+    run_job(spec, progress=False)
+    out = tmp_path / name / "out"
+    rows = [r for p in sorted(out.glob(f"stages/01-{STAGE}/decisions/*.parquet")) for r in pq.read_table(p).to_pylist()]
+    return out, {r["doc_id"]: (r["decision"], r["reason"]) for r in rows}
+
+
+def test_job_on_ray_same_selection_with_1_and_2_workers_and_reselects_without_embedding(ray_cluster, tmp_path,
+                                                                                         docstrings):
+    docs = docstrings[:200] + docstrings[:20]
+    ids = [f"d{i:03d}" for i in range(len(docs))]
+    params = {"embedder": {"kind": "model2vec"}, "keep_ratio": 0.5, "num_actors": 2}
+    out1, one = _job(tmp_path, "w1", docs, ids, 1, params)
+    out2, two = _job(tmp_path, "w2", docs, ids, 2, params)
+    assert one == two and sorted(one) == ids
+    assert sum(d == "keep" for d, _ in one.values()) == int(0.5 * sum(r != "concept.semantic_duplicate"
+                                                                       for _, r in one.values()))
+    job = json.loads((out2 / "job.json").read_text())
+    recorded = job["artifacts"][f"01-{STAGE}"]
+    assert CENTROIDS in recorded and REPORT in recorded and any(p.startswith("model2vec/") for p in recorded)
+    report = json.loads((out2 / f"stages/01-{STAGE}/artifacts" / REPORT).read_text())
+    assert report["probability_spread"]["max"] >= report["probability_spread"]["min"] > 0
+
+    stamp = {p: p.stat().st_mtime_ns for p in out2.glob(f"stages/01-{STAGE}/scores*/*.parquet")}
+    assert stamp
+    more = preview_selection(out2, STAGE, {"keep_ratio": 0.9})
+    assert more["after"]["kept"] > more["before"]["kept"]
+    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp  # nothing re-embedded
