@@ -27,13 +27,11 @@ class EmbeddingMap:
     def __init__(self, path: Path, n: int, dim: int) -> None:
         self.path, self.n, self.dim = path, n, dim
         self.array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))
-        self._filled = 0
 
-    def append(self, column: pa.Array) -> None:
+    def put(self, rows: np.ndarray, column: pa.Array) -> None:
+        """Write a column of non-null vectors to the given rows."""
         flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-        rows = flat.reshape(-1, self.dim)
-        self.array[self._filled:self._filled + len(rows)] = rows
-        self._filled += len(rows)
+        self.array[rows] = flat.reshape(-1, self.dim)
 
     def close(self) -> None:
         self.array.flush()

@@ -77,6 +77,7 @@ class Plan:
     quota: np.ndarray
     probability: np.ndarray
     size: np.ndarray
+    dup_cos: np.ndarray  # largest cosine to an earlier member of the cluster (NaN for the first)
     report: dict
 
 
@@ -149,9 +150,13 @@ class ConceptPruneV1(Stage[ConceptPruneParams]):
             dim = view.sql(f"SELECT len({EMBEDDING}) AS d FROM scores WHERE {EMBEDDING} IS NOT NULL LIMIT 1")["d"][0]
             emap = EmbeddingMap(artifacts / ".embeddings.npy", len(rows), int(dim.as_py()))
             try:
-                for batch in view.sql(f'SELECT {EMBEDDING} FROM scores WHERE {EMBEDDING} IS NOT NULL '
-                                      'ORDER BY "order"').to_batches(max_chunksize=65_536):
-                    emap.append(batch.column(0))
+                # Streamed a batch at a time, each row to its place in input order.
+                placed = orders[rows]
+                for batch in view.batches(columns=[ORDER, EMBEDDING]):
+                    vectors = batch.column(1)
+                    present = vectors.is_valid()
+                    at = np.searchsorted(placed, batch.column(0).filter(present).to_numpy(zero_copy_only=False))
+                    emap.put(at, vectors.filter(present))
                 threads = p.n_threads or os.cpu_count() or 1
                 k = min(p.k or default_k(len(rows)), len(rows))
                 centroids = train_centroids(emap.array, k, p.niter, p.seed, p.max_train_points, threads)
@@ -215,14 +220,17 @@ class ConceptPruneV1(Stage[ConceptPruneParams]):
                                                  p.cls_bal_ratio)
         rank = _rank_within(labels, dist, table[ORDER].to_numpy(zero_copy_only=False), table[ID].to_pylist(),
                             survivor, p.within, p.seed)
-        keep = survivor & (rank < quota[np.maximum(labels, 0)])
-        per_doc = np.maximum(labels, 0)
         report = _report(p, size, d_intra, d_inter, complexity, prob, quota, int(valid.sum()),
                          int(duplicate.sum()), keep_n)
-        return Plan(keep=keep, duplicate=duplicate, valid=valid, survivor_row=root,
-                    complexity=np.where(valid, complexity[per_doc] if k else np.nan, np.nan),
-                    quota=np.where(valid, quota[per_doc] if k else 0, 0), probability=prob[per_doc] if k else
-                    np.zeros(n), size=size[per_doc] if k else np.zeros(n), report=report)
+        if k == 0:  # nothing embedded: every document is empty
+            none = np.full(n, np.nan)
+            return Plan(keep=np.zeros(n, bool), duplicate=duplicate, valid=valid, survivor_row=root,
+                        complexity=none, quota=none, probability=none, size=none, dup_cos=dup_cos, report=report)
+        per_doc = np.maximum(labels, 0)
+        keep = survivor & (rank < quota[per_doc])
+        return Plan(keep=keep, duplicate=duplicate, valid=valid, survivor_row=root, complexity=complexity[per_doc],
+                    quota=quota[per_doc], probability=prob[per_doc], size=size[per_doc], dup_cos=dup_cos,
+                    report=report)
 
     def _cached_plan(self, fitted: Fitted | None) -> tuple[Plan, pa.Table, dict]:
         if fitted is None or fitted.table is None:
@@ -263,7 +271,7 @@ class ConceptPruneV1(Stage[ConceptPruneParams]):
 
         extra = {"cluster": [float(clusters[r]) if plan.valid[r] else None for r in rows],
                  "distance": col(table["distance"].to_numpy(zero_copy_only=False)),
-                 "dup_cos": [None if (v := table["dup_cos"][int(r)].as_py()) is None else float(v) for r in rows],
+                 "dup_cos": [None if np.isnan(v := plan.dup_cos[r]) else float(v) for r in rows],
                  "complexity": col(plan.complexity), "quota": col(plan.quota),
                  "cluster_p": col(plan.probability), "cluster_size": col(plan.size)}
         return Selection(keep=keep, reason=reason, cluster_id=cluster_id, survivor_id=survivor_id,

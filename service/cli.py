@@ -154,6 +154,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             # C4's line cleaning; 3 sentences (TFDS's minimum, not datatrove's 5): docstrings are short.
             {"stage": "c4_lines_v1", "params": {"min_sentences": 3}},
             {"stage": "quality_rules_v1"},
+            # DBP with the bundled MiniLM: semantic duplicates of the licence texts go, then each
+            # concept cluster keeps its quota of 80% (its least prototypical docstrings first).
+            {"stage": "concept_prune_v1", "params": {"keep_ratio": 0.8}},
             # Last, so the model scores only what the cheap stages kept. A 64-token window keeps
             # the demo to a few minutes on 2 cores; bits per byte, because docstrings full of
             # code split into many short tokens. The top 10% (the least English-like) drop.

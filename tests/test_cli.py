@@ -29,9 +29,10 @@ def test_demo_runs_end_to_end_and_why_explains_its_examples(tmp_path):
     out = res.stdout
     assert re.search(r"demo corpus: \d+ docs", out)
     for stage in ("input_v1", "exact_dedup_v1", "minhash_dedup_v1", "c4_lines_v1", "quality_rules_v1",
-                  "perplexity_v1", "preselect_v1"):
+                  "concept_prune_v1", "perplexity_v1", "preselect_v1"):
         assert re.search(rf"^{stage}\s+\d+\s+\d+\s+\d+", out, re.M), out
     assert "perplexity.bucket_tail=" in out  # the 10% least English-like of what the rules kept
+    assert "concept.pruned_prototypical=" in out
     assert re.search(r"^c4_lines_v1 .*c4_lines\.too_few_sentences=\d+.*\(edited \d+\)$", out, re.M), out
     assert "input.null_text=3" in out and "exact_dedup.duplicate=" in out
     manifest = json.loads((tmp_path / "demo" / "run" / "manifest.json").read_text())
@@ -45,8 +46,10 @@ def test_demo_runs_end_to_end_and_why_explains_its_examples(tmp_path):
     why_keep = curate("why", job, kept, "--json").stdout
     answer = json.loads(why_keep)
     assert answer["outcome"] == "kept" and [s["stage"] for s in answer["stages"]] == [
-        "input_v1", "exact_dedup_v1", "minhash_dedup_v1", "c4_lines_v1", "quality_rules_v1", "perplexity_v1",
-        "preselect_v1"]
+        "input_v1", "exact_dedup_v1", "minhash_dedup_v1", "c4_lines_v1", "quality_rules_v1", "concept_prune_v1",
+        "perplexity_v1", "preselect_v1"]
+    concept = answer["stages"][-3]["scores"]
+    assert concept["quota"] >= 1 and 0 <= concept["distance"] <= 2 and "cluster" in concept
     assert answer["stages"][-2]["scores"]["bits_per_byte"] > 0
     assert 0 <= answer["stages"][-1]["scores"]["preselect_score"] <= 1
     jobs = curate("jobs").stdout

