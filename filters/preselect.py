@@ -70,6 +70,7 @@ from filters.preselect_method import (
 MODEL_FILE = "preselect.bin"
 REPORT_FILE = "calibration.json"
 SCORE_COLUMN = "preselect_score"
+DEFAULT_WINDOW = 255
 
 
 class _Mode(BaseModel):
@@ -104,7 +105,8 @@ class PreselectParams(ModelParams):
     seed: int = 0
     calibration_data: OptionalInputPath = Field(None, description="calibrate on this JSONL/Parquet file instead")
     calibration_text_field: str = "text"
-    window: int = Field(255, ge=8, description="tokens per forward pass, the same for every family model")
+    window: int | None = Field(None, ge=8, description="tokens per forward pass, the same for every family model "
+                                                      "(default: the window the family was benchmarked with, else 255)")
     max_chars: int = Field(2000, ge=100, description="characters of each calibration document the family scores")
     min_per_class: int = Field(20, ge=1, description="fewest positives and negatives the classifier trains on")
     epoch: int = Field(3, ge=1)
@@ -147,6 +149,7 @@ class PreselectV1(Stage[PreselectParams]):
     def __init__(self, params=None) -> None:
         super().__init__(params)
         self._members: list[FamilyMember] | None = None
+        self._family_window: int | None = None
         self._scorers: list | None = None
         self._classifier = None
         self._classifier_path: str | None = None
@@ -159,13 +162,23 @@ class PreselectV1(Stage[PreselectParams]):
     def members(self) -> list[FamilyMember]:
         if self._members is None:
             p = self.params
-            self._members = list(p.models) if p.models is not None else read_family(p.family)[0]
+            if p.models is not None:
+                self._members, self._family_window = list(p.models), None
+            else:
+                members, meta = read_family(p.family)
+                self._members, self._family_window = members, meta.get("scoring", {}).get("window")
         return self._members
+
+    def window(self) -> int:
+        """The scoring window: the spec's, else the one the family's benchmark scores used
+        (a family of short-context models needs its own), else 255."""
+        self.members()
+        return self.params.window or self._family_window or DEFAULT_WINDOW
 
     def _family_scorers(self) -> list:
         if self._scorers is None:
             threads = self.params.n_threads or self.params.cpus_per_actor
-            self._scorers = [member_scorer(m, self.params.window, threads) for m in self.members()]
+            self._scorers = [member_scorer(m, self.window(), threads) for m in self.members()]
         return self._scorers
 
     def family_bpc(self, texts: list[str]) -> np.ndarray:

@@ -238,4 +238,7 @@ def test_preselect_family_build_writes_a_hashed_family_a_job_can_name(tmp_path, 
     assert [m.name for m in members] == ["big", "small"] and len(meta["version"]) == 16
     assert members[0].benchmark_score > members[1].benchmark_score  # 8x the data: lower loss on the target
     assert meta["target"]["docs"] == 20 and meta["models"][1]["training"]["sources"][0]["where"] == {"part": 1}
-    assert PreselectV1({"family": str(tmp_path / "fam")}).members() == members
+    stage = PreselectV1({"family": str(tmp_path / "fam"), "n_threads": 1})
+    assert stage.members() == members
+    assert stage.window() == 63  # the family's own window (its models' context is 64), not 255
+    assert np.isfinite(stage.family_bpc(docstrings[:2])).all()
