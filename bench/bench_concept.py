@@ -13,7 +13,7 @@ quotas at scale, and cluster quality on labelled text.
    label and the cluster of each document, per embedder (k = default √n).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=. python bench/bench_concept.py \
-        [--data ../shared/data] [--sizes 10000,100000,1000000] [--docs 400]
+        [--data ../shared/data] [--sizes 10000,100000,1000000] [--docs 400] [--scale-only]
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -74,6 +73,12 @@ def embedding_throughput(texts: list[str], m2v_texts: list[str], work: Path) -> 
     return {"model2vec": distilled}
 
 
+def peak_rss_mb() -> float:
+    # VmHWM belongs to this process image; ru_maxrss would carry the forking parent's peak.
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
 def scale_one(n: int) -> None:
     """Runs in a fresh process: the fit and the selection on n random unit vectors."""
     dim = 384
@@ -86,7 +91,7 @@ def scale_one(n: int) -> None:
     table = pa.table({"id": pa.array([f"d{i}" for i in range(n)]), "order": pa.array(np.arange(n)),
                       "embedding": column})
     made = time.perf_counter() - started
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the vectors as an Arrow table
+    before = peak_rss_mb()  # the vectors (numpy, then Arrow)
     stage = ConceptPruneV1({"n_threads": 2})
     with tempfile.TemporaryDirectory() as tmp:
         view = TableScoreView(table, memory_limit="4GB")
@@ -97,7 +102,7 @@ def scale_one(n: int) -> None:
         scores = fitted.select(["id", "order"])
         sel, sel_s = timed(stage.select, scores, fitted_obj)
         report = json.loads((Path(tmp) / "clusters.json").read_text())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     print(json.dumps({"n": n, "k": report["clusters"], "fit_s": fit_s, "select_s": sel_s, "peak_mb": peak,
                       "kept": int(sum(sel.keep)), "duplicates": report["semantic_duplicates"], "made_s": made,
                       "input_mb": before}))
@@ -105,7 +110,7 @@ def scale_one(n: int) -> None:
 
 def scale(sizes: list[int]) -> None:
     print("\nk-means + SemDeDup + quotas on random unit vectors (d = 384), 2 threads, a fresh process each")
-    print("(peak RSS includes the input: n × 384 float32 as an Arrow table, the view a job's fit streams)")
+    print("(input MB: the process after making the vectors, numpy then Arrow; peak includes it)")
     print(f"{'n':>10}{'k':>7}{'fit s':>9}{'select s':>10}{'input MB':>10}{'peak RSS MB':>13}{'kept':>10}")
     for n in sizes:
         out = subprocess.run([sys.executable, __file__, "--scale-one", str(n)], capture_output=True, text=True,
@@ -142,10 +147,14 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--docs", type=int, default=400, help="web documents MiniLM embeds (model2vec: 10x)")
+    ap.add_argument("--scale-only", action="store_true", help="only the k-means/SemDeDup/quota scale runs")
     ap.add_argument("--scale-one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.scale_one:
         scale_one(args.scale_one)
+        return
+    if args.scale_only:
+        scale([int(s) for s in args.sizes.split(",")])
         return
     pool = [t for t in pq.read_table(args.data / "web" / "combined_web_pool.parquet")["text"].to_pylist()
             if t and t.strip()]
