@@ -98,11 +98,7 @@ def semdedup(emb: np.ndarray, labels: np.ndarray, ranked: np.ndarray) -> tuple[n
     for members in np.split(ranked, cuts):
         if len(members) < 2:
             continue
-        # Read the cluster's rows in file order (memory-map friendly), then rank them.
-        sorted_rows = np.sort(members)
-        block = np.asarray(emb[sorted_rows])
-        pos = np.searchsorted(sorted_rows, members)
-        m, arg = semdedup_max_cosine(block[pos])
+        m, arg = semdedup_max_cosine(np.asarray(emb[members]))  # one copy of the cluster, ranked
         best[members] = m
         nearest[members] = np.where(arg >= 0, members[np.maximum(arg, 0)], -1)
     return best, nearest

@@ -16,19 +16,20 @@ from __future__ import annotations
 import numpy as np
 
 
-def semdedup_max_cosine(emb: np.ndarray, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def semdedup_max_cosine(emb: np.ndarray, budget_cells: int = 32_000_000) -> tuple[np.ndarray, np.ndarray]:
     """For rows already in the cluster's fixed order: (max cosine to an earlier row, index
-    of that row; -inf and -1 for the first). Blockwise, so memory is block × n, not n²."""
+    of that row; -inf and -1 for the first). Blockwise: a block of rows against every row
+    before it, the block sized so it holds at most ``budget_cells`` similarities (128 MB)."""
     n = len(emb)
     best = np.full(n, -np.inf, dtype=np.float64)
     arg = np.full(n, -1, dtype=np.int64)
+    block = max(1, min(1024, budget_cells // max(n, 1)))
     for start in range(1, n, block):
         stop = min(n, start + block)
         sims = emb[start:stop] @ emb[:stop].T  # rows j ∈ [start, stop), columns i < stop
-        # keep only i < j: column i of row j (global j = start + r) is valid when i < start + r
-        cols = np.arange(stop)[None, :]
-        rows = np.arange(start, stop)[:, None]
-        sims = np.where(cols < rows, sims, -np.inf)
+        # only i < j counts: in the square part (columns start..stop) blank the diagonal and above
+        square = sims[:, start:stop]
+        square[np.triu_indices(stop - start)] = -np.inf
         arg[start:stop] = sims.argmax(axis=1)
         best[start:stop] = sims[np.arange(stop - start), arg[start:stop]]
     return best, arg
@@ -120,7 +121,7 @@ def dbp_quotas(complexity: np.ndarray, sizes: np.ndarray, keep_n: int, tau: floa
     c[np.isnan(c)] = np.nanmean(c)
     p = softmax(c, tau)
     lb = lower_bounds(sizes, keep_n, cls_bal_ratio)
-    if lb.sum() > keep_n:  # the balance floor alone exceeds N: drop it rather than fail
-        lb = np.zeros_like(lb)
+    if lb.sum() > keep_n:  # more clusters than N (m = 1): the floor shrinks to what N affords
+        lb = np.maximum(0, np.minimum(keep_n // len(sizes), sizes - 1)).astype(np.float64)
     x = closed_form_counts(p, sizes, keep_n, lb)
     return p, round_to_total(x, lb, sizes.astype(np.float64), keep_n)

@@ -20,9 +20,12 @@ quotas use the same clusters, with sizes and d_intra over the SemDeDup survivors
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -58,7 +61,7 @@ class ConceptPruneParams(ModelParams):
     keep_ratio: float = Field(0.8, gt=0, le=1, description="DBP: share of the SemDeDup survivors kept (N)")
     temperature: float = Field(0.5, gt=0, description="DBP: τ of softmax(complexity / τ)")
     num_nns: int = Field(20, ge=1, description="DBP: nearest other centroids in d_inter")
-    cls_bal_ratio: float = Field(0.5, ge=0, description="DBP: each cluster keeps at least N/k · this")
+    cls_bal_ratio: float = Field(0.5, ge=0, le=1, description="DBP: each cluster keeps at least N/k · this")
     within: Literal["hard", "easy", "random"] = Field("hard", description="which documents a cluster keeps: "
                                                                           "farthest from the centroid (hard), "
                                                                           "nearest (easy) or random")
@@ -79,6 +82,11 @@ class Plan:
     size: np.ndarray
     dup_cos: np.ndarray  # largest cosine to an earlier member of the cluster (NaN for the first)
     report: dict
+    # Per fit-table row, built once per fit so each unit's select is O(unit), not O(corpus).
+    orders: np.ndarray | None = None  # ascending: the fit table is in input order
+    ids: list | None = None
+    labels: np.ndarray | None = None
+    distance: np.ndarray | None = None
 
 
 class ConceptPruneV1(Stage[ConceptPruneParams]):
@@ -123,6 +131,11 @@ class ConceptPruneV1(Stage[ConceptPruneParams]):
         present = [k for k, t in enumerate(texts) if t.strip()]
         model = self.embedder(fitted)
         vectors = model.encode([texts[k] for k in present])
+        bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+        if len(bad):
+            ids = docs[ID].to_pylist()
+            raise ValueError(f"{self.name}: the embedder returned a non-finite vector for document "
+                             f"{ids[present[bad[0]]]!r} ({len(bad)} in this unit)")
         dim = model.dim
         flat = np.zeros((len(texts), dim), np.float32)
         flat[present] = vectors
@@ -148,7 +161,9 @@ class ConceptPruneV1(Stage[ConceptPruneParams]):
         centroids = np.zeros((0, 0), np.float32)
         if len(rows):
             dim = view.sql(f"SELECT len({EMBEDDING}) AS d FROM scores WHERE {EMBEDDING} IS NOT NULL LIMIT 1")["d"][0]
-            emap = EmbeddingMap(artifacts / ".embeddings.npy", len(rows), int(dim.as_py()))
+            # Beside the artifacts, not in them: a fit killed mid-way leaves nothing that gets hashed.
+            scratch = Path(tempfile.mkdtemp(prefix=".cluster-", dir=artifacts.parent))
+            emap = EmbeddingMap(scratch / "embeddings.npy", len(rows), int(dim.as_py()))
             try:
                 # Streamed a batch at a time, each row to its place in input order.
                 placed = orders[rows]
@@ -158,13 +173,14 @@ class ConceptPruneV1(Stage[ConceptPruneParams]):
                     at = np.searchsorted(placed, batch.column(0).filter(present).to_numpy(zero_copy_only=False))
                     emap.put(at, vectors.filter(present))
                 threads = p.n_threads or os.cpu_count() or 1
-                k = min(p.k or default_k(len(rows)), len(rows))
+                k = min(p.k or default_k(len(rows)), len(rows), p.max_train_points)  # faiss: k ≤ sample
                 centroids = train_centroids(emap.array, k, p.niter, p.seed, p.max_train_points, threads)
                 labels, d = assign(emap.array, centroids)
                 ranked = hard_first(labels, d, orders[rows])
                 m, near = semdedup(emap.array, labels, ranked)
             finally:
                 emap.close()
+                shutil.rmtree(scratch, ignore_errors=True)
             cluster[rows], dist[rows] = labels, d
             best[rows] = np.where(np.isfinite(m), m, np.nan)
             nearest[rows] = np.where(near >= 0, rows[np.maximum(near, 0)], -1)
@@ -197,13 +213,15 @@ class ConceptPruneV1(Stage[ConceptPruneParams]):
             else nearest.astype(np.int64)
         duplicate = valid & p.semdedup & (np.nan_to_num(dup_cos, nan=-np.inf) > 1.0 - p.epsilon)
         survivor = valid & ~duplicate
-        # A duplicate's survivor: follow nearest-earlier links until a row that stayed.
-        root = np.where(duplicate, nearest, -1)
+        # A duplicate's survivor: follow nearest-earlier links to a row that stayed (pointer
+        # jumping: log of the chain length passes, not one per link).
+        parent = np.where(duplicate & (nearest >= 0), nearest, np.arange(n))
         while True:
-            step = np.where((root >= 0) & duplicate[np.maximum(root, 0)], nearest[np.maximum(root, 0)], root)
-            if np.array_equal(step, root):
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
                 break
-            root = step
+            parent = jumped
+        root = np.where(duplicate, parent, -1)
         k = len(centroids)
         size = np.bincount(labels[survivor], minlength=k).astype(np.int64)
         dist_sum = np.bincount(labels[survivor], weights=dist[survivor], minlength=k)
@@ -232,27 +250,35 @@ class ConceptPruneV1(Stage[ConceptPruneParams]):
                     quota=quota[per_doc], probability=prob[per_doc], size=size[per_doc], dup_cos=dup_cos,
                     report=report)
 
-    def _cached_plan(self, fitted: Fitted | None) -> tuple[Plan, pa.Table, dict]:
+    def _cached_plan(self, fitted: Fitted | None) -> Plan:
         if fitted is None or fitted.table is None:
             raise RuntimeError(f"{self.name}: select needs the cluster fit")
         if fitted.table is not self._plan_source:
+            table = fitted.table
             centroids = np.load(fitted.artifacts / CENTROIDS) if fitted.artifacts is not None else np.zeros((0, 0))
-            self._plan = self.plan(fitted.table, centroids)
-            self._plan_source = fitted.table
-            self._row_of = {o: r for r, o in enumerate(fitted.table[ORDER].to_pylist())}
+            cluster = table["cluster"].to_numpy(zero_copy_only=False)
+            self._plan = dataclasses.replace(
+                self.plan(table, centroids), orders=table[ORDER].to_numpy(zero_copy_only=False).astype(np.int64),
+                ids=table[ID].to_pylist(), labels=np.nan_to_num(cluster, nan=-1).astype(np.int64),
+                distance=table["distance"].to_numpy(zero_copy_only=False).astype(np.float64))
+            self._plan_source = table
         assert self._plan is not None
-        return self._plan, fitted.table, self._row_of
+        return self._plan
 
     def select(self, scores: pa.Table, fitted: Fitted | None) -> Selection:
-        plan, table, row_of = self._cached_plan(fitted)
-        rows = np.array([row_of[o] for o in scores[ORDER].to_pylist()], np.int64)
-        ids = table[ID].to_pylist()
-        clusters = table["cluster"].to_pylist()
+        plan = self._cached_plan(fitted)
+        assert plan.orders is not None and plan.ids is not None and plan.labels is not None
+        assert plan.distance is not None
+        unit_orders = scores[ORDER].to_numpy(zero_copy_only=False).astype(np.int64)
+        rows = np.searchsorted(plan.orders, unit_orders)
+        if len(rows) and (rows.max() >= len(plan.orders) or (plan.orders[rows] != unit_orders).any()):
+            raise RuntimeError(f"{self.name}: documents of this unit are missing from the cluster fit")
         pruned = "concept.pruned_prototypical" if self.params.within == "hard" else "concept.pruned_over_quota"
         keep: list[bool] = []
         reason: list[str | None] = []
         cluster_id: list[str | None] = []
         survivor_id: list[str | None] = []
+        survivor_kept: list[float | None] = []
         for r in rows:
             ok = bool(plan.keep[r])
             keep.append(ok)
@@ -262,18 +288,20 @@ class ConceptPruneV1(Stage[ConceptPruneParams]):
                 reason.append("concept.semantic_duplicate")
             else:
                 reason.append(None if ok else pruned)
-            cluster_id.append(f"concept-{clusters[r]}" if plan.valid[r] else None)
+            cluster_id.append(f"concept-{plan.labels[r]}" if plan.valid[r] else None)
             s = plan.survivor_row[r]
-            survivor_id.append(ids[s] if plan.duplicate[r] and s >= 0 else None)
+            dup = bool(plan.duplicate[r]) and s >= 0
+            survivor_id.append(plan.ids[s] if dup else None)
+            # The SemDeDup survivor may itself lose its cluster's quota afterwards.
+            survivor_kept.append(float(plan.keep[s]) if dup else None)
 
-        def col(values: np.ndarray, only_valid: bool = True) -> list[float | None]:
-            return [float(values[r]) if plan.valid[r] or not only_valid else None for r in rows]
+        def col(values: np.ndarray) -> list[float | None]:
+            return [float(values[r]) if plan.valid[r] else None for r in rows]
 
-        extra = {"cluster": [float(clusters[r]) if plan.valid[r] else None for r in rows],
-                 "distance": col(table["distance"].to_numpy(zero_copy_only=False)),
+        extra = {"cluster": col(plan.labels), "distance": col(plan.distance),
                  "dup_cos": [None if np.isnan(v := plan.dup_cos[r]) else float(v) for r in rows],
                  "complexity": col(plan.complexity), "quota": col(plan.quota),
-                 "cluster_p": col(plan.probability), "cluster_size": col(plan.size)}
+                 "cluster_p": col(plan.probability), "cluster_size": col(plan.size), "survivor_kept": survivor_kept}
         return Selection(keep=keep, reason=reason, cluster_id=cluster_id, survivor_id=survivor_id,
                          extra_scores=extra)
 

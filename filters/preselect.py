@@ -58,7 +58,6 @@ from filters.lm.family import (
     read_family,
 )
 from filters.preselect_method import (
-    NEGATIVE,
     POSITIVE,
     balanced_labels,
     fasttext_text,
@@ -356,24 +355,25 @@ class PreselectV1(Stage[PreselectParams]):
 
 def predict_positive(model, texts: list[str]) -> list[float | None]:
     """P(__label__1) per text, one batched ``predict(k=-1)``; None for an empty text."""
-    out: list[float | None] = [None] * len(texts)
     present, lines = [], []
     for k, text in enumerate(texts):
         line = fasttext_text(text)
-        if line.strip():
+        if line and not line.isspace():
             present.append(k)
             lines.append(line)
-    if lines:
-        labels, probs = model.predict(lines, k=-1)
+    out: list[float | None] = [None] * len(texts)
+    if not lines:
+        return out
+    labels, probs = model.predict(lines, k=-1)
+    if len(model.labels) == 2 and POSITIVE in model.labels:
+        # Two labels (the classifier this stage trains): P(1) is the first probability when
+        # the first label is positive, else the second; no dict per document.
         for k, lab, pr in zip(present, labels, probs, strict=True):
-            # The positive label is usually first or second of two: no dict per document.
-            if lab[0] == POSITIVE:
-                p = pr[0]
-            elif POSITIVE in lab:
-                p = pr[lab.index(POSITIVE)]
-            else:
-                p = 1.0 - pr[lab.index(NEGATIVE)] if NEGATIVE in lab else 0.0
-            out[k] = min(1.0, float(p))  # fastText's softmax can exceed 1 by a rounding step
+            p = float(pr[0] if lab[0] == POSITIVE else pr[1])
+            out[k] = p if p < 1.0 else 1.0  # fastText's softmax can round past 1
+        return out
+    for k, lab, pr in zip(present, labels, probs, strict=True):  # k=-1: every label is listed
+        out[k] = min(1.0, float(pr[lab.index(POSITIVE)])) if POSITIVE in lab else 0.0
     return out
 
 

@@ -18,6 +18,7 @@ from filters.base import Fitted
 from filters.concept_method import closed_form_counts, dbp_quotas, lower_bounds, round_to_total, semdedup_max_cosine
 from filters.concept_prune import CENTROIDS, REPORT, ConceptPruneV1
 from workers.demo_corpus import _stdlib_docstrings
+from workers.fit_view import TableScoreView
 from workers.job import run_job
 from workers.local import run_stages
 from workers.reselect import preview_selection
@@ -80,6 +81,34 @@ def test_semdedup_drops_the_later_of_two_items_at_cosine_0995():
     assert np.isneginf(best[0]) and nearest[0] == -1
 
 
+def test_semdedup_blocks_of_any_size_give_the_full_upper_triangle():
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(40, 6))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    sims = emb @ emb.T
+    for budget in (1, 100, 10_000_000):  # one row per block, a few rows, all at once
+        best, nearest = semdedup_max_cosine(emb, budget_cells=budget)
+        for j in range(1, 40):
+            assert best[j] == pytest.approx(sims[j, :j].max()) and nearest[j] == sims[j, :j].argmax()
+
+
+def test_fewer_keeps_than_clusters_still_sum_to_n():
+    _, n = dbp_quotas(np.linspace(0.1, 0.3, 10), np.full(10, 5), 3, tau=0.5, cls_bal_ratio=0)
+    assert n.sum() == 3 and (n >= 0).all()
+
+
+def test_k_is_capped_by_the_training_sample(tmp_path):
+    rng = np.random.default_rng(6)
+    vecs = rng.normal(size=(300, 8)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    table = pa.table({"id": [f"d{i}" for i in range(300)], "order": list(range(300)),
+                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), 8)})
+    stage = ConceptPruneV1({"k": 50, "max_train_points": 20, "n_threads": 1})
+    fitted = stage.cluster(TableScoreView(table), tmp_path)
+    assert len(set(fitted["cluster"].to_pylist())) <= 20 and np.load(tmp_path / CENTROIDS).shape == (20, 8)
+    assert not list(tmp_path.parent.glob(".cluster-*"))  # the memory map is gone
+
+
 # -- the selection on a synthetic fit -------------------------------------------------------------
 
 def _fit_table(clusters, dist, dup_cos=None, nearest=None):
@@ -130,6 +159,7 @@ def test_duplicates_name_their_surviving_neighbour_and_leave_the_quota(tmp_path)
     assert sel.reason == [None, "concept.semantic_duplicate", "concept.semantic_duplicate", None, None, None,
                           "concept.empty"]
     assert sel.survivor_id[1] == "d0" and sel.survivor_id[2] == "d0" and sel.survivor_id[0] is None
+    assert sel.extra_scores["survivor_kept"][1] == 1.0 and sel.extra_scores["survivor_kept"][0] is None
     assert sel.extra_scores["cluster_size"][0] == 2  # d0 and d3 survive SemDeDup
     looser = _select(ConceptPruneV1({"keep_ratio": 1.0, "epsilon": 0.0015}), table, tmp_path)
     assert looser.reason[1] is None and looser.reason[2] == "concept.semantic_duplicate"
