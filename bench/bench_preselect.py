@@ -15,7 +15,7 @@ separates good text from junk next to perplexity and stop words.
    is better) and the stop-word count of ``quality_rules_v1``.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=. python bench/bench_preselect.py \
-        [--data ../shared/data] [--junk 240] [--sample 2000]
+        [--data ../shared/data] [--junk 240] [--sample 2000] [--models DIR] [--throughput-only]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -75,6 +76,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--junk", type=int, default=240)
     ap.add_argument("--sample", type=int, default=2000)
+    ap.add_argument("--models", type=Path, help="keep the two trained classifiers here; reuse them when present")
+    ap.add_argument("--throughput-only", action="store_true", help="stop after the scoring throughput table")
     args = ap.parse_args()
     pool = pq.read_table(args.data / "web" / "combined_web_pool.parquet").to_pylist()
     calib = [r["text"] for r in pool if r["source"] != JUNK_SOURCE and (r["text"] or "").strip()][: args.sample]
@@ -85,14 +88,23 @@ def main() -> None:
         junk = [t for t in (json.loads(line).get("text") or "" for line in f) if t.strip()][: args.junk]
 
     stage = PreselectV1({"n_threads": 1})
-    view, secs = timed(calibrate, stage, calib)
     # The same calibration trains fastText at its defaults (the method) and at dim 10 (fast).
     arms = {"dim 100 (default)": {}, "dim 10": {"dim": 10}}
-    models = {}
-    for arm, extra in arms.items():
-        models[arm], report = train(view, {"n_threads": 1, **extra})
-    print(f"calibration: {len(calib)} documents of the web pool without {JUNK_FILE} → {report['positives']} "
-          f"positives, {report['negatives']} negatives ({secs:.0f} s); S histogram {report['strength_histogram']}")
+    kept = {arm: args.models / f"{arm.split()[1]}.bin" for arm in arms} if args.models else {}
+    if kept and all(p.exists() for p in kept.values()):
+        models = kept
+        print(f"classifiers reused from {args.models} (trained by an earlier run of this benchmark)")
+    else:
+        view, secs = timed(calibrate, stage, calib)
+        models = {}
+        for arm, extra in arms.items():
+            models[arm], report = train(view, {"n_threads": 1, **extra})
+            if kept:
+                kept[arm].parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(models[arm], kept[arm])
+        print(f"calibration: {len(calib)} documents of the web pool without {JUNK_FILE} → {report['positives']} "
+              f"positives, {report['negatives']} negatives ({secs:.0f} s); S histogram "
+              f"{report['strength_histogram']}")
 
     # 1. throughput on short web documents
     import fasttext
@@ -126,6 +138,9 @@ def main() -> None:
             for name, s in (("raw fasttext predict(list, k=-1)", raw_s), ("released filter.py call", rel_s),
                             ("predict_positive (P(__label__1))", fn_s), ("stage.score (Arrow in/out)", stage_s)):
                 print(f"{arm:<19}{what:<24}{name:<36}{len(texts) / s:>10,.0f}{raw_s / s:>8.2f}{rel_s / s:>12.2f}")
+
+    if args.throughput_only:
+        return
 
     # 2. calibration cost per family model
     sample = [calibration_text(t, 2000) for t in calib[:150]]

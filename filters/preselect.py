@@ -268,12 +268,15 @@ class PreselectV1(Stage[PreselectParams]):
 
     # -- 5: every document -----------------------------------------------------------------------
     def score(self, docs: pa.Table, fitted: Fitted | None = None) -> pa.Table:
-        texts = [t or "" for t in docs[TEXT].to_pylist()]
-        n = len(texts)
+        column = docs[TEXT]
+        n = len(column)
         labels = self._labels(fitted)
         label_col = (pa.array([labels.get(i) for i in docs[ID].to_pylist()], pa.float64()) if labels
                      else pa.nulls(n, pa.float64()))
-        chars = pa.array([len(t) for t in texts], pa.int64())
+        # Arrow computes the lengths; to_numpy builds the Python strings faster than to_pylist
+        # (at ~100k documents/s either would be a visible share of the time).
+        chars = pc.fill_null(pc.utf8_length(column), 0).cast(pa.int64())
+        texts = column.to_numpy(zero_copy_only=False).tolist()
         if self.params.calibration_only:
             return pa.table({SCORE_COLUMN: pa.nulls(n, pa.float64()), "chars": chars, "calibration_label": label_col})
         model = self._load_classifier(self._classifier_file(fitted))
@@ -353,14 +356,11 @@ class PreselectV1(Stage[PreselectParams]):
         return Selection(keep=keep, reason=reason, extra_scores={"cutoff": [bound] * n})
 
 
-def predict_positive(model, texts: list[str]) -> list[float | None]:
-    """P(__label__1) per text, one batched ``predict(k=-1)``; None for an empty text."""
-    present, lines = [], []
-    for k, text in enumerate(texts):
-        line = fasttext_text(text)
-        if line and not line.isspace():
-            present.append(k)
-            lines.append(line)
+def predict_positive(model, texts: list[str | None]) -> list[float | None]:
+    """P(__label__1) per text, one batched ``predict(k=-1)``; None for an empty or null text."""
+    cleaned = [fasttext_text(t) if t else "" for t in texts]
+    present = [k for k, line in enumerate(cleaned) if line and not line.isspace()]
+    lines = cleaned if len(present) == len(cleaned) else [cleaned[k] for k in present]
     out: list[float | None] = [None] * len(texts)
     if not lines:
         return out
