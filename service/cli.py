@@ -229,7 +229,10 @@ def _print_stages(stages: list[dict], indent: str) -> None:
     for s in stages:
         extra = ""
         if s["cluster_id"]:
-            extra = f"  cluster={s['cluster_id'][:12]} survivor={s['survivor_id']}"
+            cid = s["cluster_id"]
+            extra = f"  cluster={cid if len(cid) <= 16 else cid[:12]}"  # a hash is shortened, a name is not
+        if s["survivor_id"]:  # a duplicate names the document it duplicates
+            extra += f" survivor={s['survivor_id']}"
         scores = dict(s["scores"] or {})
         if s["change"] == "edited":
             extra += f"  edited: {scores.get('chars_before', 0):.0f} -> {scores.get('chars_after', 0):.0f} chars"
