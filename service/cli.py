@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -286,6 +287,43 @@ def cmd_export_scores(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preview_selection(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from workers.reselect import ReselectError, preview_selection
+
+    params = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"error: --set takes KEY=VALUE (a YAML value), got {item!r}", file=sys.stderr)
+            return EXIT_USAGE
+        params[key] = yaml.safe_load(value)
+    folder = _job_folder(args.job, args.catalog)
+    started = time.perf_counter()
+    try:
+        result = preview_selection(folder, args.stage, params)
+    except ReselectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ValidationError as exc:
+        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"error: {errors}", file=sys.stderr)
+        return EXIT_USAGE
+    seconds = time.perf_counter() - started
+    if args.json:
+        print(json.dumps({**result, "seconds": round(seconds, 3)}, indent=2))
+        return 0
+    print(f"{result['stage_index']:02d}-{result['stage']}: {result['docs_in']} docs; changed "
+          f"{', '.join(result['changed_params']) or 'nothing'} ({seconds:.2f} s, nothing rescored)")
+    for when in ("before", "after"):
+        r = result[when]
+        reasons = ", ".join(f"{k}={v}" for k, v in r["reasons"].items())
+        print(f"  {when:<7} kept {r['kept']:>7}  dropped {r['dropped']:>7}  {reasons}")
+    print(f"  newly kept {result['newly_kept']}, newly dropped {result['newly_dropped']}; {result['note']}")
+    return 0
+
+
 ABLATE_MODEL_FLAGS = ("n_layer", "d_model", "n_head", "context", "batch_size", "lr", "ngram_order")
 
 
@@ -434,6 +472,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=FORMATS, default="wide",
                         help="wide: a float64 column score_<name> per score (default); struct: one scores column")
     export.set_defaults(func=cmd_export_scores)
+
+    pre = sub.add_parser(
+        "preview-selection", help="re-decide one stage from its stored scores with other select params",
+        description="What a stage would keep with other selection parameters (thresholds, budgets, quotas), "
+                    "computed from the stored scores and fits: nothing is rescored, re-embedded or re-clustered, "
+                    "and the job's outputs are left as they are. Params that change scoring are refused.")
+    pre.add_argument("job", help="job id, job name (latest run) or output folder")
+    pre.add_argument("stage", help="stage name (concept_prune_v1), index (2) or NN-name")
+    pre.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="a stage param, the value in YAML (e.g. keep_ratio=0.5, "
+                          "'select={mode: budget, fraction: 0.2}'); repeat for several")
+    pre.add_argument("--json", action="store_true", help="print the result as JSON")
+    pre.set_defaults(func=cmd_preview_selection)
 
     abl = sub.add_parser(
         "ablate", help="train small LMs on the curated selection vs random vs each stage; compare held-out loss",

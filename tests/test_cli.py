@@ -85,6 +85,15 @@ def test_run_prints_funnel_and_registers_job(tmp_path):
     assert pq.read_table(out).to_pylist()[1]["scores"] == {"group_size": 2.0}
     res = curate("export-scores", "cli", "--stage", "minhash_dedup_v1", check=False)
     assert res.returncode == 1 and "error: job has no stage 'minhash_dedup_v1'" in res.stderr
+    # preview-selection re-decides a stage from its stored scores, by job name, nothing rescored.
+    res = curate("preview-selection", "cli", "quality_rules_v1", "--set", "min_words=1")
+    assert "02-quality_rules_v1: 2 docs; changed min_words" in res.stdout, res.stdout
+    assert re.search(r"before\s+kept\s+1\s+dropped\s+1\s+quality_rules.too_few_words=1", res.stdout)
+    # "tiny" now passes the word count and fails the next rule: the reason changes, not the decision.
+    assert re.search(r"after\s+kept\s+1\s+dropped\s+1\s+quality_rules.few_stop_words=1", res.stdout)
+    assert "newly kept 0, newly dropped 0" in res.stdout
+    res = curate("preview-selection", "cli", "quality_rules_v1", "--set", "min_words=many", check=False)
+    assert res.returncode == 2 and "error: min_words:" in res.stderr
 
 
 def test_invalid_spec_exits_2_naming_the_field(tmp_path):
