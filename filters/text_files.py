@@ -19,7 +19,8 @@ class TextFileError(ValueError):
 
 
 def read_records(path: str | Path, text_field: str = "text", where: dict | None = None) -> Iterator[dict]:
-    """Records (dicts) that have a string ``text_field`` and match every ``where`` field."""
+    """Records (dicts) that match every ``where`` field; each must have a string ``text_field``
+    (an error names the file and line or row otherwise)."""
     path = Path(path)
     if not path.is_file():
         raise TextFileError(f"{path} does not exist")
@@ -35,11 +36,13 @@ def read_records(path: str | Path, text_field: str = "text", where: dict | None 
     else:
         raise TextFileError(f"{path}: unknown format (use .jsonl, .jsonl.gz, .json.gz or .parquet)")
     for place, record in rows:
+        if not all(record.get(k) == v for k, v in where.items()):
+            continue
         text = record.get(text_field)
-        if text is not None and not isinstance(text, str):
-            raise TextFileError(f"{place}: {text_field!r} is {type(text).__name__}, not text")
-        if all(record.get(k) == v for k, v in where.items()):
-            yield record
+        if not isinstance(text, str):  # missing or null is bad data, never skipped in silence
+            what = "missing" if text_field not in record else f"{type(text).__name__}, not text"
+            raise TextFileError(f"{place}: {text_field!r} is {what}")
+        yield record
 
 
 def _jsonl(path: Path) -> Iterator[tuple[str, dict]]:

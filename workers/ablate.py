@@ -10,7 +10,6 @@ cuda``), so a cluster trains arms in parallel; a finished run is stored at once 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
@@ -22,10 +21,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from filters.contamination import NGRAM, EvalNgrams
+from filters.text_files import TextFileError, read_texts
 from workers import atomic
 from workers.ablate_arms import Arm, ArmError, build_arms
 from workers.job_folder import JobFolder
@@ -88,36 +87,20 @@ def ablation_id(spec_hash: str, params: AblationParams, eval_sha: str) -> str:
 
 
 def load_eval_texts(path: str | Path, field: str = "text") -> list[str]:
-    """Documents of the target set; a bad record names the file and line."""
+    """Documents of the target set (JSONL, Parquet, or one .txt/.md document); a bad record
+    names the file and line."""
     path = Path(path)
     if not path.is_file():
         raise AblationError(f"eval set {path} does not exist")
-    name = path.name
-    if name.endswith(".parquet"):
-        table = pq.read_table(path)
-        if field not in table.column_names:
-            raise AblationError(f"eval set {path} has no column {field!r} (columns: {', '.join(table.column_names)})")
-        texts = [t for t in table[field].to_pylist() if t]
-    elif name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
-        texts = []
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line)[field]
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise AblationError(f"eval set {path}:{line_no}: no {field!r} text ({exc})") from None
-                if value:
-                    texts.append(str(value))
-    elif name.endswith((".txt", ".md")):
+    if path.name.endswith((".txt", ".md")):
         texts = [path.read_text(encoding="utf-8")]
-    else:
-        raise AblationError(f"eval set {path}: unknown format (use .jsonl, .jsonl.gz, .json.gz, .parquet or .txt)")
-    if not any(t.strip() for t in texts):
-        raise AblationError(f"eval set {path} holds no text")
-    return texts
+        if not texts[0].strip():
+            raise AblationError(f"eval set {path} holds no text")
+        return texts
+    try:
+        return read_texts(path, field)
+    except TextFileError as exc:
+        raise AblationError(f"eval set {exc}") from None
 
 
 def draw(arm: Arm, seed: int, n_tokens: int, end_of_text: int) -> tuple[np.ndarray, int]:
