@@ -73,3 +73,11 @@ def pack_chunks(text: str, count_tokens: Callable[[str], int], max_tokens: int =
         chunks.append(Chunk(start, end, text[start:end], tokens, j - i, oversize=tokens > max_tokens))
         i = j
     return chunks
+
+
+def wrap_messages(prompt: str, chunk: str) -> list[dict[str, str]]:
+    """The paper's request as chat messages: its system text (without the trailing
+    "USER: ", which the model's chat template supplies as the user turn) and the style
+    prompt followed by the chunk on the next line."""
+    return [{"role": "system", "content": SYSTEM.removesuffix(" USER: ")},
+            {"role": "user", "content": f"{prompt}\n{chunk}"}]

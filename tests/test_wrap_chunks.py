@@ -57,3 +57,20 @@ def test_prompts_are_the_papers_byte_for_byte():
     for style, label in (("easy", "Easy"), ("medium", "Medium (Wikipedia)"), ("hard", "Hard"), ("qa", "QA")):
         quoted = re.search(rf"\*\*{re.escape(label)}:\*\* \"(.+)\"\n", notes).group(1)
         assert STYLE_PROMPTS[style] == quoted, style
+
+
+def test_a_real_chat_generation_through_the_ggufs_own_template():
+    pytest.importorskip("llama_cpp")
+    from filters.lm.llama_cpp_chat import LlamaCppChat
+    from filters.wrap_chunks import wrap_messages
+
+    chat = LlamaCppChat(n_ctx=512, n_threads=2)
+    text = "The river runs past the old mill. A stone bridge crosses it near the church."
+    messages = wrap_messages(STYLE_PROMPTS["medium"], text)
+    assert messages[0]["content"].endswith("answers to the questions.") and messages[1]["content"].endswith(text)
+    first = chat.chat(messages, max_tokens=24, temperature=0.0, top_p=1.0, seed=0)
+    again = chat.chat(messages, max_tokens=24, temperature=0.0, top_p=1.0, seed=0)
+    assert first == again and first.text  # greedy decoding: the same text and counts twice
+    assert first.finish_reason in ("stop", "length") and 0 < first.completion_tokens <= 24
+    assert first.prompt_tokens > chat.count_tokens(text)  # the template and system text come on top
+    assert first.model_id.startswith("SmolLM2-135M-Instruct.Q4_1.gguf:") and len(first.model_id.split(":")[1]) == 16
