@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import uuid
@@ -12,6 +11,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from filters.lm.models import file_sha256
 
 TMP_MARK = ".tmp-"
 
@@ -44,11 +45,7 @@ def read_json(path: Path) -> Any:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)  # one implementation for model files and job files
 
 
 def remove_stale_temporaries(root: Path) -> int:

@@ -9,7 +9,6 @@ and later loads read those in under a second.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -18,20 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from filters.lm.base import WindowedScorer, require
-from filters.lm.models import model_cache_dir
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from filters.lm.models import file_sha256, model_cache_dir
 
 
 def dequantised_folder(gguf: Path, transformers) -> Path:
     """A transformers folder holding ``gguf`` de-quantised, built once and published atomically."""
-    target = model_cache_dir() / f"{gguf.stem}-{_sha256(gguf)[:16]}-hf"
+    target = model_cache_dir() / f"{gguf.stem}-{file_sha256(gguf)[:16]}-hf"
     if target.is_dir():
         return target
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -8,12 +8,10 @@ name plus the SHA256 of the file.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 from filters.lm.base import require
-from filters.lm.models import SMOLLM2, resolve_model
+from filters.lm.models import SMOLLM2, file_sha256, resolve_model
 
 
 @dataclass(frozen=True)
@@ -23,14 +21,6 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     model_id: str
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class LlamaCppChat:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import tempfile
@@ -75,3 +76,12 @@ def model_file_list(model: str) -> list[str]:
     """The files a model loads, for hashing: a transformers or small-LM folder's files, or the file."""
     path = resolve_model(model)
     return sorted(str(f) for f in path.iterdir() if f.is_file()) if path.is_dir() else [str(path)]
+
+
+def file_sha256(path: Path) -> str:
+    """SHA256 of a (model) file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
