@@ -20,7 +20,6 @@ quotas use the same clusters, with sizes and d_intra over the SemDeDup survivors
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -81,12 +80,11 @@ class Plan:
     probability: np.ndarray
     size: np.ndarray
     dup_cos: np.ndarray  # largest cosine to an earlier member of the cluster (NaN for the first)
+    orders: np.ndarray  # ascending: the fit table is in input order (select finds rows by it)
+    ids: list
+    labels: np.ndarray  # cluster per row, -1 for an empty document
+    distance: np.ndarray
     report: dict
-    # Per fit-table row, built once per fit so each unit's select is O(unit), not O(corpus).
-    orders: np.ndarray | None = None  # ascending: the fit table is in input order
-    ids: list | None = None
-    labels: np.ndarray | None = None
-    distance: np.ndarray | None = None
 
 
 class ConceptPruneV1(Stage[ConceptPruneParams]):
@@ -236,39 +234,34 @@ class ConceptPruneV1(Stage[ConceptPruneParams]):
         if len(live):
             prob[live], quota[live] = dbp_quotas(complexity[live], size[live], keep_n, p.temperature,
                                                  p.cls_bal_ratio)
-        rank = _rank_within(labels, dist, table[ORDER].to_numpy(zero_copy_only=False), table[ID].to_pylist(),
-                            survivor, p.within, p.seed)
+        orders = table[ORDER].to_numpy(zero_copy_only=False).astype(np.int64)
+        ids = table[ID].to_pylist()
+        rank = _rank_within(labels, dist, orders, ids, survivor, p.within, p.seed)
         report = _report(p, size, d_intra, d_inter, complexity, prob, quota, int(valid.sum()),
                          int(duplicate.sum()), keep_n)
         if k == 0:  # nothing embedded: every document is empty
             none = np.full(n, np.nan)
             return Plan(keep=np.zeros(n, bool), duplicate=duplicate, valid=valid, survivor_row=root,
-                        complexity=none, quota=none, probability=none, size=none, dup_cos=dup_cos, report=report)
+                        complexity=none, quota=none, probability=none, size=none, dup_cos=dup_cos, orders=orders,
+                        ids=ids, labels=labels, distance=dist, report=report)
         per_doc = np.maximum(labels, 0)
         keep = survivor & (rank < quota[per_doc])
         return Plan(keep=keep, duplicate=duplicate, valid=valid, survivor_row=root, complexity=complexity[per_doc],
                     quota=quota[per_doc], probability=prob[per_doc], size=size[per_doc], dup_cos=dup_cos,
-                    report=report)
+                    orders=orders, ids=ids, labels=labels, distance=dist, report=report)
 
     def _cached_plan(self, fitted: Fitted | None) -> Plan:
         if fitted is None or fitted.table is None:
             raise RuntimeError(f"{self.name}: select needs the cluster fit")
         if fitted.table is not self._plan_source:
-            table = fitted.table
             centroids = np.load(fitted.artifacts / CENTROIDS) if fitted.artifacts is not None else np.zeros((0, 0))
-            cluster = table["cluster"].to_numpy(zero_copy_only=False)
-            self._plan = dataclasses.replace(
-                self.plan(table, centroids), orders=table[ORDER].to_numpy(zero_copy_only=False).astype(np.int64),
-                ids=table[ID].to_pylist(), labels=np.nan_to_num(cluster, nan=-1).astype(np.int64),
-                distance=table["distance"].to_numpy(zero_copy_only=False).astype(np.float64))
-            self._plan_source = table
+            self._plan = self.plan(fitted.table, centroids)
+            self._plan_source = fitted.table
         assert self._plan is not None
         return self._plan
 
     def select(self, scores: pa.Table, fitted: Fitted | None) -> Selection:
         plan = self._cached_plan(fitted)
-        assert plan.orders is not None and plan.ids is not None and plan.labels is not None
-        assert plan.distance is not None
         unit_orders = scores[ORDER].to_numpy(zero_copy_only=False).astype(np.int64)
         rows = np.searchsorted(plan.orders, unit_orders)
         if len(rows) and (rows.max() >= len(plan.orders) or (plan.orders[rows] != unit_orders).any()):
