@@ -47,10 +47,15 @@ def read_records(path: str | Path, text_field: str = "text", where: dict | None 
 
 def _jsonl(path: Path) -> Iterator[tuple[str, dict]]:
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
+    with opener(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
+            try:  # decoded per line, so a bad byte is named by line, not raised bare
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TextFileError(f"{path}:{line_no}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset "
+                                    f"{exc.start})") from None
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:

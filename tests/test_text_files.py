@@ -31,6 +31,13 @@ def test_bad_records_name_the_line(tmp_path, content, message):
         read_texts(path)
 
 
+def test_a_bad_byte_names_its_line(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(TextFileError, match=r"a\.jsonl:2: not valid UTF-8 \(byte 0xe9 at offset 13\)"):
+        read_texts(path)
+
+
 def test_parquet_missing_column_and_records_filtered_out_before_the_check(tmp_path):
     path = tmp_path / "a.parquet"
     pq.write_table(pa.table({"text": ["x", None], "lang": ["en", "de"]}), path)
