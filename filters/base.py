@@ -43,6 +43,11 @@ PARENT_ID = "parent_id"
 # the scores) so survivors are chosen by a rule that does not depend on worker count,
 # unit size or scheduling. Documents a transform creates come right after their source.
 ORDER = "order"
+# Facts about a document that are not numbers (a synthetic document's style, model, finish
+# reason), as a JSON object: recorded in lineage and carried into outputs.
+DETAIL = "detail"
+# Set (true) on the documents a rescuing stage gets from an earlier stage's drops.
+RESCUED = "rescued"
 
 
 # -- parameters ----------------------------------------------------------------------------
@@ -204,11 +209,19 @@ KEEP, EDIT, DROP = "keep", "edit", "drop"
 class NewDoc:
     """A document a transform creates from input ``parent`` (its index in the docs the
     transform got). ``variant`` is unique among one parent's new documents; with the
-    parent's id and the stage name it makes the new id, so reruns give the same ids."""
+    parent's id and the stage name it makes the new id, so reruns give the same ids.
+
+    ``scores`` (numbers) and ``detail`` (JSON-able facts) go into its lineage row, and
+    ``detail`` into the outputs. A ``reason`` records an attempt that failed (e.g. a
+    rejected generation): the document is in lineage as dropped with that reason and
+    never enters the new version."""
 
     parent: int
     variant: str
     text: str
+    scores: dict[str, float] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -217,13 +230,16 @@ class Transformed:
 
     ``action[i]``: ``keep`` (unchanged), ``edit`` (``text[i]`` replaces its text, same id)
     or ``drop`` (``reason[i]`` says why; required). ``created`` are new documents; in the
-    new version each follows its parent. ``scores`` (n rows) go into lineage."""
+    new version each follows its parent. ``scores`` (n rows) go into lineage. ``stats``
+    are counters of the whole call (e.g. tokens generated, cache hits): summed per stage
+    into the job's funnel."""
 
     action: list[str]
     text: list[str | None]
     reason: list[str | None]
     scores: pa.Table | None = None
     created: tuple[NewDoc, ...] = field(default_factory=tuple)
+    stats: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.action)
@@ -273,8 +289,11 @@ class Stage(Generic[P]):
     # Params that change a scoring phase itself; all others only change ``select``, so a
     # new value for them is a re-select over stored scores.
     score_params: ClassVar[frozenset[str]] = frozenset()
-    # Transforms that create documents give outputs a ``parent_id`` column.
+    # Transforms that create documents give outputs ``parent_id`` and ``detail`` columns.
     creates_documents: ClassVar[bool] = False
+    # A folder of this stage in the job folder, kept across reruns of the job (a cache of
+    # paid model calls, a budget ledger); set by the runner, None outside a job.
+    workspace: Path | None = None
 
     def __init__(self, params: StageParams | dict | None = None) -> None:
         if params is None or isinstance(params, dict):
@@ -290,6 +309,14 @@ class Stage(Generic[P]):
     def check_in_job(cls, params: StageParams, stages_before: list[str]) -> None:
         """Raise ValueError if ``params`` cannot work after ``stages_before`` (checked when
         the spec is parsed, e.g. a score of an earlier stage that the stage reads)."""
+
+    @classmethod
+    def rescues(cls, params: StageParams) -> str | None:
+        """A reason of an earlier stage: besides the documents that survive to it, a
+        transform then also gets those the latest earlier stage emitting that reason
+        dropped with it, marked by a true ``rescued`` column (e.g. to rephrase low-quality
+        documents instead of losing them). None (the default): only survivors."""
+        return None
 
     @classmethod
     def corpus_wide(cls) -> bool:

@@ -25,9 +25,10 @@ from filters.minhash import MinHashDedupV1
 from filters.perplexity import PerplexityV1
 from filters.preselect import PreselectV1
 from filters.quality_rules import QualityRulesV1
+from filters.rephrase import RephraseV1
 
 BUILTIN: tuple[type[Stage], ...] = (InputCheckV1, ExactDedupV1, QualityRulesV1, MinHashDedupV1, PerplexityV1,
-                                    C4LinesV1, PreselectV1, ConceptPruneV1)
+                                    C4LinesV1, PreselectV1, ConceptPruneV1, RephraseV1)
 
 # Runs first in every job so null/empty texts are recorded with a reason, never lost.
 BUILTIN_FIRST_STAGE = InputCheckV1.name

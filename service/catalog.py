@@ -66,12 +66,21 @@ NO_DECISIONS = """SELECT
     NULL::VARCHAR AS job_id, NULL::INTEGER AS stage_index, NULL::VARCHAR AS stage, NULL::VARCHAR AS shard,
     NULL::VARCHAR AS unit, NULL::BIGINT AS row, NULL::VARCHAR AS doc_id, NULL::VARCHAR AS parent_id,
     NULL::VARCHAR AS decision, NULL::VARCHAR AS reason, NULL::VARCHAR AS change,
-    NULL::MAP(VARCHAR, DOUBLE) AS scores, NULL::VARCHAR AS cluster_id, NULL::VARCHAR AS survivor_id
+    NULL::MAP(VARCHAR, DOUBLE) AS scores, NULL::VARCHAR AS cluster_id, NULL::VARCHAR AS survivor_id,
+    NULL::VARCHAR AS detail
 WHERE false"""
 
 
 class CatalogError(RuntimeError):
     pass
+
+
+def _parse_detail(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Lineage stores ``detail`` (non-numeric facts, e.g. a synthetic document's style and
+    model) as JSON text; callers get it as an object."""
+    for row in rows:
+        row["detail"] = json.loads(row["detail"]) if row.get("detail") else None
+    return rows
 
 
 def default_path() -> Path:
@@ -297,10 +306,10 @@ class Catalog:
         return f"({_read_decisions([pattern])})" if glob.glob(pattern) else f"({NO_DECISIONS})"
 
     def _doc_rows(self, source: str, job_id: str, doc_id: str) -> list[dict[str, Any]]:
-        return self._rows(
+        return _parse_detail(self._rows(
             "SELECT stage_index, stage, decision, reason, change, scores, cluster_id, survivor_id, parent_id, shard, "
-            f"unit, row FROM {source} WHERE job_id = ? AND doc_id = ? ORDER BY stage_index, change NULLS FIRST",
-            [job_id, doc_id])
+            f"unit, row, detail FROM {source} WHERE job_id = ? AND doc_id = ? ORDER BY stage_index, change NULLS FIRST",
+            [job_id, doc_id]))
 
     def why(self, job_ref: str, doc_id: str) -> dict[str, Any]:
         """Every stage the document reached (scores, decision, reason), the chain of sources
@@ -344,7 +353,7 @@ class Catalog:
         cursor key ``after`` = [stage_index, doc_id]; where each document's text is too."""
         job = self.resolve_job(job_ref)
         sql = ("SELECT doc_id, parent_id, stage, stage_index, decision, reason, change, scores, cluster_id, "
-               f"survivor_id, shard, unit, row FROM {self._job_decisions(job)} WHERE job_id = ?")
+               f"survivor_id, shard, unit, row, detail FROM {self._job_decisions(job)} WHERE job_id = ?")
         params: list[Any] = [job["job_id"]]
         for column, value in (("decision", decision), ("stage", stage), ("reason", reason), ("change", change)):
             if value is not None:
@@ -353,7 +362,7 @@ class Catalog:
         if after is not None:
             sql += " AND (stage_index > ? OR (stage_index = ? AND doc_id > ?))"
             params += [after[0], after[0], after[1]]
-        return self._rows(sql + " ORDER BY stage_index, doc_id LIMIT ?", [*params, limit])
+        return _parse_detail(self._rows(sql + " ORDER BY stage_index, doc_id LIMIT ?", [*params, limit]))
 
     def examples(self, job_ref: str, stage: str) -> dict[str, str | None]:
         """One dropped and one kept document of a stage (for the CLI's hints)."""

@@ -75,7 +75,24 @@ def format_funnel(manifest: dict) -> str:
         edited = f" (edited {row['edited']})" if row["edited"] else ""
         lines.append(f"{row['stage']:<{width}}{row['docs_in']:>9}{row['kept']:>9}{row['dropped']:>9}{extra}  "
                      f"{reasons}{edited}".rstrip())
-    return "\n".join(lines)
+    notes = [note for row in manifest["funnel"] if (note := _stage_note(row))]
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def _stage_note(row: dict) -> str:
+    """A line for a stage that made failed attempts or reported counters (e.g. rephrasing:
+    generations, cache hits, tokens and tokens/s)."""
+    parts = []
+    if row.get("created_rejected"):
+        reasons = ", ".join(f"{r}={n}" for r, n in row["created_reasons"].items())
+        parts.append(f"{row['created_rejected']} attempts rejected ({reasons})")
+    stats = row.get("stage_stats") or {}
+    if stats.get("generations"):
+        parts.append(f"{stats['generations']:.0f} generations ({stats.get('cache_hits', 0):.0f} from cache), "
+                     f"tokens in {stats.get('tokens_in', 0):.0f} / out {stats.get('tokens_out', 0):.0f}")
+        if stats.get("generation_seconds"):
+            parts.append(f"{stats.get('tokens_out_paid', 0) / stats['generation_seconds']:.1f} tokens/s generated")
+    return f"{row['stage']}: " + "; ".join(parts) if parts else ""
 
 
 def summary(manifest: dict, data: Path) -> str:
@@ -244,6 +261,8 @@ def _print_stages(stages: list[dict], indent: str) -> None:
               .rstrip())
         if text:
             print(f"{indent}    {text}")
+        if s.get("detail"):
+            print(f"{indent}    detail: {json.dumps(s['detail'], sort_keys=True)}")
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

@@ -81,6 +81,8 @@ class LineageRow(_Open):
     shard: str
     unit: str | None
     row: int
+    detail: dict[str, Any] | None = Field(None, description="non-numeric facts, e.g. a synthetic document's style, "
+                                          "model, prompt hash and finish reason")
 
 
 class SourceChain(_Open):
@@ -119,6 +121,7 @@ class DocumentRow(_Open):
     scores: dict[str, float] | None
     cluster_id: str | None
     survivor_id: str | None
+    detail: dict[str, Any] | None = None
 
 
 class DropRow(DocumentRow):

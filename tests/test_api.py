@@ -359,6 +359,32 @@ def test_created_documents_on_the_rest_routes(api):
     assert previews == {"two": f"{GOOD}\n\nToo short."[:300], short: "Too short."}
 
 
+def test_rephrase_runs_through_the_rest_api_with_synthetic_lineage(api):
+    """rephrase_v1 (bundled SmolLM2, in process on the job's actor) submitted over REST: the
+    job's progress counts created documents, the document route walks a synthetic
+    document to its source with its detail, and the source lists it."""
+    pytest.importorskip("llama_cpp")
+    write_shard(api.data / "wrap" / "w.parquet", [GOOD], ids=["src"])
+    spec = {"name": "wrap", "inputs": ["wrap/*.parquet"], "output": "wrap",
+            "stages": [{"stage": "rephrase_v1", "params": {"max_new_tokens": 48, "chunk_tokens": 64,
+                                                            "temperature": 0, "styles": ["medium"]}}]}
+    job = wait_for(api, submit(api, spec).json()["job_id"], timeout=240)
+    assert job["state"] == "succeeded", job
+    row = job["progress"]["stages"][1]
+    assert row["stage"] == "rephrase_v1" and row["docs_in"] == 1 and row["kept"] == 1
+    rows = api.get(f"/jobs/{job['job_id']}/documents", params={"stage": "rephrase_v1", "change": "created"},
+                   headers=api.read).json()["items"]
+    assert len(rows) >= 1 and all(r["parent_id"] == "src" for r in rows)  # one attempt per chunk
+    assert all(r["detail"]["style"] == "medium" and r["detail"]["source_id"] == "src" for r in rows)
+    assert row["created"] == sum(r["decision"] == "keep" for r in rows)
+    child = rows[0]["doc_id"]
+    doc = api.get(f"/jobs/{job['job_id']}/documents/{child}", headers=api.read).json()
+    assert doc["created_by"] == "rephrase_v1" and doc["parent_id"] == "src"
+    assert doc["stages"][0]["detail"]["model"].startswith("SmolLM2-135M-Instruct")
+    source = api.get(f"/jobs/{job['job_id']}/documents/src", headers=api.read).json()
+    assert sorted(c["doc_id"] for c in source["children"]) == sorted(r["doc_id"] for r in rows)
+
+
 def test_pages_follow_a_stable_order_with_a_next_cursor(api, done_job):
     """Cursor pagination on /jobs, /drops and /documents: pages of `limit`, `next` until the
     last page, every row exactly once, in a stable order; a bad cursor is a 422."""

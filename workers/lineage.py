@@ -8,6 +8,7 @@ of the document, or of the source it was created from), ``order`` and ``parent_i
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 
@@ -15,18 +16,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from filters.base import DROP, EDIT, ID, ORDER, PARENT_ID, TEXT, Selection, Transformed
+from filters.base import DETAIL, DROP, EDIT, ID, ORDER, PARENT_ID, TEXT, Selection, Transformed
 
 ROW = "row"
 KEEP, DROPPED = "keep", "drop"
 EDITED, CREATED = "edited", "created"
 SCORES_MAP = pa.map_(pa.string(), pa.float64())
-VERSION_COLUMNS = (ID, TEXT, ROW, PARENT_ID)
+VERSION_COLUMNS = (ID, TEXT, ROW, PARENT_ID, DETAIL)
 LINEAGE_SCHEMA = pa.schema([
     ("job_id", pa.string()), ("stage_index", pa.int32()), ("stage", pa.string()), ("shard", pa.string()),
     ("unit", pa.string()), (ROW, pa.int64()), ("doc_id", pa.string()), (PARENT_ID, pa.string()),
     ("decision", pa.string()), ("reason", pa.string()), ("change", pa.string()), ("scores", SCORES_MAP),
-    ("cluster_id", pa.string()), ("survivor_id", pa.string()),
+    ("cluster_id", pa.string()), ("survivor_id", pa.string()), (DETAIL, pa.string()),
 ])
 
 
@@ -73,7 +74,8 @@ def _strings(values: list | None, n: int) -> pa.Array:
 
 
 def lineage_table(where: Where, docs: pa.Table, decision: list[str], reason: list, change: list,
-                  scores: pa.Array, cluster_id: list | None = None, survivor_id: list | None = None) -> pa.Table:
+                  scores: pa.Array, cluster_id: list | None = None, survivor_id: list | None = None,
+                  detail: list | None = None) -> pa.Table:
     n = docs.num_rows
     return pa.table({
         "job_id": pa.array([where.job_id] * n, pa.string()),
@@ -90,6 +92,7 @@ def lineage_table(where: Where, docs: pa.Table, decision: list[str], reason: lis
         "scores": scores,
         "cluster_id": _strings(cluster_id, n),
         "survivor_id": _strings(survivor_id, n),
+        DETAIL: _strings(detail, n),
     }, schema=LINEAGE_SCHEMA)
 
 
@@ -105,53 +108,60 @@ def _chars(texts: list[str | None]) -> list[float]:
     return [float(len(t or "")) for t in texts]
 
 
+def detail_json(detail: dict) -> str | None:
+    return json.dumps(detail, sort_keys=True, ensure_ascii=False) if detail else None
+
+
 def apply_transform(where: Where, docs: pa.Table, result: Transformed) -> tuple[pa.Table, pa.Table, pa.Table]:
     """Returns (the new version of the documents, lineage rows, the scores of the inputs).
 
     In the new version each kept or edited input is followed by the documents created
-    from it, so input order is kept and new documents sit right after their source."""
+    from it, so input order is kept and new documents sit right after their source. A
+    created document with a ``reason`` (a failed attempt) is in lineage only."""
     n = docs.num_rows
     if len(result.action) != n:
         raise ValueError(f"{where.stage}.transform returned {len(result.action)} actions for {n} documents")
     ids, texts, rows = docs[ID].to_pylist(), docs[TEXT].to_pylist(), docs[ROW].to_pylist()
     parents = docs[PARENT_ID].to_pylist()
+    details = docs[DETAIL].to_pylist() if DETAIL in docs.column_names else [None] * n
     children: dict[int, list] = {}
     for new in result.created:
         children.setdefault(new.parent, []).append(new)
-    version = {c: [] for c in VERSION_COLUMNS}
-    lineage_rows = {c: [] for c in (ID, ROW, PARENT_ID, "decision", "reason", "change", "scores")}
+    version: dict[str, list] = {c: [] for c in VERSION_COLUMNS}
+    lineage_rows: dict[str, list] = {c: [] for c in (ID, ROW, PARENT_ID, "decision", "reason", "change", "scores",
+                                                     DETAIL)}
     input_scores = numeric_scores([result.scores] if result.scores is not None else [], {
         "chars_before": _chars(texts),
         "chars_after": [None if a == DROP else float(len(t if a == EDIT else (texts[i] or "")))
                         for i, (a, t) in enumerate(zip(result.action, result.text, strict=True))],
     }, n).to_pylist()
 
-    def emit(doc_id, text, row, parent, decision, reason, change, scores, into_version):
-        lineage_rows[ID].append(doc_id)
-        lineage_rows[ROW].append(row)
-        lineage_rows[PARENT_ID].append(parent)
-        lineage_rows["decision"].append(decision)
-        lineage_rows["reason"].append(reason)
-        lineage_rows["change"].append(change)
-        lineage_rows["scores"].append(scores)
+    def emit(doc_id, text, row, parent, decision, reason, change, scores, detail, into_version):
+        for col, value in zip(lineage_rows, (doc_id, row, parent, decision, reason, change, scores, detail),
+                              strict=True):
+            lineage_rows[col].append(value)
         if into_version:
-            for col, value in zip(VERSION_COLUMNS, (doc_id, text, row, parent), strict=True):
+            for col, value in zip(VERSION_COLUMNS, (doc_id, text, row, parent, detail), strict=True):
                 version[col].append(value)
 
     for i in range(n):
         action = result.action[i]
         text = result.text[i] if action == EDIT else texts[i]
         emit(ids[i], text, rows[i], parents[i], DROPPED if action == DROP else KEEP, result.reason[i],
-             EDITED if action == EDIT else None, input_scores[i], action != DROP)
+             EDITED if action == EDIT else None, input_scores[i], details[i], action != DROP)
         for new in children.get(i, []):
-            emit(created_id(ids[i], where.stage, new.variant), new.text, rows[i], ids[i], KEEP, None, CREATED,
-                 [("chars_after", float(len(new.text)))], True)
+            scores = [("chars_after", float(len(new.text)))] if new.reason is None else []
+            scores += [(k, float(v)) for k, v in new.scores.items() if v is not None]
+            emit(created_id(ids[i], where.stage, new.variant), new.text, rows[i], ids[i],
+                 KEEP if new.reason is None else DROPPED, new.reason, CREATED, scores, detail_json(new.detail),
+                 new.reason is None)
     new_docs = pa.table({ID: pa.array(version[ID], pa.string()), TEXT: pa.array(version[TEXT], pa.string()),
-                         ROW: pa.array(version[ROW], pa.int64()), PARENT_ID: pa.array(version[PARENT_ID], pa.string())})
+                         ROW: pa.array(version[ROW], pa.int64()), PARENT_ID: pa.array(version[PARENT_ID], pa.string()),
+                         DETAIL: pa.array(version[DETAIL], pa.string())})
     touched = pa.table({ID: pa.array(lineage_rows[ID], pa.string()), ROW: pa.array(lineage_rows[ROW], pa.int64()),
                         PARENT_ID: pa.array(lineage_rows[PARENT_ID], pa.string())})
     lineage = lineage_table(where, touched, lineage_rows["decision"], lineage_rows["reason"], lineage_rows["change"],
-                            pa.array(lineage_rows["scores"], SCORES_MAP))
+                            pa.array(lineage_rows["scores"], SCORES_MAP), detail=lineage_rows[DETAIL])
     scores = pa.table({ID: docs[ID], ROW: docs[ROW], ORDER: docs[ORDER]})
     if result.scores is not None:
         for name in result.scores.column_names:
@@ -159,18 +169,27 @@ def apply_transform(where: Where, docs: pa.Table, result: Transformed) -> tuple[
     return new_docs, lineage, scores
 
 
-def unit_stats(where: Where, lineage: pa.Table, bytes_in: int, bytes_out: int, seconds: float | None) -> dict:
-    """docs in / kept / dropped / created / edited and reasons of one unit at one stage."""
+def unit_stats(where: Where, lineage: pa.Table, bytes_in: int, bytes_out: int, seconds: float | None,
+               stage_stats: dict[str, float] | None = None) -> dict:
+    """docs in / kept / dropped / created / edited and reasons of one unit at one stage.
+    ``created`` counts new documents that entered the new version; ``created_rejected``
+    those recorded as failed attempts (their reasons in ``created_reasons``)."""
     decision, change = lineage["decision"].to_pylist(), lineage["change"].to_pylist()
-    created = sum(c == CREATED for c in change)
-    kept = sum(d == KEEP for d in decision) - created
-    docs_in = len(decision) - created
+    reasons = lineage["reason"].to_pylist()
+    is_created = [c == CREATED for c in change]
+    created = sum(c and d == KEEP for c, d in zip(is_created, decision, strict=True))
+    kept = sum(d == KEEP and not c for d, c in zip(decision, is_created, strict=True))
+    docs_in = len(decision) - sum(is_created)
     return {
         "stage_index": where.stage_index, "stage": where.stage, "shard": where.shard, "unit": where.unit,
         "docs_in": docs_in, "kept": kept, "dropped": docs_in - kept, "created": created,
+        "created_rejected": sum(is_created) - created,
         "edited": sum(c == EDITED for c in change), "docs_out": kept + created,
-        "reasons": dict(Counter(r for r, d in zip(lineage["reason"].to_pylist(), decision, strict=True)
-                                if r is not None and d == DROPPED)),
+        "reasons": dict(Counter(r for r, d, c in zip(reasons, decision, is_created, strict=True)
+                                if r is not None and d == DROPPED and not c)),
+        "created_reasons": dict(Counter(r for r, d, c in zip(reasons, decision, is_created, strict=True)
+                                        if r is not None and d == DROPPED and c)),
+        "stage_stats": dict(stage_stats or {}),
         "text_bytes_in": bytes_in, "text_bytes_out": bytes_out, "score_seconds": seconds,
     }
 

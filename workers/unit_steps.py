@@ -18,10 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from filters.base import ID, ORDER, PARENT_ID, TEXT, Fitted, Stage
+from filters.base import DETAIL, ID, ORDER, PARENT_ID, RESCUED, TEXT, Fitted, Stage
 from workers import atomic
-from workers.job_folder import WRITE_STEP, JobFolder, step_name
+from workers.job_folder import ERROR_CODES, WRITE_STEP, JobFolder, step_name
 from workers.lineage import (
+    DROPPED,
     KEEP,
     ROW,
     Where,
@@ -70,7 +71,10 @@ def error_record(exc: BaseException, *, stage: str | None, shard: str | None, un
         return {"code": exc.code, "message": str(exc), "stage": stage, "shard": exc.path or shard, "unit": unit,
                 "row": exc.row}
     where = f"{stage}: " if stage else ""
-    return {"code": "stage_failed" if stage else "write_failed", "stage": stage, "shard": shard, "unit": unit,
+    code = getattr(exc, "code", None)  # a stage's own error with a job error code, e.g. token_budget_spent
+    if code not in ERROR_CODES:
+        code = "stage_failed" if stage else "write_failed"
+    return {"code": code, "stage": stage, "shard": shard, "unit": unit,
             "message": f"{where}{shard}: {type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
 
 
@@ -144,21 +148,25 @@ class UnitRunner:
         i, stage, unit = step.stage_index, self.ctx.stages[step.stage_index], state.unit
         docs = state.docs_at(i)
         fit = last_fit_before(stage, None)
-        result = stage.transform(docs.select([ID, TEXT]), self.fitted(i, fit) if fit else None)
+        if stage.workspace is None:
+            stage.workspace = self.ctx.folder.workspace(i, stage.name)
+        view = docs.select([ID, TEXT, RESCUED] if RESCUED in docs.column_names else [ID, TEXT])
+        result = stage.transform(view, self.fitted(i, fit) if fit else None)
         new_docs, lineage, scores = apply_transform(self.where(i, unit), docs, result)
         atomic.write_parquet(scores, self.ctx.folder.scores(i, stage.name, unit.key))
         atomic.write_parquet(new_docs, self.ctx.folder.version(i, stage.name, unit.key))
         state.versions[i] = new_docs
-        return self._record(state, i, lineage, docs, new_docs)
+        return self._record(state, i, lineage, docs, new_docs, result.stats)
 
-    def _record(self, state: _UnitState, i: int, lineage: pa.Table, docs_in: pa.Table, docs_out: pa.Table) -> dict:
+    def _record(self, state: _UnitState, i: int, lineage: pa.Table, docs_in: pa.Table, docs_out: pa.Table,
+                stage_stats: dict[str, float] | None = None) -> dict:
         stage, folder, unit = self.ctx.stages[i].name, self.ctx.folder, state.unit
         atomic.write_parquet(lineage, folder.decisions(i, stage, unit.key))
         state.lineage[i] = lineage
         phases = [step_name(i, stage, m) for m in score_phases(self.ctx.stages[i])]
         seconds = [folder.read_marker(p, unit.key)["seconds"] for p in phases if folder.done(p, unit.key)]
         stats = unit_stats(self.where(i, unit), lineage, text_bytes(docs_in), text_bytes(docs_out),
-                           round(sum(seconds), 6) if seconds else None)
+                           round(sum(seconds), 6) if seconds else None, stage_stats)
         atomic.write_json(stats, folder.stats(i, stage, unit.key))
         return {"rows": stats["docs_in"], "kept": stats["kept"], "created": stats["created"]}
 
@@ -175,7 +183,7 @@ class UnitRunner:
             for column, source in ((self.ctx.id_column, ID), (self.ctx.text_column, TEXT)):
                 out = out.set_column(out.schema.get_field_index(column), column, docs[source])
             if self.ctx.creates_documents:
-                out = out.append_column(PARENT_ID, docs[PARENT_ID])
+                out = out.append_column(PARENT_ID, docs[PARENT_ID]).append_column(DETAIL, docs[DETAIL])
         path = self.ctx.folder.output(shard.key)
         atomic.write_parquet(out, path)
         return {"rows": out.num_rows, "bytes": path.stat().st_size, "sha256": atomic.sha256_file(path)}
@@ -223,7 +231,8 @@ class _UnitState:
             whole = self.unit.start == 0 and self.unit.stop == self.unit.shard.rows
             docs = docs_view(self.unit, self.shard_table(), ctx.text_column, ctx.id_column) if whole else \
                 read_unit_docs(self.unit, ctx.text_column, ctx.id_column)
-            docs = self._with_order(docs.append_column(PARENT_ID, pa.nulls(docs.num_rows, pa.string())))
+            docs = docs.append_column(PARENT_ID, pa.nulls(docs.num_rows, pa.string()))
+            docs = self._with_order(docs.append_column(DETAIL, pa.nulls(docs.num_rows, pa.string())))
         elif ctx.stages[index - 1].kind == "transform":
             prev = ctx.stages[index - 1].name
             version = self.versions.get(index - 1)
@@ -237,14 +246,32 @@ class _UnitState:
                 raise RuntimeError(f"unit {self.unit.key}: stage {index - 1} has {len(decision)} decisions for "
                                    f"{before.num_rows} documents (job folder changed under the run?)")
             docs = before.filter(pc.equal(decision, KEEP))
+        stage = ctx.stages[index] if index < len(ctx.stages) else None
+        rescue = stage.rescues(stage.params) if stage is not None else None
+        if rescue is not None:
+            docs = self._with_rescued(docs, index, rescue)
         self._docs[index] = docs
         return docs
+
+    def _with_rescued(self, docs: pa.Table, index: int, reason: str) -> pa.Table:
+        """The survivors plus the documents the latest earlier stage that emits ``reason``
+        dropped with it, in input order, the latter marked ``rescued`` (the spec check
+        guarantees no transform lies between, so both share one version of the documents
+        and its orders)."""
+        stages = self.runner.ctx.stages
+        source = max(i for i in range(index) if reason in stages[i].reasons)
+        lineage = self.lineage_at(source)
+        hit = pc.and_(pc.equal(lineage["decision"], DROPPED), pc.equal(lineage["reason"], reason))
+        rescued = self.docs_at(source).filter(pc.fill_null(hit, False))
+        table = pa.concat_tables([docs.append_column(RESCUED, pa.array([False] * docs.num_rows, pa.bool_())),
+                                  rescued.append_column(RESCUED, pa.array([True] * rescued.num_rows, pa.bool_()))])
+        return table.take(pc.sort_indices(table[ORDER]))
 
     def lineage_at(self, index: int) -> pa.Table:
         if index not in self.lineage:
             stage = self.runner.ctx.stages[index].name
             self.lineage[index] = pq.read_table(self.runner.ctx.folder.decisions(index, stage, self.unit.key),
-                                                columns=["decision"])
+                                                columns=["decision", "reason"])
         return self.lineage[index]
 
     def scores_of(self, index: int, phase: str) -> pa.Table:

@@ -22,7 +22,7 @@ def require(module: str, package: str, backend: str, extra: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependency(
-            f"the {backend} perplexity backend needs the package {package!r}: pip install 'curate[{extra}]' "
+            f"the {backend} backend needs the package {package!r}: pip install 'curate[{extra}]' "
             f"(or pip install {package}): {exc}"
         ) from None
 

@@ -58,14 +58,14 @@ class KenLMScorer:
     """SentencePiece (optional) + a KenLM ``.arpa``/``.bin`` model at user-given paths."""
 
     def __init__(self, model_path: str, sp_model: str | None, newlines: str = "space") -> None:
-        kenlm = require("kenlm", "kenlm", "kenlm", "kenlm")
+        kenlm = require("kenlm", "kenlm", "kenlm perplexity", "kenlm")
         for path in filter(None, (model_path, sp_model)):
             if not Path(path).is_file():
                 raise FileNotFoundError(f"kenlm backend: model file not found: {path}")
         self.model = kenlm.Model(model_path)
         self.sp = None
         if sp_model:
-            spm = require("sentencepiece", "sentencepiece", "kenlm", "kenlm")
+            spm = require("sentencepiece", "sentencepiece", "kenlm perplexity", "kenlm")
             self.sp = spm.SentencePieceProcessor(model_file=sp_model)
         self.newlines = newlines
 

@@ -50,13 +50,13 @@ def dequantised_folder(gguf: Path, transformers) -> Path:
 class TransformersScorer(WindowedScorer):
     def __init__(self, model_path: str, *, window: int, mode: str, stride: int, max_windows: int | None,
                  n_threads: int | None, batch_tokens: int, device: str = "auto", dtype: str = "float32") -> None:
-        torch = require("torch", "torch", "transformers", "lm")
-        transformers = require("transformers", "transformers", "transformers", "lm")
+        torch = require("torch", "torch", "transformers perplexity", "lm")
+        transformers = require("transformers", "transformers", "transformers perplexity", "lm")
         self.torch = torch
         transformers.utils.logging.disable_progress_bar()
         path = Path(model_path)
         if path.suffix == ".gguf":
-            require("gguf", "gguf", "transformers", "lm")
+            require("gguf", "gguf", "transformers perplexity", "lm")
             path = dequantised_folder(path, transformers)
         if n_threads:
             torch.set_num_threads(n_threads)

@@ -21,7 +21,7 @@ def log_softmax_pick(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 class LlamaCppScorer(WindowedScorer):
     def __init__(self, model_path: str, *, window: int, mode: str, stride: int, max_windows: int | None,
                  n_threads: int | None) -> None:
-        llama_cpp = require("llama_cpp", "llama-cpp-python", "llama_cpp", "llama")
+        llama_cpp = require("llama_cpp", "llama-cpp-python", "llama_cpp perplexity", "llama")
         self._set_windows(window, mode, stride, max_windows)
         n_ctx = window + 1
         self.llm = llama_cpp.Llama(

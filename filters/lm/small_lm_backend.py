@@ -55,7 +55,7 @@ def save_small_lm(trained: Any, folder: Path, tokenizer: str | None = None, extr
 
 def load_small_lm(folder: str | Path) -> tuple[Any, Any, dict]:
     """(model in eval mode, tokenizer, config.json) of a saved small LM."""
-    require("torch", "torch", "small_lm", "lm")
+    require("torch", "torch", "small_lm perplexity", "lm")
     from safetensors.torch import load_file
 
     from filters.lm.bpe import load_tokenizer
@@ -85,7 +85,7 @@ class SmallLMScorer(WindowedScorer):
                  n_threads: int | None = None, batch_size: int = 32) -> None:
         from filters.lm.bpe import end_of_text_id
 
-        self.torch = require("torch", "torch", "small_lm", "lm")
+        self.torch = require("torch", "torch", "small_lm perplexity", "lm")
         if n_threads:
             self.torch.set_num_threads(n_threads)
         self.model, self.tokenizer, meta = load_small_lm(folder)

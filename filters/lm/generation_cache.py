@@ -1,5 +1,5 @@
-"""A content-addressed cache of finished LLM generations (groundwork of ``rephrase_v1``,
-issue 14): a crashed, cancelled or retried job never pays twice for the same chunk.
+"""A content-addressed cache of finished LLM generations (``rephrase_v1`` keeps one in its
+job workspace): a crashed, cancelled or retried job never pays twice for the same chunk.
 
 The key is the SHA256 of everything that determines a generation: the model's identity
 (file hash or server model id), the exact chat messages and the sampling parameters. A
@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from workers import atomic
 
 
 def generation_key(model_id: str, messages: list[dict[str, str]], sampling: dict[str, Any]) -> str:
@@ -42,7 +42,14 @@ class GenerationCache:
             self.misses += 1
             return None
         self.hits += 1
-        return atomic.read_json(path)
+        return json.loads(path.read_text(encoding="utf-8"))
 
     def put(self, key: str, record: dict) -> None:
-        atomic.write_json(record, self._path(key))
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            tmp.write_text(json.dumps(record, sort_keys=True, ensure_ascii=False), encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
