@@ -371,7 +371,7 @@ def test_rephrase_runs_through_the_rest_api_with_synthetic_lineage(api):
     job = wait_for(api, submit(api, spec).json()["job_id"], timeout=240)
     assert job["state"] == "succeeded", job
     row = job["progress"]["stages"][1]
-    assert row["stage"] == "rephrase_v1" and row["docs_in"] == 1 and row["kept"] == 1
+    assert row["stage"] == "rephrase_v1" and row["docs_in"] == 1 and row["docs_out"] == 1 + row["created"]
     rows = api.get(f"/jobs/{job['job_id']}/documents", params={"stage": "rephrase_v1", "change": "created"},
                    headers=api.read).json()["items"]
     assert len(rows) >= 1 and all(r["parent_id"] == "src" for r in rows)  # one attempt per chunk

@@ -228,9 +228,13 @@ def llama_server(tmp_path_factory):
     proc.wait(timeout=30)
 
 
-def test_openai_backend_through_a_real_server_matches_the_in_process_backend(tmp_path, llama_server):
-    server = run_stages([("rephrase_v1", {**FAST, "backend": "openai", "base_url": llama_server, "concurrency": 2})],
+def test_openai_backend_through_a_real_server_matches_the_in_process_backend(tmp_path, llama_server, monkeypatch):
+    monkeypatch.setenv("TEST_SERVER_KEY", "sk-never-stored-42")
+    server = run_stages([("rephrase_v1", {**FAST, "backend": "openai", "base_url": llama_server, "concurrency": 2,
+                                          "api_key_env": "TEST_SERVER_KEY"})],
                         docs_table(), workdir=tmp_path / "server")
+    stored = [p for p in (tmp_path / "server").rglob("*") if p.is_file() and b"sk-never-stored" in p.read_bytes()]
+    assert stored == []  # the key went only into request headers
     local = run_stages([("rephrase_v1", FAST)], docs_table(), workdir=tmp_path / "local")
     s_rows, l_rows = lineage(server), lineage(local)
     assert [r["doc_id"] for r in s_rows] == [r["doc_id"] for r in l_rows]  # same chunks, styles and ids

@@ -4,7 +4,7 @@ Lineage stores ``scores`` as an Arrow ``map<string, double>``, which Hugging Fac
 ``datasets`` cannot load. ``export_scores`` reads the stage's decision files of a job
 folder (every finished work unit, in plan order) and writes one Parquet file with
 ``doc_id``, ``parent_id``, ``decision``, ``reason``, ``change``, ``cluster_id``,
-``survivor_id`` and the scores either
+``survivor_id``, ``detail`` (JSON text) and the scores either
 
 * ``wide`` (default): one float64 column ``score_<name>`` per score name the stage
   recorded (in the order first seen), null where a document has no such score; or
@@ -28,7 +28,7 @@ from workers import atomic
 from workers.job_folder import JobFolder, UnknownStage
 
 FORMATS = ("wide", "struct")
-COLUMNS = ("doc_id", "parent_id", "decision", "reason", "change", "cluster_id", "survivor_id")
+COLUMNS = ("doc_id", "parent_id", "decision", "reason", "change", "cluster_id", "survivor_id", "detail")
 SCORE_PREFIX = "score_"
 
 
