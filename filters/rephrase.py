@@ -31,8 +31,10 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from collections import Counter
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import pyarrow as pa
@@ -57,11 +59,15 @@ from filters.lm.generation_cache import GenerationCache, generation_key
 from filters.lm.models import BUNDLED, SMOLLM2, check_model, model_file_list
 from filters.lm.token_ledger import TokenLedger
 from filters.rephrase_plan import styles_per_chunk
-from filters.wrap_chunks import STYLE_PROMPTS, pack_chunks, wrap_messages
+from filters.wrap_chunks import STYLE_PROMPTS, Chunk, pack_chunks, wrap_messages
 from filters.wrap_post import check_output
 
+# Tokens of the system text, a style prompt and the chat template around a chunk (SmolLM2:
+# 62-82 with the paper's prompts), with room for longer user prompts.
+PROMPT_OVERHEAD = 200
 ModelRef = Annotated[str, Field(min_length=1), PathRef(names=BUNDLED)]
-REJECT_REASONS = ("rephrase.truncated", "rephrase.empty_output", "rephrase.repetition", "rephrase.echoed_prompt",
+REJECT_REASONS = ("rephrase.chunk_too_long",
+                  "rephrase.truncated", "rephrase.empty_output", "rephrase.repetition", "rephrase.echoed_prompt",
                   "rephrase.copied_input", "rephrase.too_short")
 
 
@@ -127,6 +133,9 @@ class RephraseParams(ModelParams):
         if self.ratio > len(self.styles):
             raise ValueError(f"ratio {self.ratio} asks for more rephrasings per chunk than there are styles "
                              f"({len(self.styles)})")
+        if self.backend == "llama_cpp" and self.chunk_tokens + self.max_new_tokens + PROMPT_OVERHEAD > self.n_ctx:
+            raise ValueError(f"chunk_tokens ({self.chunk_tokens}) + max_new_tokens ({self.max_new_tokens}) + the "
+                             f"prompt (~{PROMPT_OVERHEAD}) exceed n_ctx ({self.n_ctx})")
         if self.backend == "llama_cpp" and self.tokenizer is not None:
             raise ValueError("tokenizer is for the openai backend (llama_cpp counts with its own model)")
         if self.synthetic_for is not None and "." not in self.synthetic_for:
@@ -180,6 +189,7 @@ class RephraseV1(TransformStage[RephraseParams]):
         super().__init__(params)
         self._generator: ChatGenerator | None = None
         self._count_tokens: Any = None
+        self._ledger: TokenLedger | None = None
 
     @classmethod
     def rescues(cls, params: StageParams) -> str | None:
@@ -198,6 +208,9 @@ class RephraseV1(TransformStage[RephraseParams]):
         if not emitting:
             raise ValueError(f"synthetic_for: no stage before rephrase_v1 drops with {params.synthetic_for!r} "
                              f"(stages before it: {', '.join(stages_before)})")
+        if classes[emitting[-1]].kind != "filter":
+            raise ValueError(f"synthetic_for: {stages_before[emitting[-1]]} is a transform; only a filter's drops "
+                             "can be rescued")
         between = [c.name for c in classes[emitting[-1] + 1:] if c.kind == "transform"]
         if between:
             raise ValueError(f"synthetic_for: transform {between[0]} runs between {stages_before[emitting[-1]]} and "
@@ -220,7 +233,7 @@ class RephraseV1(TransformStage[RephraseParams]):
         rescued = docs[RESCUED].to_pylist() if RESCUED in docs.column_names else [False] * len(ids)
         todo = [bool(r) if p.synthetic_for else True for r in rescued]
         # Every (document, chunk, style) to generate, in document order.
-        jobs: list[tuple[int, int, int, str, str]] = []  # doc, chunk index, chunks, style, chunk text
+        jobs: list[tuple[int, int, int, str, Chunk]] = []  # doc, chunk index, chunks, style, chunk
         chunk_counts, chunk_tokens = [0] * len(ids), [0] * len(ids)
         for i, text in enumerate(texts):
             if not todo[i] or not (text or "").strip():
@@ -228,21 +241,34 @@ class RephraseV1(TransformStage[RephraseParams]):
             chunks = pack_chunks(text, self._count_tokens, p.chunk_tokens)
             chunk_counts[i], chunk_tokens[i] = len(chunks), sum(c.tokens for c in chunks)
             for j, styles in enumerate(styles_per_chunk(ids[i], len(chunks), p.ratio, p.styles)):
-                jobs += [(i, j, len(chunks), style, chunks[j].text) for style in styles]
-        results, counters = self._generate([(style, chunk) for _, _, _, style, chunk in jobs])
+                jobs += [(i, j, len(chunks), style, chunks[j]) for style in styles]
+        # A single sentence longer than chunk_tokens (a table, a list without full stops) is
+        # not sent: it could overflow the model's context, and the paper found long inputs
+        # lose information. It is recorded as a rejected attempt.
+        sendable = [k for k, job in enumerate(jobs) if not job[4].oversize]
+        results, counters = self._generate([(jobs[k][3], jobs[k][4].text) for k in sendable])
+        generated: dict[int, Generation] = dict(zip(sendable, results, strict=True))
         created: list[NewDoc] = []
         accepted_chunks: list[set[int]] = [set() for _ in ids]
         rejected, tokens_in, tokens_out = [0] * len(ids), [0] * len(ids), [0] * len(ids)
-        for (i, j, n_chunks, style, chunk), (gen, _) in zip(jobs, results, strict=True):
+        for k, (i, j, n_chunks, style, chunk) in enumerate(jobs):
             prompt = p.prompt(style)
-            verdict = check_output(gen.text, chunk, prompt, gen.finish_reason, min_length_ratio=p.min_length_ratio,
-                                   max_repetition=p.max_repetition)
+            detail: dict[str, Any] = {"source_id": ids[i], "chunk_index": j, "chunks": n_chunks, "style": style,
+                                      "backend": p.backend, "prompt_sha256": _sha256(prompt), "sampling": p.sampling(),
+                                      "chunk_tokens": chunk.tokens}
+            gen = generated.get(k)
+            if gen is None:
+                created.append(NewDoc(parent=i, variant=f"c{j}.{style}", text="", detail=detail,
+                                      scores={"chunk_index": float(j), "chunk_tokens": float(chunk.tokens)},
+                                      reason="rephrase.chunk_too_long"))
+                rejected[i] += 1
+                continue
+            verdict = check_output(gen.text, chunk.text, prompt, gen.finish_reason,
+                                   min_length_ratio=p.min_length_ratio, max_repetition=p.max_repetition)
             tokens_in[i] += gen.prompt_tokens
             tokens_out[i] += gen.completion_tokens
-            detail = {"source_id": ids[i], "chunk_index": j, "chunks": n_chunks, "style": style,
-                      "backend": p.backend, "model": gen.model_id, "prompt_sha256": _sha256(prompt),
-                      "sampling": p.sampling(), "tokens_in": gen.prompt_tokens, "tokens_out": gen.completion_tokens,
-                      "finish_reason": gen.finish_reason}
+            detail.update({"model": gen.model_id, "tokens_in": gen.prompt_tokens, "tokens_out": gen.completion_tokens,
+                           "finish_reason": gen.finish_reason})
             if verdict.stripped:
                 detail["stripped_preamble"] = verdict.stripped
             scores = {"chunk_index": float(j), "tokens_in": float(gen.prompt_tokens),
@@ -261,6 +287,7 @@ class RephraseV1(TransformStage[RephraseParams]):
             if p.synthetic_for and rescued[i]:
                 action.append(DROP)
                 reason.append("rephrase.rescued")
+                counters["rescued"] += 1
             elif p.mix == "synthetic_only" and chunk_counts[i] and len(accepted_chunks[i]) == chunk_counts[i]:
                 action.append(DROP)
                 reason.append("rephrase.replaced")
@@ -270,62 +297,85 @@ class RephraseV1(TransformStage[RephraseParams]):
             if todo[i]:
                 counters["real_chunks"] += chunk_counts[i]
                 counters["real_tokens"] += chunk_tokens[i]
+        accepted = Counter(d.parent for d in created if d.reason is None)
         scores = pa.table({
             "chunks": pa.array(chunk_counts, pa.int64()), "chunk_tokens": pa.array(chunk_tokens, pa.int64()),
-            "rephrasings": pa.array([sum(1 for d in created if d.parent == i and d.reason is None)
-                                     for i in range(len(ids))], pa.int64()),
+            "rephrasings": pa.array([accepted[i] for i in range(len(ids))], pa.int64()),
             "rejected": pa.array(rejected, pa.int64()),
             "tokens_in": pa.array(tokens_in, pa.int64()), "tokens_out": pa.array(tokens_out, pa.int64()),
         })
         return Transformed(action=action, text=[None] * len(ids), reason=reason, scores=scores,
                            created=tuple(created), stats={k: float(v) for k, v in counters.items()})
 
-    def _generate(self, requests: list[tuple[str, str]]) -> tuple[list[tuple[Generation, bool]], dict[str, float]]:
+    def _ledger_for(self, folder: Path | None) -> TokenLedger:
+        """One ledger per stage object and job (its file is this process's running total)."""
+        if self._ledger is None or self._ledger.folder != folder:
+            self._ledger = TokenLedger(folder, self.params.max_total_tokens)
+        return self._ledger
+
+    def _generate(self, requests: list[tuple[str, str]]) -> tuple[list[Generation], dict[str, float]]:
         """Generations for (style, chunk) requests, in order: from the cache when there,
-        otherwise from the backend (``concurrency`` at a time for a server)."""
+        otherwise from the backend (``concurrency`` at a time for a server). Equal requests
+        are generated once."""
         p, generator = self.params, self._generator
         assert generator is not None
         cache = GenerationCache(self.workspace / "generations") if self.workspace else None
-        ledger = TokenLedger(self.workspace / "ledger" if self.workspace else None, p.max_total_tokens)
+        ledger = self._ledger_for(self.workspace / "ledger" if self.workspace else None)
         retries_before = getattr(generator, "retries", 0)
         counters = dict.fromkeys(("generations", "cache_hits", "tokens_in", "tokens_out", "tokens_out_paid",
                                   "generation_seconds", "synthetic_docs", "synthetic_tokens", "real_chunks",
-                                  "real_tokens"), 0.0)
-        out: list[tuple[Generation, bool] | None] = [None] * len(requests)
-        pending = []
-        for k, (style, chunk) in enumerate(requests):
+                                  "real_tokens", "rescued"), 0.0)
+        found: dict[str, Generation] = {}
+        pending: dict[str, list[dict[str, str]]] = {}  # key -> messages, first come first served
+        keys = []
+        for style, chunk in requests:
             messages = wrap_messages(p.prompt(style), chunk)
             key = generation_key(generator.model_id, messages, p.sampling())
+            keys.append(key)
+            if key in found or key in pending:
+                continue
             record = cache.get(key) if cache else None
             if record is not None:
-                out[k] = (Generation(**record["generation"]), True)
+                found[key] = Generation(**record["generation"])
             else:
-                pending.append((k, key, messages))
+                pending[key] = messages
 
-        def run(item: tuple[int, str, list[dict[str, str]]]) -> tuple[int, Generation, float]:
-            k, key, messages = item
+        def run(key: str, messages: list[dict[str, str]]) -> Generation:
             ledger.check(self.name)
             started = time.perf_counter()
             gen = generator.chat(messages, max_tokens=p.max_new_tokens, temperature=p.temperature, top_p=p.top_p,
                                  seed=p.seed)
-            seconds = time.perf_counter() - started
+            if not gen.prompt_tokens:  # a server that reports no usage: count with the tokenizer
+                gen = replace(gen, prompt_tokens=sum(self._count_tokens(m["content"]) for m in messages),
+                              completion_tokens=self._count_tokens(gen.text) if gen.text else 0)
             if cache:  # cached before it is counted: a kill in between never pays for it twice
-                cache.put(key, {"generation": asdict(gen), "seconds": seconds})
+                cache.put(key, {"generation": asdict(gen), "seconds": time.perf_counter() - started})
             ledger.add(gen.prompt_tokens + gen.completion_tokens)
-            return k, gen, seconds
+            return gen
 
-        workers = p.concurrency if p.backend == "openai" else 1  # one llama.cpp context is not thread-safe
         started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for k, gen, _ in pool.map(run, pending) if workers > 1 else map(run, pending):
-                out[k] = (gen, False)
-                counters["tokens_out_paid"] += gen.completion_tokens
+        workers = p.concurrency if p.backend == "openai" else 1  # one llama.cpp context is not thread-safe
+        if workers == 1:
+            for key, messages in pending.items():
+                found[key] = run(key, messages)
+        elif pending:
+            pool = ThreadPoolExecutor(max_workers=workers)
+            futures = {pool.submit(run, key, messages): key for key, messages in pending.items()}
+            try:
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    future.result()  # the first failure stops the rest: nothing more is paid for
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+            for future, key in futures.items():
+                found[key] = future.result()
         if pending:  # wall time of the paid generations (tokens/s per actor)
             counters["generation_seconds"] = time.perf_counter() - started
-        done = [g for g in out if g is not None]
-        counters["generations"] = float(len(done))
-        counters["cache_hits"] = float(len(requests) - len(pending))
-        counters["tokens_in"] = float(sum(g.prompt_tokens for g, _ in done))
-        counters["tokens_out"] = float(sum(g.completion_tokens for g, _ in done))
+            counters["tokens_out_paid"] = float(sum(found[k].completion_tokens for k in pending))
+        out = [found[k] for k in keys]
+        counters["generations"] = float(len(out))
+        counters["cache_hits"] = float(len(out) - len(pending))
+        counters["tokens_in"] = float(sum(g.prompt_tokens for g in out))
+        counters["tokens_out"] = float(sum(g.completion_tokens for g in out))
         counters["retries"] = float(getattr(generator, "retries", 0) - retries_before)
-        return done, counters
+        return out, counters

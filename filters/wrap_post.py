@@ -20,8 +20,13 @@ _ANNOUNCE = re.compile(
     r"^(?:here(?:'s| is| are)|below is|the following is|this is)\b[^\n]{0,160}"
     r"(?:paraphras|rephras|rewrit|version|simpl|conversation|question|format|summar|example)[^\n]{0,80}:\s*",
     re.I)
+# A first line that comments on the input, then announces: "This text can be improved with a
+# more polished language. Here's a revised version:" (seen from SmolLM2 on web text).
+_COMMENT_THEN_ANNOUNCE = re.compile(
+    r"^[^\n]{0,240}?[.!]\s+here(?:'s| is| are)\b[^\n]{0,120}"
+    r"(?:paraphras|rephras|rewrit|revis|version|simpl|conversation|format|summar)[^\n]{0,80}:\s*", re.I)
 _LABEL = re.compile(r"^(?:paraphrase|rephrased(?: text)?|rewritten(?: text)?|simplified(?: version)?|"
-                    r"answer|output)\s*:\s*", re.I)
+                    r"answer|output|sentence)\s*:\s*", re.I)
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,7 @@ def strip_preamble(output: str) -> tuple[str, str]:
     text = output.lstrip()
     removed = []
     while True:
-        for pattern in (_COURTESY, _ANNOUNCE, _LABEL):
+        for pattern in (_COURTESY, _ANNOUNCE, _COMMENT_THEN_ANNOUNCE, _LABEL):
             m = pattern.match(text)
             if m and m.end() > 0:
                 removed.append(text[:m.end()])

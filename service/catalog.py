@@ -92,8 +92,10 @@ def _quote(text: str) -> str:
 
 
 def _read_decisions(patterns: list[str]) -> str:
-    # union_by_name: job folders written by older versions lack newer lineage columns.
-    return f"read_parquet([{', '.join(_quote(p) for p in patterns)}], union_by_name = true)"
+    # Job folders written by older versions lack newer lineage columns: union_by_name fills
+    # a column some files have, and the typed empty relation one that none has.
+    files = f"read_parquet([{', '.join(_quote(p) for p in patterns)}], union_by_name = true)"
+    return f"(SELECT * FROM ({NO_DECISIONS}) UNION ALL BY NAME SELECT * FROM {files})"
 
 
 class Catalog:

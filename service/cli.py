@@ -87,11 +87,13 @@ def _stage_note(row: dict) -> str:
         reasons = ", ".join(f"{r}={n}" for r, n in row["created_reasons"].items())
         parts.append(f"{row['created_rejected']} attempts rejected ({reasons})")
     stats = row.get("stage_stats") or {}
+    if stats.get("rescued"):
+        parts.append(f"{stats['rescued']:.0f} rescued from an earlier stage's drops")
     if stats.get("generations"):
         parts.append(f"{stats['generations']:.0f} generations ({stats.get('cache_hits', 0):.0f} from cache), "
                      f"tokens in {stats.get('tokens_in', 0):.0f} / out {stats.get('tokens_out', 0):.0f}")
         if stats.get("generation_seconds"):
-            parts.append(f"{stats.get('tokens_out_paid', 0) / stats['generation_seconds']:.1f} tokens/s generated")
+            parts.append(f"{stats.get('tokens_out_paid', 0) / stats['generation_seconds']:.1f} tokens/s per actor")
     return f"{row['stage']}: " + "; ".join(parts) if parts else ""
 
 

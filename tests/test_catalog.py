@@ -3,7 +3,12 @@ previous version (jobs.status + the API's own api_jobs table) migrated on first 
 
 from __future__ import annotations
 
+import json
+
 import duckdb
+import pyarrow.parquet as pq
+import pytest
+from conftest import GOOD, run_cli, write_shard
 
 from service.catalog import Catalog
 
@@ -56,3 +61,21 @@ def test_submissions_and_folder_facts_share_one_record(tmp_path):
         (row,) = c.sql("SELECT state, error_code, idempotency_key, attempts FROM jobs")
         assert row == {"state": "failed", "error_code": "bad_input", "idempotency_key": "k", "attempts": 1}
         assert [s["job_id"] for s in c.submissions()] == ["j-1"]
+
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_why_reads_a_job_folder_written_before_lineage_had_a_detail_column(tmp_path):
+    """Lineage files of an older version lack `detail`: `why` and listings still work."""
+    write_shard(tmp_path / "in" / "a.parquet", [GOOD, "Too short."], ids=["good", "short"])
+    spec = {"name": "old", "inputs": [str(tmp_path / "in" / "*.parquet")], "output": str(tmp_path / "out"),
+            "stages": [{"stage": "quality_rules_v1"}]}
+    (tmp_path / "old.json").write_text(json.dumps(spec))
+    run_cli("run", str(tmp_path / "old.json"), "--no-progress")
+    for path in (tmp_path / "out").glob("stages/*/decisions/*.parquet"):
+        pq.write_table(pq.read_table(path).drop_columns(["detail"]), path)
+    answer = json.loads(run_cli("why", "old", "short", "--json").stdout)
+    assert answer["reason"] == "quality_rules.too_few_words" and answer["stages"][-1]["detail"] is None
+    with Catalog(read_only=True) as c:
+        rows = c.lineage_rows("old", decision="drop")
+    assert [r["doc_id"] for r in rows] == ["short"] and rows[0]["detail"] is None

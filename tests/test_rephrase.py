@@ -96,6 +96,29 @@ def test_synthetic_for_needs_an_earlier_stage_that_drops_with_that_reason(tmp_pa
             "stage": "rephrase_v1", "params": {"synthetic_for": "perplexity.too_high"}}]})
     with pytest.raises(ValueError, match="transform rephrase_v1 runs between"):
         JobSpec.model_validate({**base, "stages": [ok[0], {"stage": "rephrase_v1"}, ok[1]]})
+    with pytest.raises(ValueError, match="c4_lines_v1 is a transform; only a filter's drops can be rescued"):
+        JobSpec.model_validate({**base, "stages": [{"stage": "c4_lines_v1"}, {
+            "stage": "rephrase_v1", "params": {"synthetic_for": "c4_lines.no_lines_left"}}]})
+    with pytest.raises(ValueError, match="exceed n_ctx"):
+        RephraseParams.model_validate({"chunk_tokens": 1000, "max_new_tokens": 1000})
+
+
+def test_long_sentences_are_not_sent_and_equal_requests_are_generated_once(tmp_path):
+    table = " | ".join(f"cell {k} value {k * 7}" for k in range(60))  # one "sentence" of ~400 tokens
+    docs = pa.table({"id": ["table", "a", "b"], "text": [table, DOCS["park"], DOCS["park"]]})
+    run = run_stages([("rephrase_v1", {**FAST, "styles": ["medium"]})], docs, workdir=tmp_path / "job")
+    rows = {r["doc_id"]: r for r in lineage(run)}
+    too_long = [r for r in rows.values() if r["parent_id"] == "table"]
+    assert [(r["decision"], r["reason"]) for r in too_long] == [("drop", "rephrase.chunk_too_long")]
+    assert too_long[0]["scores"]["chunk_tokens"] > 40 and "model" not in json.loads(too_long[0]["detail"])
+    stats = run.funnel[-1]["stage_stats"]
+    # a and b send the same request: generated once, served twice, and the table never sent
+    assert stats["generations"] == 2 and stats["cache_hits"] == 1
+    a_kids = [r for r in rows.values() if r["parent_id"] == "a"]
+    b_kids = [r for r in rows.values() if r["parent_id"] == "b"]
+    assert [r["scores"]["tokens_out"] for r in a_kids] == [r["scores"]["tokens_out"] for r in b_kids]
+    assert len(list((tmp_path / "job").rglob("generations/*/*.json"))) == 1
+    assert rows["table"]["decision"] == "keep"  # the source is never lost
 
 
 # -- in process, through `curate run` and `curate why` --------------------------------
@@ -378,3 +401,11 @@ def test_run_stages_surfaces_a_missing_server_as_a_job_error(tmp_path):
         run_stages([("rephrase_v1", {**FAST, "backend": "openai", "base_url": f"http://127.0.0.1:{_free_port()}",
                                      "model": "m", "tokenizer": "smollm2-135m", "max_retries": 0})],
                    docs_table(["park"]), workdir=tmp_path / "job")
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_an_input_column_named_detail_is_refused_before_any_generation(tmp_path):
+    write_shard(tmp_path / "in" / "a.parquet", [DOCS["park"]], ids=["park"], detail=["mine"])
+    res = run_cli("run", str(_spec(tmp_path, "clash", tmp_path / "out", FAST)), "--no-progress", check=False)
+    assert res.returncode != 0 and "has a column 'detail', which this job's outputs add" in res.stderr
+    assert not list(tmp_path.glob("out/stages/*rephrase_v1*"))

@@ -28,6 +28,15 @@ CAPTURED = json.loads((Path(__file__).parent / "data" / "wrap_smollm2_outputs.js
     # a paraphrase that merely starts like an announcement is left alone
     ("Here is the city hall, built in 1900.", "Here is the city hall, built in 1900.", ""),
     ("Okay, so the river runs.", "Okay, so the river runs.", ""),
+    # two real SmolLM2 outputs on C4 pages (rephrase_v1, medium style)
+    ("This text can be improved with a more polished and engaging language. Here's a revised version:\n\n"
+     "The text provides a detailed description of Kalanchoe.", "The text provides a detailed description of Kalanchoe.",
+     "This text can be improved with a more polished and engaging language. Here's a revised version:"),
+    ("Sentence: The ENVASS office sends a quarterly newsletter.", "The ENVASS office sends a quarterly newsletter.",
+     "Sentence:"),
+    # a comment that is content, followed by a colon that is not an announcement, stays
+    ("The mill closed in 1900. Here is what remained: a wheel and a wall.",
+     "The mill closed in 1900. Here is what remained: a wheel and a wall.", ""),
 ])
 def test_boilerplate_is_stripped_and_only_boilerplate(output, clean, removed):
     assert strip_preamble(output) == (clean, removed)

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from filters.base import PARENT_ID, Stage
+from filters.base import DETAIL, PARENT_ID, Stage
 from filters.registry import BUILTIN_FIRST_STAGE, get_stage
 from workers import atomic
 from workers.fits import run_fit
@@ -79,9 +79,11 @@ def _check_inputs(spec: JobSpec, stages: list[Stage], shards: list[Shard], recor
                              "now, or different rows); run into a new output folder")
     if any(s.creates_documents for s in stages):
         for shard in shards:
-            if PARENT_ID in open_parquet(shard.path).schema_arrow.names:
-                raise InputError(f"{shard.path}: has a column {PARENT_ID!r}, which this job's outputs add for "
-                                 "created documents; rename it", path=shard.path)
+            names = open_parquet(shard.path).schema_arrow.names
+            for column in (PARENT_ID, DETAIL):
+                if column in names:
+                    raise InputError(f"{shard.path}: has a column {column!r}, which this job's outputs add for "
+                                     "created documents; rename it", path=shard.path)
 
 
 def _units(spec: JobSpec, folder: JobFolder, shards: list[Shard], workers: int) -> list[Unit]:

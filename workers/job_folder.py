@@ -236,7 +236,10 @@ class JobFolder:
         groups: dict[tuple, list[int]] = {}
         for k, r in enumerate(rows):
             before = [t for t in transforms if t < r["stage_index"]]
-            key = ("input", r["shard"]) if not before else ("version", before[-1], r["unit"])
+            if r.get("change") == "created":  # its own text (none for a rejected attempt), not its source's
+                key = ("version", r["stage_index"], r["unit"])
+            else:
+                key = ("input", r["shard"]) if not before else ("version", before[-1], r["unit"])
             groups.setdefault(key, []).append(k)
         out: list[str | None] = [None] * len(rows)
         for key, ks in groups.items():

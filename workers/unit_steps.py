@@ -148,8 +148,7 @@ class UnitRunner:
         i, stage, unit = step.stage_index, self.ctx.stages[step.stage_index], state.unit
         docs = state.docs_at(i)
         fit = last_fit_before(stage, None)
-        if stage.workspace is None:
-            stage.workspace = self.ctx.folder.workspace(i, stage.name)
+        stage.workspace = self.ctx.folder.workspace(i, stage.name)  # this job's, also for a reused stage object
         view = docs.select([ID, TEXT, RESCUED] if RESCUED in docs.column_names else [ID, TEXT])
         result = stage.transform(view, self.fitted(i, fit) if fit else None)
         new_docs, lineage, scores = apply_transform(self.where(i, unit), docs, result)
@@ -259,7 +258,11 @@ class _UnitState:
         guarantees no transform lies between, so both share one version of the documents
         and its orders)."""
         stages = self.runner.ctx.stages
-        source = max(i for i in range(index) if reason in stages[i].reasons)
+        emitting = [i for i in range(index) if reason in stages[i].reasons]
+        if not emitting or stages[emitting[-1]].kind != "filter":
+            raise StepError("stage_failed", f"{stages[index].name}: no filter stage before it drops with {reason!r}",
+                            stage=stages[index].name, shard=self.unit.shard.path, unit=self.unit.key)
+        source = emitting[-1]
         lineage = self.lineage_at(source)
         hit = pc.and_(pc.equal(lineage["decision"], DROPPED), pc.equal(lineage["reason"], reason))
         rescued = self.docs_at(source).filter(pc.fill_null(hit, False))
