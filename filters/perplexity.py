@@ -41,14 +41,13 @@ from filters.base import (
     Fitted,
     ModelParams,
     OptionalInputPath,
-    PathRef,
     ScoreView,
     Selection,
     Stage,
     scores_view,
 )
 from filters.lm.base import DocScore, Scorer
-from filters.lm.models import BUNDLED, SMOLLM2, check_model, model_file_list, resolve_model
+from filters.lm.models import SMOLLM2, ModelRef, bundled_installed, model_file_list, resolve_model
 
 
 class _Mode(BaseModel):
@@ -97,8 +96,6 @@ class Band(_Mode):
 Select = Annotated[KeepAll | MaxPerplexity | Buckets | Band, Field(discriminator="mode")]
 
 
-# A bundled model's name, or a path the service confines like any input (never opened at parse time).
-ModelRef = Annotated[str, Field(min_length=1), PathRef(names=BUNDLED)]
 
 
 class PerplexityParams(ModelParams):
@@ -134,17 +131,7 @@ class PerplexityParams(ModelParams):
             raise ValueError("num_gpus needs backend: transformers")
         return self
 
-    @field_validator("model")
-    @classmethod
-    def _bundled_installed(cls, value: str) -> str:
-        """A bundled model's package must be installed (no user file is touched here: paths
-        are checked after the service has confined them, see ``workers.spec``)."""
-        if value in BUNDLED:
-            try:
-                check_model(value)
-            except ImportError as exc:
-                raise ValueError(str(exc)) from None
-        return value
+    _bundled_installed = field_validator("model")(bundled_installed)
 
 
 def load_scorer(p: PerplexityParams):

@@ -35,7 +35,7 @@ from collections import Counter
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
@@ -49,14 +49,13 @@ from filters.base import (
     Fitted,
     ModelParams,
     NewDoc,
-    PathRef,
     StageParams,
     Transformed,
     TransformStage,
 )
 from filters.lm.chat import ChatGenerator, Generation
 from filters.lm.generation_cache import GenerationCache, generation_key
-from filters.lm.models import BUNDLED, SMOLLM2, check_model, model_file_list
+from filters.lm.models import SMOLLM2, ModelRef, bundled_installed, model_file_list
 from filters.lm.token_ledger import TokenLedger
 from filters.rephrase_plan import styles_per_chunk
 from filters.wrap_chunks import STYLE_PROMPTS, Chunk, pack_chunks, wrap_messages
@@ -65,7 +64,6 @@ from filters.wrap_post import check_output
 # Tokens of the system text, a style prompt and the chat template around a chunk (SmolLM2:
 # 62-82 with the paper's prompts), with room for longer user prompts.
 PROMPT_OVERHEAD = 200
-ModelRef = Annotated[str, Field(min_length=1), PathRef(names=BUNDLED)]
 REJECT_REASONS = ("rephrase.chunk_too_long",
                   "rephrase.truncated", "rephrase.empty_output", "rephrase.repetition", "rephrase.echoed_prompt",
                   "rephrase.copied_input", "rephrase.too_short")
@@ -109,15 +107,7 @@ class RephraseParams(ModelParams):
     max_total_tokens: int | None = Field(None, ge=1, description="the job's budget of paid tokens (prompt + "
                                          "completion); the job stops cleanly when it is spent")
 
-    @field_validator("model", "tokenizer")
-    @classmethod
-    def _bundled_installed(cls, value: str | None) -> str | None:
-        if value in BUNDLED:
-            try:
-                check_model(value)
-            except ImportError as exc:
-                raise ValueError(str(exc)) from None
-        return value
+    _bundled_installed = field_validator("model", "tokenizer")(bundled_installed)
 
     @model_validator(mode="after")
     def _check(self) -> RephraseParams:

@@ -7,7 +7,11 @@ import importlib.util
 import os
 import tempfile
 from pathlib import Path
+from typing import Annotated
 
+from pydantic import Field
+
+from filters.base import PathRef
 from filters.lm.base import MissingDependency
 
 SMOLLM2 = "smollm2-135m"
@@ -49,6 +53,17 @@ def _gemma3() -> Path:
     return target
 
 
+def bundled_installed(value: str | None) -> str | None:
+    """Params validator: a bundled model's package must be installed. No user file is
+    touched here: paths are checked after the service has confined them (``workers.spec``)."""
+    if value in BUNDLED:
+        try:
+            check_model(value)
+        except ImportError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
 def check_model(model: str) -> None:
     """Cheap check at spec-parse time: the bundled model's package is installed, or the path exists."""
     if model == SMOLLM2:
@@ -85,3 +100,7 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# A bundled model's name, or a path the service confines like any input (never opened at parse time).
+ModelRef = Annotated[str, Field(min_length=1), PathRef(names=BUNDLED)]
