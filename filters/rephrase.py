@@ -128,6 +128,8 @@ class RephraseParams(ModelParams):
                              f"prompt (~{PROMPT_OVERHEAD}) exceed n_ctx ({self.n_ctx})")
         if self.backend == "llama_cpp" and self.tokenizer is not None:
             raise ValueError("tokenizer is for the openai backend (llama_cpp counts with its own model)")
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url {self.base_url!r}: give an http:// or https:// URL")
         if self.synthetic_for is not None and "." not in self.synthetic_for:
             raise ValueError(f"synthetic_for: {self.synthetic_for!r} is not a reason like perplexity.too_high")
         return self

@@ -78,7 +78,7 @@ def test_params_refuse_what_cannot_work():
     for bad, words in (({"styles": ["poem"]}, "unknown"), ({"prompts": {"qa": "x"}}, "built-in"),
                        ({"ratio": 3}, "more rephrasings"), ({"styles": ["qa", "qa"]}, "twice"),
                        ({"tokenizer": "smollm2-135m"}, "openai backend"), ({"synthetic_for": "low"}, "not a reason"),
-                       ({"max_new_tokens": 0}, "greater than")):
+                       ({"max_new_tokens": 0}, "greater than"), ({"base_url": "localhost:8000"}, "http://")):
         with pytest.raises(ValueError, match=words):
             RephraseParams.model_validate(bad)
     p = RephraseParams.model_validate({"styles": ["poem", "qa"], "prompts": {"poem": "Rewrite as a poem:"}})

@@ -49,11 +49,17 @@ class OpenAIChat:
         for attempt in range(self.max_retries + 1):
             try:
                 response = self._client.request(method, url, json=json)
+            except self._httpx.UnsupportedProtocol as exc:  # a URL without http(s)://: retrying cannot help
+                raise ChatError(f"{method} {url}: {exc}") from None
             except self._httpx.TransportError as exc:  # refused, reset, timed out
                 problem, wait = f"{type(exc).__name__}: {exc}", None
             else:
                 if response.status_code < 400:
-                    return response.json()
+                    try:
+                        return response.json()
+                    except ValueError:
+                        raise ChatError(f"{method} {url}: HTTP {response.status_code} but not JSON: "
+                                        f"{response.text[:300]}") from None
                 problem = f"HTTP {response.status_code}: {response.text[:300]}"
                 if response.status_code not in RETRY_STATUS:
                     raise ChatError(f"{method} {url}: {problem}", status=response.status_code)
