@@ -338,6 +338,12 @@ class Stage(Generic[P]):
     def transform(self, docs: pa.Table, fitted: Fitted | None) -> Transformed:
         raise NotImplementedError
 
+    def thresholds(self) -> dict[str, list[float]]:
+        """Where ``select`` cuts each score under the current params (score name → values),
+        drawn on the dashboard's histograms; {} for a cut that is not a fixed value of one
+        score (percentiles, budgets, duplicate groups)."""
+        return {}
+
     def load(self) -> None:
         """Load any model now (called once per actor); stages without one do nothing."""
 

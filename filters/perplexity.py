@@ -243,6 +243,14 @@ class PerplexityV1(Stage[PerplexityParams]):
             self._dist_source, self._dist = fitted, dist
         return self._dist
 
+    def thresholds(self) -> dict[str, list[float]]:
+        sel = self.params.select
+        if isinstance(sel, MaxPerplexity):
+            return {self.params.score: [v for v in (sel.min, sel.max) if v is not None]}
+        if isinstance(sel, Buckets) and sel.cutoffs is not None:
+            return {self.params.score: list(sel.cutoffs)}
+        return {}
+
     def select(self, scores: pa.Table, fitted: Fitted | None) -> Selection:
         p, sel = self.params, self.params.select
         values, ids = scores[p.score].to_pylist(), scores[ID].to_pylist()

@@ -329,6 +329,10 @@ class PreselectV1(Stage[PreselectParams]):
             self._cut_source, self._cut = fitted, {"cut": cut}
         return self._cut or {}
 
+    def thresholds(self) -> dict[str, list[float]]:
+        sel = self.params.select
+        return {SCORE_COLUMN: [sel.min_score]} if isinstance(sel, Threshold) else {}
+
     def select(self, scores: pa.Table, fitted: Fitted | None) -> Selection:
         sel = self.params.select
         values, orders = scores[SCORE_COLUMN].to_pylist(), scores[ORDER].to_pylist()

@@ -109,6 +109,15 @@ class QualityRulesV1(Stage[QualityRulesParams]):
         names = list(measure("", self.params))
         return pa.table({n: pa.array([r[n] for r in rows], pa.float64()) for n in names})
 
+    def thresholds(self) -> dict[str, list[float]]:
+        p = self.params
+        return {"word_count": [p.min_words, p.max_words], "mean_word_length": [p.min_mean_word_length,
+                                                                              p.max_mean_word_length],
+                "hash_word_ratio": [p.max_hash_word_ratio], "ellipsis_word_ratio": [p.max_ellipsis_word_ratio],
+                "bullet_line_fraction": [p.max_bullet_line_fraction],
+                "ellipsis_line_fraction": [p.max_ellipsis_line_fraction],
+                "alpha_word_fraction": [p.min_alpha_word_fraction], "stop_word_count": [p.min_stop_words]}
+
     def select(self, scores: pa.Table, fitted: Fitted | None) -> Selection:
         columns = {n: scores[n].to_pylist() for n in measure("", self.params)}
         reasons = [

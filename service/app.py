@@ -11,6 +11,8 @@ from fastapi import FastAPI
 from service import errors
 from service.ablations import AblationService
 from service.auth import KeyStore
+from service.dashboard import pages as dashboard
+from service.dashboard.sessions import SessionStore
 from service.job_store import Database
 from service.jobs import JobService
 from service.ray_head import LOOPBACK_ENV, LocalRayHead
@@ -52,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             await service.start()
             app.state.jobs, app.state.keys, app.state.settings = service, keys, settings
+            app.state.sessions = SessionStore()
             app.state.ablations = AblationService(service)
             yield
         finally:
@@ -63,7 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="curate", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
                   responses={401: {"model": errors.ErrorBody}, 422: {"model": errors.ErrorBody}})
     errors.install(app)
+    dashboard.install(app)
     app.add_middleware(errors.BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(errors.RequestId)
     app.include_router(router)
+    app.include_router(dashboard.router)
     return app

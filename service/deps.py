@@ -9,18 +9,31 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service import errors
 from service.ablations import AblationService
+from service.dashboard.sessions import COOKIE, CSRF_HEADER
 from service.jobs import JobService
 
 _bearer = HTTPBearer(auto_error=False, description="an API key from `curate keys create`")
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="curate"'}
 
 
+def _session_key(request: Request) -> str | None:
+    """The API key behind the dashboard's session cookie. A state-changing request made
+    with the cookie must also carry the session's CSRF token (the pages' scripts send it)."""
+    session = request.app.state.sessions.get(request.cookies.get(COOKIE))
+    if session is None:
+        return None
+    if request.method not in ("GET", "HEAD") and request.headers.get(CSRF_HEADER) != session.csrf:
+        raise errors.ServiceError(403, f"a request with the dashboard's session cookie needs its {CSRF_HEADER} header")
+    return session.key
+
+
 def _require(role: Literal["admin", "read"]):
     def check(request: Request,
               creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
-        if creds is None or not creds.credentials:
+        key = creds.credentials if creds is not None and creds.credentials else _session_key(request)
+        if not key:
             raise errors.ServiceError(401, "missing API key: send Authorization: Bearer <key>", headers=_CHALLENGE)
-        granted = request.app.state.keys.role_of(creds.credentials)
+        granted = request.app.state.keys.role_of(key)
         if granted is None:
             raise errors.ServiceError(401, "invalid API key", headers=_CHALLENGE)
         if role == "admin" and granted != "admin":

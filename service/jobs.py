@@ -236,7 +236,13 @@ class JobService:
 
     async def drops(self, job_id: str, stage: str | None, reason: str | None, limit: int, cursor: str | None) -> dict:
         """A page of dropped documents with the start of the text the dropping stage saw."""
-        result = await self.documents(job_id, limit=limit, cursor=cursor, decision="drop", stage=stage, reason=reason)
+        return await self.samples(job_id, stage=stage, decision="drop", reason=reason, limit=limit, cursor=cursor)
+
+    async def samples(self, job_id: str, *, stage: str | None, decision: str, reason: str | None, limit: int,
+                      cursor: str | None = None) -> dict:
+        """A page of lineage rows with the start of the text each document had at that stage."""
+        result = await self.documents(job_id, limit=limit, cursor=cursor, decision=decision, stage=stage,
+                                      reason=reason)
         spec = JobSpec.model_validate_json(self._row(job_id)["spec"])
         texts = await asyncio.to_thread(JobFolder(self._row(job_id)["output"]).texts, result["items"],
                                         spec.columns.text)

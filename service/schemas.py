@@ -194,6 +194,7 @@ class Reselection(_Open):
     kept: int
     dropped: int
     reasons: dict[str, int]
+    kept_tokens: int | None = Field(None, description="estimated tokens kept (characters ÷ 4)")
 
 
 class PreviewResult(_Open):

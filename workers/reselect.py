@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow.parquet as pq
 
 from filters.base import Fitted
@@ -54,6 +55,7 @@ def preview_selection(output: str | Path, stage_ref: str | int, params: dict[str
         artifacts = folder.artifacts(index, name)
         fitted = Fitted(pq.read_table(path) if path.exists() else None, artifacts if artifacts.exists() else None)
     phase = score_phases(stage)[-1]
+    chars = _chars_at(folder, index)
     before, after, counts = Counter(), Counter(), Counter()
     for unit in folder.units():
         scores_path = folder.scores(index, name, unit["key"], phase)
@@ -69,6 +71,10 @@ def preview_selection(output: str | Path, stage_ref: str | int, params: dict[str
             counts["before_kept"] += sum(old_keep)
             counts["newly_kept"] += sum(n and not o for n, o in zip(sel.keep, old_keep, strict=True))
             counts["newly_dropped"] += sum(o and not n for n, o in zip(sel.keep, old_keep, strict=True))
+            counts["before_chars"] += sum(chars.get(i, 0) for i, k in zip(scores["id"].to_pylist(), old_keep,
+                                                                          strict=True) if k)
+        counts["after_chars"] += sum(chars.get(i, 0) for i, k in zip(scores["id"].to_pylist(), sel.keep,
+                                                                     strict=True) if k)
         after.update(r for r in sel.reason if r)
         counts["docs_in"] += scores.num_rows
         counts["after_kept"] += sum(sel.keep)
@@ -76,10 +82,24 @@ def preview_selection(output: str | Path, stage_ref: str | int, params: dict[str
         "stage_index": index, "stage": name, "changed_params": changed,
         "params": stage.params.model_dump(mode="json"), "docs_in": counts["docs_in"],
         "before": {"kept": counts["before_kept"], "dropped": counts["docs_in"] - counts["before_kept"],
-                   "reasons": dict(before.most_common())},
+                   "reasons": dict(before.most_common()), "kept_tokens": counts["before_chars"] // 4},
         "after": {"kept": counts["after_kept"], "dropped": counts["docs_in"] - counts["after_kept"],
-                  "reasons": dict(after.most_common())},
+                  "reasons": dict(after.most_common()), "kept_tokens": counts["after_chars"] // 4},
         "newly_kept": counts["newly_kept"], "newly_dropped": counts["newly_dropped"],
         "note": "scores were not recomputed; later stages were not re-run, so newly kept documents "
                 "have no scores there" if index < len(stages) - 1 else "scores were not recomputed",
     }
+
+
+def _chars_at(folder: JobFolder, index: int) -> dict[str, int]:
+    """Each document's text length when it reached stage ``index``: the input check's
+    ``chars``, or ``chars_after`` of the last transform before that edited or created it
+    (for kept-token estimates: characters ÷ 4)."""
+    files = [str(p) for i, st in enumerate(folder.stages()[:index])
+             for p in sorted(folder.stage_dir(i, st["name"]).glob("decisions/*.parquet"))]
+    if not files:
+        return {}
+    value = "coalesce(scores['chars_after'], scores['chars'])"
+    rows = duckdb.sql(f"SELECT doc_id, arg_max({value}, stage_index) FROM read_parquet($files, union_by_name = true) "
+                      f"WHERE {value} IS NOT NULL GROUP BY doc_id", params={"files": files}).fetchall()
+    return {doc_id: int(c) for doc_id, c in rows}

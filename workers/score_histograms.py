@@ -1,0 +1,79 @@
+"""Histograms of a stage's stored scores, binned in DuckDB over the score files (never
+loaded into memory or a browser), for the dashboard's distribution charts.
+
+The bins span the 0.5th to 99.5th percentile, so one outlier does not squash the chart;
+how many values fall below and above is reported with the bins.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import duckdb
+
+from workers.job_folder import JobFolder
+from workers.planner import score_phases
+
+SKIP = {"id", "row", "order"}
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def score_files(folder: JobFolder, index: int, name: str, phase: str, shard: int | None) -> list[Path]:
+    units = [u["key"] for u in folder.units() if shard is None or u["shard"] == shard]
+    paths = [folder.scores(index, name, key, phase) for key in units]
+    return [p for p in paths if p.exists()]
+
+
+def histograms(output: str | Path, stage_index: int, *, bins: int = 40, shard: int | None = None) -> list[dict]:
+    """One histogram per numeric score of the stage's last scoring phase (for a transform:
+    its recorded scores): ``score``, ``n``, ``lo``, ``hi``, ``edges`` (bins + 1), ``counts``,
+    ``below``, ``above``, ``nulls``; ``shard`` (an input shard's index) restricts it."""
+    from filters.registry import get_stage
+
+    folder = JobFolder(output)
+    record = folder.stage(stage_index)
+    cls = get_stage(record["name"])
+    phase = score_phases(cls(cls.Params.model_validate(record["params"])))[-1] if cls.kind == "filter" else "score"
+    files = score_files(folder, stage_index, record["name"], phase, shard)
+    if not files:
+        return []
+    con = duckdb.connect()
+    source = f"read_parquet([{', '.join(_quote(str(p)) for p in files)}], union_by_name = true)"
+    columns = con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
+    numeric = [c for c, t, *_ in columns if c not in SKIP and (t in ("BOOLEAN", "FLOAT", "DOUBLE")
+                                                              or t.endswith("INT") or t in ("BIGINT", "HUGEINT"))]
+    out = []
+    for column in numeric:
+        v = f'CAST("{column}" AS DOUBLE)'
+        n, nulls, lo, hi = con.execute(
+            f"SELECT count({v}) FILTER (WHERE isfinite({v})), count(*) - count({v}) FILTER (WHERE isfinite({v})), "
+            f"quantile_cont({v}, 0.005) FILTER (WHERE isfinite({v})), "
+            f"quantile_cont({v}, 0.995) FILTER (WHERE isfinite({v})) FROM {source}").fetchone()
+        if not n:
+            continue
+        if n < 1000:  # too few values for outliers to matter: the full range
+            lo, hi = con.execute(f"SELECT min({v}), max({v}) FROM {source} WHERE isfinite({v})").fetchone()
+        if hi <= lo:  # one value (or nearly): a single bin around it
+            lo, hi = lo - 0.5, hi + 0.5
+        width = (hi - lo) / bins
+        rows = con.execute(
+            f"SELECT CASE WHEN {v} < ? THEN -1 WHEN {v} > ? THEN ? ELSE least(floor(({v} - ?) / ?), ? - 1) END AS b, "
+            f"count(*) FROM {source} WHERE isfinite({v}) GROUP BY b", [lo, hi, bins, lo, width, bins]).fetchall()
+        counts = [0] * bins
+        below = above = 0
+        for b, count in rows:
+            if b < 0:
+                below = count
+            elif b >= bins:
+                above = count
+            else:
+                counts[int(b)] = count
+        out.append({"score": column, "n": n, "nulls": nulls, "lo": lo, "hi": hi, "below": below, "above": above,
+                    "edges": [lo + k * width for k in range(bins + 1)], "counts": counts,
+                    "integer": all(math.isclose(e, round(e)) for e in (lo, hi))})
+    con.close()
+    return out
