@@ -366,6 +366,15 @@ class Catalog:
             params += [after[0], after[0], after[1]]
         return _parse_detail(self._rows(sql + " ORDER BY stage_index, doc_id LIMIT ?", [*params, limit]))
 
+    def cluster_members(self, job_ref: str, stage: str, cluster_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The documents one stage put in one cluster (duplicates, concept clusters), kept
+        ones first, with their decision, reason and scores (e.g. Jaccard to the survivor)."""
+        job = self.resolve_job(job_ref)
+        return self._rows(
+            f"SELECT doc_id, decision, reason, survivor_id, scores FROM {self._job_decisions(job)} "
+            "WHERE job_id = ? AND stage = ? AND cluster_id = ? ORDER BY decision DESC, doc_id LIMIT ?",
+            [job["job_id"], stage, cluster_id, limit])
+
     def examples(self, job_ref: str, stage: str) -> dict[str, str | None]:
         """One dropped and one kept document of a stage (for the CLI's hints)."""
         job = self.resolve_job(job_ref)

@@ -234,6 +234,11 @@ class JobService:
         rows = await self.db.run(lambda c: c.lineage_rows(job_id, limit=limit + 1, after=after, **filters))
         return pagination.page(rows, limit, lambda r: [r["stage_index"], r["doc_id"]])
 
+    async def cluster(self, job_id: str, stage: str, cluster_id: str, limit: int = 50) -> list[dict]:
+        row = self._row(job_id)
+        await self._registered(row)
+        return await self.db.run(lambda c: c.cluster_members(job_id, stage, cluster_id, limit))
+
     async def drops(self, job_id: str, stage: str | None, reason: str | None, limit: int, cursor: str | None) -> dict:
         """A page of dropped documents with the start of the text the dropping stage saw."""
         return await self.samples(job_id, stage=stage, decision="drop", reason=reason, limit=limit, cursor=cursor)

@@ -44,7 +44,8 @@ def served(ray_head, tmp_path_factory):
 
 def run_job(server, name: str, rules: dict) -> str:
     spec = {"name": name, "inputs": ["*.parquet"], "output": name,
-            "stages": [{"stage": "exact_dedup_v1"}, {"stage": "quality_rules_v1", "params": rules}]}
+            "stages": [{"stage": "exact_dedup_v1"}, {"stage": "minhash_dedup_v1"},
+                       {"stage": "quality_rules_v1", "params": rules}]}
     job_id = httpx.post(f"{server.base}/jobs", json=spec, headers=server.auth, timeout=30).json()["job_id"]
     deadline = time.time() + 180
     while httpx.get(f"{server.base}/jobs/{job_id}", headers=server.auth).json()["state"] != "succeeded":
@@ -107,6 +108,17 @@ def test_the_dashboard_in_a_real_browser(served, tmp_path):
         assert page.locator("#reason").inner_text() == "quality_rules.too_few_words"
         assert "Dropped" in page.locator("#outcome").inner_text()
         page.screenshot(path=str(shots / "document.png"), full_page=True)
+        # a near-duplicate shows its MinHash cluster: members, decisions and Jaccards
+        dup = httpx.get(f"{server.base}/jobs/{job_id}/documents", headers=server.auth,
+                        params={"stage": "minhash_dedup_v1", "decision": "drop"}).json()["items"]
+        assert dup and dup[0]["reason"] == "minhash.duplicate"
+        page.goto(f"{server.base}/ui/jobs/{job_id}/documents/{dup[0]['doc_id']}")
+        members = page.locator("table.cluster tbody tr")
+        assert members.count() >= 2 and dup[0]["survivor_id"] in members.all_inner_texts()[0]
+        jaccard = dup[0]["scores"]["survivor_jaccard"]
+        assert f"{jaccard:,.4g}" in page.locator("table.cluster").inner_text()
+        assert page.locator("#text").inner_text().startswith("The history of the")
+        page.screenshot(path=str(shots / "duplicate.png"), full_page=True)
         # the jobs list
         page.get_by_role("link", name="Jobs").first.click()
         page.wait_for_url(re.compile(r"/ui/jobs$"))
@@ -135,7 +147,7 @@ def test_distributions_what_if_and_samples_in_a_real_browser(served, tmp_path):
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         login(page, server.base, read_key, f"/ui/jobs/{job_id}")
         page.get_by_role("link", name="quality_rules_v1").click()
-        page.wait_for_url(re.compile(r"/stages/2$"))
+        page.wait_for_url(re.compile(r"/stages/3$"))
         # a histogram per stored score, with the current cut drawn where select cuts
         chart = page.locator("figure[data-score=word_count]")
         assert chart.locator("rect").count() == 40 and chart.locator("line.cut").count() == 1

@@ -285,7 +285,14 @@ async def document_page(request: Request, job_id: str, doc_id: str) -> HTMLRespo
     service = request.app.state.jobs
     job = await service.view(job_id)
     lineage = await service.document(job_id, doc_id)
-    return _render(request, "document.html", job=job, doc=lineage)
+    clusters = {s["stage"]: await service.cluster(job_id, s["stage"], s["cluster_id"])
+                for s in lineage["stages"] if s.get("cluster_id")}
+    text = None
+    if lineage["stages"]:  # the text it had when it entered the job (or was created)
+        first = {**lineage["stages"][0], "doc_id": doc_id}
+        spec = JobSpec.model_validate(JobFolder(job["output"]).job()["spec"])
+        text = (await asyncio.to_thread(JobFolder(job["output"]).texts, [first], spec.columns.text))[0]
+    return _render(request, "document.html", job=job, doc=lineage, clusters=clusters, text=text)
 
 
 def install(app) -> None:
