@@ -6,6 +6,7 @@ the session's security (redirects, cookie flags, CSRF, no open redirect)."""
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import time
@@ -206,4 +207,36 @@ def test_launch_form_and_compare_two_jobs_in_a_real_browser(served, tmp_path):
         assert page.locator("[data-field=b_kept_a_dropped]").inner_text() == "0"
         assert page.locator("table", has_text="quality_rules.too_few_words").locator("a", has_text="a2").count() == 1
         page.screenshot(path=str(shots / "compare.png"), full_page=True)
+        browser.close()
+
+
+@needs_browser
+def test_the_jobs_page_follows_a_running_job_without_reloading(served, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    server, _, read_key, tmp = served
+    rng = random.Random(5)
+    words = GOOD.lower().replace(",", "").replace(".", "").split()
+    for s in range(6):
+        texts = [" ".join(rng.choice(words) for _ in range(rng.randint(50, 400))) for _ in range(3000)]
+        write_shard(tmp / "data" / "slow" / f"s{s}.parquet", texts, ids=[f"s{s}-{i}" for i in range(3000)])
+    spec = {"name": "slow", "inputs": ["slow/*.parquet"], "output": "slow",
+            "stages": [{"stage": "exact_dedup_v1"}, {"stage": "quality_rules_v1"}], "execution": {"num_workers": 1}}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        login(page, server.base, read_key, "/ui/jobs")
+        job_id = httpx.post(f"{server.base}/jobs", json=spec, headers=server.auth, timeout=30).json()["job_id"]
+        page.reload()
+        page.evaluate("window.__notReloaded = true")
+        state = page.locator(f"tr[data-job='{job_id}'] [data-field=state]")
+        assert state.inner_text() in ("queued", "running")
+        state.filter(has_text="succeeded").wait_for(timeout=180_000)  # the page's own polling got there
+        assert page.evaluate("window.__notReloaded === true")
+        job = httpx.get(f"{server.base}/jobs/{job_id}", headers=server.auth).json()
+        bars = page.locator(f"tr[data-job='{job_id}'] [role=progressbar]")
+        assert bars.count() == len(job["progress"]["stages"])
+        last = job["progress"]["stages"][-1]
+        assert bars.last.get_attribute("aria-valuenow") == str(last["units_total"])
+        assert page.locator(f"tr[data-job='{job_id}'] [data-field=docs_out]").inner_text() == f"{last['docs_out']:,}"
         browser.close()
