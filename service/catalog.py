@@ -366,6 +366,15 @@ class Catalog:
             params += [after[0], after[0], after[1]]
         return _parse_detail(self._rows(sql + " ORDER BY stage_index, doc_id LIMIT ?", [*params, limit]))
 
+    def reason_examples(self, job_ref: str, per_reason: int = 3) -> list[dict[str, Any]]:
+        """A few dropped documents for every (stage, reason) of a job, in one scan."""
+        job = self.resolve_job(job_ref)
+        return self._rows(
+            "SELECT stage_index, reason, doc_id FROM (SELECT stage_index, reason, doc_id, row_number() OVER "
+            "(PARTITION BY stage_index, reason ORDER BY doc_id) AS k FROM "
+            f"{self._job_decisions(job)} WHERE job_id = ? AND decision = 'drop' AND change IS NULL) "
+            "WHERE k <= ? ORDER BY stage_index, reason, doc_id", [job["job_id"], per_reason])
+
     def cluster_members(self, job_ref: str, stage: str, cluster_id: str, limit: int = 50) -> list[dict[str, Any]]:
         """The documents one stage put in one cluster (duplicates, concept clusters), kept
         ones first, with their decision, reason and scores (e.g. Jaccard to the survivor)."""

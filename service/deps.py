@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request
@@ -22,7 +23,8 @@ def _session_key(request: Request) -> str | None:
     session = request.app.state.sessions.get(request.cookies.get(COOKIE))
     if session is None:
         return None
-    if request.method not in ("GET", "HEAD") and request.headers.get(CSRF_HEADER) != session.csrf:
+    if request.method not in ("GET", "HEAD") and not secrets.compare_digest(request.headers.get(CSRF_HEADER, ""),
+                                                                            session.csrf):
         raise errors.ServiceError(403, f"a request with the dashboard's session cookie needs its {CSRF_HEADER} header")
     return session.key
 

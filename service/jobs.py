@@ -195,6 +195,11 @@ class JobService:
         views = [self._view(r, self.live.get(r["job_id"], {"state": r["state"]})) for r in rows[:limit + 1]]
         return pagination.page(views, limit, lambda v: [v["created_at"], v["job_id"]])
 
+    async def recent(self, limit: int) -> list[dict]:
+        """The newest ``limit`` jobs, newest first (for the dashboard)."""
+        rows = sorted(self.store.all(), key=lambda r: (r["created_at"], r["job_id"]), reverse=True)[:limit]
+        return [self._view(r, self.live.get(r["job_id"], {"state": r["state"]})) for r in rows]
+
     async def logs(self, job_id: str) -> str:
         return await self.ray.logs(self._row(job_id)["submission_id"])
 
@@ -233,6 +238,11 @@ class JobService:
         after = pagination.decode(cursor, 2)
         rows = await self.db.run(lambda c: c.lineage_rows(job_id, limit=limit + 1, after=after, **filters))
         return pagination.page(rows, limit, lambda r: [r["stage_index"], r["doc_id"]])
+
+    async def reason_examples(self, job_id: str, per_reason: int = 3) -> list[dict]:
+        row = self._row(job_id)
+        await self._registered(row)
+        return await self.db.run(lambda c: c.reason_examples(job_id, per_reason))
 
     async def cluster(self, job_id: str, stage: str, cluster_id: str, limit: int = 50) -> list[dict]:
         row = self._row(job_id)

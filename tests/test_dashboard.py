@@ -78,7 +78,12 @@ def test_pages_need_a_session_and_the_cookie_is_safe(served):
         assert web.get(f"/jobs/{job_id}/stats").status_code == 200
         # ... but a state-changing request with the cookie needs the CSRF header, and a read key stays read-only
         assert web.post(f"/jobs/{job_id}/preview-selection", json={"stage": "quality_rules_v1"}).status_code == 403
-        assert web.post(f"/jobs/{job_id}/cancel").status_code == 403
+        assert "X-Curate-CSRF" in web.post(f"/jobs/{job_id}/cancel").text
+        token = re.search(r'name="csrf" value="([^"]+)"', web.get("/ui/jobs").text).group(1)
+        with_token = web.post(f"/jobs/{job_id}/cancel", headers={"X-Curate-CSRF": token})
+        assert with_token.status_code == 403 and "read-only" in with_token.text  # the key's role still holds
+        # a post from another site is refused, whatever it carries
+        assert web.post("/ui/logout", headers={"Origin": "https://evil.example"}).status_code == 403
         assert web.get("/ui/jobs/nope").status_code == 404 and "Not available" in web.get("/ui/jobs/nope").text
         web.post("/ui/logout")
         assert web.get("/ui/jobs").status_code == 303

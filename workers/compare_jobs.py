@@ -18,7 +18,9 @@ OUTCOME = """
 SELECT doc_id, any_value(shard) AS shard, bool_or(decision = 'drop') AS dropped,
        arg_min(stage, CASE WHEN decision = 'drop' THEN stage_index END) AS stage,
        arg_min(reason, CASE WHEN decision = 'drop' THEN stage_index END) AS reason
-FROM read_parquet({files}, union_by_name = true) GROUP BY doc_id
+FROM read_parquet({files}, union_by_name = true)
+WHERE NOT (change IS NOT DISTINCT FROM 'created' AND decision = 'drop')  -- a rejected attempt is no document
+GROUP BY doc_id
 """
 
 
@@ -49,7 +51,7 @@ def compare(output_a: str | Path, output_b: str | Path, *, examples: int = 5, gr
     def groups_of(keeper: str, dropper: str) -> list[dict]:
         rows = con.execute(f"""
             SELECT {dropper}.stage, {dropper}.reason, {dropper}.shard, count(*) AS n,
-                   list(doc_id ORDER BY doc_id)[1:{examples}] AS docs
+                   min(doc_id, {examples}) AS docs
             FROM a JOIN b USING (doc_id)
             WHERE NOT {keeper}.dropped AND {dropper}.dropped
             GROUP BY ALL ORDER BY n DESC, 1, 2, 3 LIMIT {groups}""").fetchall()

@@ -27,6 +27,7 @@ Nobody else builds these paths or reads marker names: callers ask this module.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import shutil
 from pathlib import Path
@@ -36,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workers import atomic
+from workers.shards import open_parquet
 
 log = logging.getLogger("curate")
 WRITE_STEP = "write"
@@ -245,8 +247,7 @@ class JobFolder:
         for key, ks in groups.items():
             try:
                 if key[0] == "input":
-                    column = pq.read_table(key[1], columns=[text_column])[text_column]
-                    values = column.take([rows[k]["row"] for k in ks]).to_pylist()
+                    values = _rows_of(key[1], text_column, [rows[k]["row"] for k in ks])
                 else:
                     index, unit = key[1], key[2]
                     version = pq.read_table(self.version(index, stages[index]["name"], unit), columns=["id", "text"])
@@ -258,3 +259,22 @@ class JobFolder:
             for k, v in zip(ks, values, strict=True):
                 out[k] = v
         return out
+
+
+def _rows_of(path: str, column: str, rows: list[int]) -> list:
+    """Some rows of one column of a Parquet file, reading only the row groups that hold
+    them (a preview of one document must not read a whole shard)."""
+    parquet = open_parquet(path)
+    starts = [0]
+    for g in range(parquet.metadata.num_row_groups):
+        starts.append(starts[-1] + parquet.metadata.row_group(g).num_rows)
+    groups = sorted({bisect.bisect_right(starts, r) - 1 for r in rows})
+    table = parquet.read_row_groups(groups, columns=[column])
+    offset, at = {}, 0
+    for g in groups:
+        offset[g], at = at, at + starts[g + 1] - starts[g]
+    positions = []
+    for r in rows:
+        g = bisect.bisect_right(starts, r) - 1
+        positions.append(offset[g] + r - starts[g])
+    return table[column].take(positions).to_pylist()

@@ -8,6 +8,7 @@ how many values fall below and above is reported with the bins.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import duckdb
@@ -16,6 +17,7 @@ from workers.job_folder import JobFolder
 from workers.planner import score_phases
 
 SKIP = {"id", "row", "order"}
+NUMERIC = re.compile(r"BOOLEAN|U?(TINY|SMALL|BIG|HUGE)?INT(EGER)?|FLOAT|DOUBLE|REAL|DECIMAL(\(\d+,\s*\d+\))?")
 
 
 def _quote(text: str) -> str:
@@ -31,7 +33,8 @@ def score_files(folder: JobFolder, index: int, name: str, phase: str, shard: int
 def histograms(output: str | Path, stage_index: int, *, bins: int = 40, shard: int | None = None) -> list[dict]:
     """One histogram per numeric score of the stage's last scoring phase (for a transform:
     its recorded scores): ``score``, ``n``, ``lo``, ``hi``, ``edges`` (bins + 1), ``counts``,
-    ``below``, ``above``, ``nulls``; ``shard`` (an input shard's index) restricts it."""
+    ``below``, ``above``, ``nulls`` (empty or not finite, e.g. an infinite perplexity);
+    ``shard`` (an input shard's index) restricts it."""
     from filters.registry import get_stage
 
     folder = JobFolder(output)
@@ -44,8 +47,7 @@ def histograms(output: str | Path, stage_index: int, *, bins: int = 40, shard: i
     con = duckdb.connect()
     source = f"read_parquet([{', '.join(_quote(str(p)) for p in files)}], union_by_name = true)"
     columns = con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
-    numeric = [c for c, t, *_ in columns if c not in SKIP and (t in ("BOOLEAN", "FLOAT", "DOUBLE")
-                                                              or t.endswith("INT") or t in ("BIGINT", "HUGEINT"))]
+    numeric = [c for c, t, *_ in columns if c not in SKIP and NUMERIC.fullmatch(t)]
     out = []
     for column in numeric:
         v = f'CAST("{column}" AS DOUBLE)'
@@ -55,9 +57,10 @@ def histograms(output: str | Path, stage_index: int, *, bins: int = 40, shard: i
             f"quantile_cont({v}, 0.995) FILTER (WHERE isfinite({v})) FROM {source}").fetchone()
         if not n:
             continue
-        if n < 1000:  # too few values for outliers to matter: the full range
-            lo, hi = con.execute(f"SELECT min({v}), max({v}) FROM {source} WHERE isfinite({v})").fetchone()
-        if hi <= lo:  # one value (or nearly): a single bin around it
+        low, high = con.execute(f"SELECT min({v}), max({v}) FROM {source} WHERE isfinite({v})").fetchone()
+        if n < 1000 or hi <= lo:  # few values, or one value dominating the percentiles: the full range
+            lo, hi = low, high
+        if hi <= lo:  # one value: a single bin around it
             lo, hi = lo - 0.5, hi + 0.5
         width = (hi - lo) / bins
         rows = con.execute(

@@ -8,7 +8,7 @@ page shows are the API's. A page without a valid session redirects to the login 
 from __future__ import annotations
 
 import asyncio
-import json
+import secrets
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -29,7 +29,7 @@ from workers.score_histograms import histograms
 from workers.spec import JobSpec
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
-MAX_REASON_EXAMPLES = 40  # reasons whose example documents the overview links
+MAX_JOBS = 500  # the newest jobs the jobs page and the compare form list
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
 
@@ -93,14 +93,25 @@ async def login_form(request: Request, next: str | None = None) -> HTMLResponse:
     return _render(request, "login.html", next=_safe_next(next), error=None)
 
 
+def _same_origin(request: Request) -> None:
+    """Forms of these pages post only from these pages: a cross-site post (login CSRF, a
+    forced logout) is refused, whatever cookies it carries."""
+    site = request.headers.get("sec-fetch-site")
+    origin = request.headers.get("origin")
+    if site not in (None, "same-origin", "none") or (origin and origin != f"{request.url.scheme}://{request.url.netloc}"):
+        raise ServiceError(403, "this form only accepts posts from the dashboard's own pages")
+
+
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request) -> Response:
+    _same_origin(request)
     # A urlencoded form, parsed here (no python-multipart dependency for one field).
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     key = (form.get("key") or [""])[0].strip()
     target = _safe_next((form.get("next") or [None])[0])
     if not key or request.app.state.keys.role_of(key) is None:
         return _render(request, "login.html", status=401, next=target, error="That API key is not valid.")
+    request.app.state.sessions.close(request.cookies.get(COOKIE))  # a login never keeps an old session id
     sid, _ = request.app.state.sessions.open(key)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(COOKIE, sid, httponly=True, samesite="strict", path="/",
@@ -110,6 +121,7 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
+    _same_origin(request)
     request.app.state.sessions.close(request.cookies.get(COOKIE))
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(COOKIE, path="/")
@@ -119,9 +131,14 @@ async def logout(request: Request) -> Response:
 @router.get("/jobs", response_class=HTMLResponse)
 async def jobs_page(request: Request) -> HTMLResponse:
     _session(request)
-    page = await request.app.state.jobs.list(500, None)
-    jobs = sorted(page["items"], key=lambda j: j["created_at"], reverse=True)
-    return _render(request, "jobs.html", jobs=jobs)
+    return _render(request, "jobs.html", jobs=await request.app.state.jobs.recent(MAX_JOBS))
+
+
+@router.get("/jobs.json")
+async def jobs_json(request: Request) -> dict:
+    """What the jobs page polls for live progress: the jobs it lists, newest first."""
+    _session(request)
+    return {"items": await request.app.state.jobs.recent(MAX_JOBS)}
 
 
 @router.post("/jobs", response_class=HTMLResponse)
@@ -131,7 +148,8 @@ async def launch(request: Request) -> Response:
     session, role = _session(request)
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     text = (form.get("spec") or [""])[0]
-    if (form.get("csrf") or [""])[0] != session.csrf:
+    _same_origin(request)
+    if not secrets.compare_digest((form.get("csrf") or [""])[0], session.csrf):
         raise ServiceError(403, "the form's session token does not match: reload the page and try again")
     if role != "admin":
         raise ServiceError(403, "this API key is read-only; launching a job needs an admin key")
@@ -150,9 +168,8 @@ async def launch(request: Request) -> Response:
             errors = [exc.message]
         else:
             return RedirectResponse(f"/ui/jobs/{view['job_id']}", status_code=303)
-    page = await request.app.state.jobs.list(500, None)
-    jobs = sorted(page["items"], key=lambda j: j["created_at"], reverse=True)
-    return _render(request, "jobs.html", status=422, jobs=jobs, spec_text=text, errors=errors)
+    return _render(request, "jobs.html", status=422, jobs=await request.app.state.jobs.recent(MAX_JOBS),
+                   spec_text=text, errors=errors)
 
 
 @router.get("/compare", response_class=HTMLResponse)
@@ -160,11 +177,14 @@ async def compare_page(request: Request, a: str | None = None, b: str | None = N
     """Two jobs side by side: their funnels, and which documents one kept and the other dropped."""
     _session(request)
     service = request.app.state.jobs
-    page = await service.list(500, None)
-    jobs = sorted(page["items"], key=lambda j: j["created_at"], reverse=True)
-    context: dict[str, Any] = {"jobs": jobs, "a": a, "b": b, "diff": None}
+    context: dict[str, Any] = {"jobs": await service.recent(MAX_JOBS), "a": a, "b": b, "diff": None}
     if a and b:
         job_a, job_b = await service.view(a), await service.view(b)
+        for job in (job_a, job_b):
+            if job["state"] not in ("succeeded", "failed", "cancelled"):
+                raise ServiceError(409, f"job {job['job_id']} is {job['state']}: compare finished jobs")
+            if not JobFolder(job["output"]).started():
+                raise ServiceError(409, f"job {job['job_id']} never started: it has no lineage to compare")
         stats_a, stats_b = await service.stats(a), await service.stats(b)
         diff = await asyncio.to_thread(compare, job_a["output"], job_b["output"])
         context.update(job_a=job_a, job_b=job_b, stats_a=stats_a, stats_b=stats_b, diff=diff)
@@ -184,12 +204,10 @@ async def job_page(request: Request, job_id: str) -> HTMLResponse:
             raise
     if job["state"] == "succeeded":
         manifest = await service.manifest(job_id)
-    examples: dict[tuple[str, str], list[str]] = {}
+    examples: dict[tuple[int, str], list[str]] = {}
     if stats is not None:
-        reasons = [(st["stage"], r) for st in stats["stages"] for r in st["reasons"]][:MAX_REASON_EXAMPLES]
-        for stage, reason in reasons:
-            page = await service.documents(job_id, limit=3, cursor=None, stage=stage, decision="drop", reason=reason)
-            examples[(stage, reason)] = [row["doc_id"] for row in page["items"]]
+        for ex in await service.reason_examples(job_id):
+            examples.setdefault((ex["stage_index"], ex["reason"]), []).append(ex["doc_id"])
     return _render(request, "job.html", job=job, stats=stats, manifest=manifest, examples=examples,
                    shards=_shard_rows(stats, manifest), record=_record(job["output"]))
 
@@ -256,8 +274,7 @@ async def stage_page(request: Request, job_id: str, index: int, shard: int | Non
     return _render(request, "stage.html", job=job, record=record, index=index, kind=cls.kind, row=row,
                    charts=[{**c, "cuts": [v for v in cuts.get(c["score"], []) if c["lo"] <= v <= c["hi"]],
                             "all_cuts": cuts.get(c["score"], [])} for c in charts],
-                   knobs=_knobs(cls, record["params"]), params_json=json.dumps(record["params"]),
-                   spec_json=json.dumps(folder.job().get("spec")), shards=inputs, shard=shard,
+                   knobs=_knobs(cls, record["params"]), spec=folder.job().get("spec"), shards=inputs, shard=shard,
                    reasons=reasons, chosen=chosen, kept=kept["items"], dropped=dropped["items"])
 
 
