@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pyarrow as pa
 
 from filters.base import TEXT, Fitted, Selection, Stage, StageParams
@@ -71,8 +72,10 @@ def measure(text: str, params: QualityRulesParams) -> dict[str, float]:
     }
 
 
-def first_failure(m: dict[str, float], p: QualityRulesParams) -> str | None:
-    checks = (
+def checks(m: dict, p: QualityRulesParams) -> list[tuple]:
+    """Gopher's checks in order, as (failed, reason); ``m`` holds one document's measures or
+    arrays of a unit's (the comparisons then give masks)."""
+    return [
         (m["word_count"] < p.min_words, "quality_rules.too_few_words"),
         (m["word_count"] > p.max_words, "quality_rules.too_many_words"),
         (m["mean_word_length"] < p.min_mean_word_length, "quality_rules.short_mean_word_length"),
@@ -83,8 +86,11 @@ def first_failure(m: dict[str, float], p: QualityRulesParams) -> str | None:
         (m["ellipsis_line_fraction"] > p.max_ellipsis_line_fraction, "quality_rules.ellipsis_lines"),
         (m["alpha_word_fraction"] < p.min_alpha_word_fraction, "quality_rules.few_alpha_words"),
         (m["stop_word_count"] < p.min_stop_words, "quality_rules.few_stop_words"),
-    )
-    return next((reason for failed, reason in checks if failed), None)
+    ]
+
+
+def first_failure(m: dict[str, float], p: QualityRulesParams) -> str | None:
+    return next((reason for failed, reason in checks(m, p) if failed), None)
 
 
 class QualityRulesV1(Stage[QualityRulesParams]):
@@ -119,8 +125,12 @@ class QualityRulesV1(Stage[QualityRulesParams]):
                 "alpha_word_fraction": [p.min_alpha_word_fraction], "stop_word_count": [p.min_stop_words]}
 
     def select(self, scores: pa.Table, fitted: Fitted | None) -> Selection:
-        columns = {n: scores[n].to_pylist() for n in measure("", self.params)}
-        reasons = [
-            first_failure({n: columns[n][i] for n in columns}, self.params) for i in range(len(scores))
-        ]
-        return Selection(keep=[r is None for r in reasons], reason=reasons)
+        # Vectorised over the unit: the first failing check of each document, in the order of
+        # ``checks`` (a what-if over a million documents re-selects in well under a second).
+        p = self.params
+        m = {n: scores[n].to_numpy(zero_copy_only=False) for n in measure("", p)}
+        masks = checks(m, p)
+        first = np.select([c for c, _ in masks], np.arange(len(masks)), default=-1)
+        names = [r for _, r in masks]
+        reasons = [names[k] if k >= 0 else None for k in first.tolist()]
+        return Selection(keep=(first < 0).tolist(), reason=reasons)

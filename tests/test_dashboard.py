@@ -129,6 +129,8 @@ def test_the_dashboard_in_a_real_browser(served, tmp_path):
         page.get_by_role("link", name="Jobs").first.click()
         page.wait_for_url(re.compile(r"/ui/jobs$"))
         assert page.locator(f"tr[data-job='{job_id}'] [data-field=state]").inner_text() == "succeeded"
+        duration = page.locator(f"tr[data-job='{job_id}'] [data-field=duration]").inner_text()
+        assert re.fullmatch(r"\d+s|\d+m \d\ds", duration), duration
         assert page.locator(f"tr[data-job='{job_id}'] [data-field=docs_out]").inner_text() == \
             f"{stats['stages'][-1]['docs_out']:,}"
         page.screenshot(path=str(shots / "jobs.png"), full_page=True)

@@ -72,3 +72,21 @@ def test_empty_and_null_text_fail_cleanly():
 def test_unknown_param_is_rejected():
     with pytest.raises(ValueError, match="min_wrods"):
         QualityRulesV1({"min_wrods": 3})
+
+
+def test_the_vectorised_select_gives_each_document_its_first_failing_check():
+    import numpy as np
+    import pyarrow as pa
+
+    from filters.quality_rules import QualityRulesV1, first_failure, measure
+
+    stage = QualityRulesV1({"min_words": 30, "max_words": 90, "min_stop_words": 20})
+    rng = np.random.default_rng(0)
+    names = list(measure("", stage.params))
+    # values around every threshold, so each check decides some documents
+    table = pa.table({n: pa.array(rng.random(5000) * (120 if n in ("word_count", "stop_word_count") else 12
+                                                       if n == "mean_word_length" else 1.2)) for n in names})
+    sel = stage.select(table, None)
+    expected = [first_failure(row, stage.params) for row in table.to_pylist()]
+    assert sel.reason == expected and sel.keep == [r is None for r in expected]
+    assert len(set(expected)) >= 8  # most reasons occur

@@ -8,7 +8,9 @@ page shows are the API's. A page without a valid session redirects to the login 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -131,7 +133,23 @@ async def logout(request: Request) -> Response:
 @router.get("/jobs", response_class=HTMLResponse)
 async def jobs_page(request: Request) -> HTMLResponse:
     _session(request)
-    return _render(request, "jobs.html", jobs=await request.app.state.jobs.recent(MAX_JOBS))
+    jobs = await request.app.state.jobs.recent(MAX_JOBS)
+    durations = await asyncio.to_thread(lambda: {j["job_id"]: _duration(j["output"]) for j in jobs})
+    return _render(request, "jobs.html", jobs=jobs, durations=durations)
+
+
+def _duration(output: str) -> str | None:
+    """How long the run took (to now, while it runs): job.json's start to the manifest's end."""
+    folder = JobFolder(output)
+    try:
+        started = datetime.fromisoformat(folder.job()["created_at"])
+        ended = datetime.fromisoformat(json.loads(folder.manifest.read_text())["completed_at"]) \
+            if folder.complete() else datetime.now(started.tzinfo)
+    except (OSError, KeyError, ValueError):
+        return None
+    seconds = int((ended - started).total_seconds())
+    return f"{seconds // 3600}h {seconds // 60 % 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 @router.get("/jobs.json")
@@ -169,7 +187,7 @@ async def launch(request: Request) -> Response:
         else:
             return RedirectResponse(f"/ui/jobs/{view['job_id']}", status_code=303)
     return _render(request, "jobs.html", status=422, jobs=await request.app.state.jobs.recent(MAX_JOBS),
-                   spec_text=text, errors=errors)
+                   durations={}, spec_text=text, errors=errors)
 
 
 @router.get("/compare", response_class=HTMLResponse)
