@@ -9,8 +9,8 @@ stage of your own) imports. Import from ``curate`` only; the top-level ``filters
 
 Writing a stage: subclass ``curate.Stage`` (score -> [fit] -> select) or
 ``curate.TransformStage`` and register it with ``CURATE_STAGES=my_pkg.stages:MyStageV1``
-(or the ``curate.stages`` entry point). The training-data loader and a REST client will
-live here too.
+(or the ``curate.stages`` entry point). Reading a job's output into training:
+``curate.loader`` (``CuratedDataset``, ``torch_dataset``). A REST client will live here too.
 """
 
 from __future__ import annotations
