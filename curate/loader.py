@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,17 +116,30 @@ class CuratedDataset:
         at least ``buffer`` rows, each shuffled by the reader's seeded generator."""
         rng = np.random.default_rng([seed, epoch, reader])
         files: dict[int, pq.ParquetFile] = {}
+        ranges = self._slice(reader, readers, seed, epoch, shuffle)
+
+        def read(k: int) -> pa.Table:
+            block, start, stop = ranges[k]
+            if block.file not in files:
+                files[block.file] = pq.ParquetFile(self.files[block.file])
+            return files[block.file].read_row_group(block.group, columns=columns).slice(start, stop - start)
+
         pending: list[pa.Table] = []
         buffered = 0
-        ranges = self._slice(reader, readers, seed, epoch, shuffle)
-        for k, (block, start, stop) in enumerate(ranges):
-            parquet = files.setdefault(block.file, pq.ParquetFile(self.files[block.file]))
-            pending.append(parquet.read_row_group(block.group, columns=columns).slice(start, stop - start))
-            buffered += stop - start
-            if buffered >= buffer or k == len(ranges) - 1:
-                table = pa.concat_tables(pending)
-                yield table.take(rng.permutation(table.num_rows)) if shuffle else table
-                pending, buffered = [], 0
+        # The next block is read in the background while this one is consumed (as
+        # pyarrow.dataset reads ahead): decompression releases the GIL.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(read, 0) if ranges else None
+            for k in range(len(ranges)):
+                assert ahead is not None
+                table = ahead.result()
+                ahead = pool.submit(read, k + 1) if k + 1 < len(ranges) else None
+                pending.append(table)
+                buffered += table.num_rows
+                if buffered >= buffer or k == len(ranges) - 1:
+                    merged = pa.concat_tables(pending)
+                    yield merged.take(rng.permutation(merged.num_rows)) if shuffle else merged
+                    pending, buffered = [], 0
 
     def iter_batches(self, batch_size: int = 1024, columns: list[str] | None = None, *, rank: int = 0,
                      world_size: int = 1, worker_id: int = 0, num_workers: int = 1, seed: int = 0,
@@ -144,12 +158,20 @@ class CuratedDataset:
                 table, skip = table.slice(dropped), skip - dropped
             carry.append(table)
             held += table.num_rows
-            while held >= batch_size:
-                merged = pa.concat_tables(carry)
-                yield from merged.slice(0, batch_size).combine_chunks().to_batches(max_chunksize=batch_size)
-                carry, held = [merged.slice(batch_size)], held - batch_size
+            merged = pa.concat_tables(carry) if len(carry) > 1 else carry[0]
+            start = 0
+            while held - start >= batch_size:
+                yield _one_batch(merged.slice(start, batch_size))
+                start += batch_size
+            carry, held = [merged.slice(start)], held - start
         if held:
-            yield from pa.concat_tables(carry).combine_chunks().to_batches(max_chunksize=batch_size)
+            yield _one_batch(pa.concat_tables(carry))
+
+
+def _one_batch(table: pa.Table) -> pa.RecordBatch:
+    """A table slice as one record batch: zero-copy when it lies in one chunk."""
+    batches = table.to_batches()
+    return batches[0] if len(batches) == 1 else table.combine_chunks().to_batches()[0]
 
 
 def _reader(rank: int, world_size: int, worker_id: int, num_workers: int) -> tuple[int, int]:
