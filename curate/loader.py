@@ -17,7 +17,6 @@ manifest, the seed and the epoch, so a reader that skips the rows it already yie
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from filters.lm.models import file_sha256
 
 
 class ManifestError(ValueError):
@@ -40,14 +41,6 @@ class Block:
     file: int  # index into the dataset's files
     group: int  # Parquet row group
     rows: int
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class CuratedDataset:
@@ -74,7 +67,7 @@ class CuratedDataset:
         for path, facts in zip(self.files, self.manifest["files"], strict=True):
             if not path.exists():
                 raise ManifestError(f"{facts['path']}: listed in the manifest but missing from {self.root}")
-            digest = _sha256(path)
+            digest = file_sha256(path)
             if digest != facts["sha256"]:
                 raise ManifestError(f"{facts['path']}: sha256 {digest[:16]}… does not match the manifest's "
                                     f"{facts['sha256'][:16]}… (changed or corrupted since the job wrote it)")
