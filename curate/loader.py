@@ -1,9 +1,11 @@
 """Read a curated job's output shards into training: verified against the manifest, split
 across ranks and dataloader workers so every row is read exactly once per epoch, shuffled
 deterministically by seed and epoch, and resumable mid-epoch. Needs only pyarrow (and
-numpy); ``torch_dataset`` wraps it for a PyTorch ``DataLoader``.
+numpy); ``curate.torch_data`` wraps it for a PyTorch ``DataLoader``.
 
     data = CuratedDataset("runs/web-pool-v1")                 # a job's output folder
+    data = CuratedDataset("s3://bucket/runs/web-pool-v1")     # any fsspec URL
+    data = CuratedDataset("http://curate:8000/jobs/<job id>") # a running service (cached)
     for batch in data.iter_batches(batch_size=1024, rank=r, world_size=w, seed=0, epoch=e):
         texts = batch.column("text").to_pylist()
 
@@ -12,23 +14,31 @@ blocks are permuted by (seed, epoch), and the permuted row stream is split into
 ``world_size × num_workers`` contiguous, near-equal slices, one per reader. Inside its
 slice a reader shuffles rows through a seeded buffer. The order depends only on the
 manifest, the seed and the epoch, so a reader that skips the rows it already yielded
-(``state_dict`` / ``load_state_dict``) continues exactly where it stopped.
+(``LoaderState``) continues exactly where it stopped.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from filters.lm.models import file_sha256
+from filters.lm.models import file_sha256, stream_sha256
+
+Synthetic = Literal["include", "exclude", "only"]
+# The column a job adds to its outputs when a stage (rephrase_v1) created documents: the id
+# of the document each was made from, null for real rows. (workers.lineage.PARENT_ID)
+PARENT_ID = "parent_id"
+SERVICE_JOB = re.compile(r"^(https?://.+?)/jobs/([^/]+)/?$")
 
 
 class ManifestError(ValueError):
@@ -40,52 +50,128 @@ class ManifestError(ValueError):
 class Block:
     file: int  # index into the dataset's files
     group: int  # Parquet row group
-    rows: int
+    rows: int  # rows this dataset reads from the group
+    pick: np.ndarray | None = None  # their positions in the group when not all (a synthetic filter)
 
 
 class CuratedDataset:
-    """The output of one finished job (its folder with ``manifest.json``)."""
+    """The output of one finished job: a folder with ``manifest.json`` (a local path or an
+    fsspec URL), or ``http(s)://host:port/jobs/<id>`` on a running service, downloaded once
+    into a local cache (``curate.remote.fetch_job``: ``cache_dir``, ``api_key``).
 
-    def __init__(self, job_folder: str | Path, *, verify: bool = True) -> None:
-        self.root = Path(job_folder)
-        manifest_path = self.root / "manifest.json"
-        if not manifest_path.exists():
-            raise ManifestError(f"{self.root}: no manifest.json (not a finished curate job's output folder)")
-        self.manifest = json.loads(manifest_path.read_text())
-        self.files = [self.root / f["path"] for f in self.manifest["files"]]
+    ``synthetic`` chooses rows by lineage: ``include`` everything (default), ``exclude`` the
+    documents a stage created (rephrasings: ``parent_id`` set), or ``only`` those."""
+
+    def __init__(self, source: str | Path, *, verify: bool = True, synthetic: Synthetic = "include",
+                 cache_dir: str | Path | None = None, api_key: str | None = None,
+                 storage_options: dict[str, Any] | None = None) -> None:
+        self.source = str(source)
+        self.fs: Any = None  # an fsspec filesystem, or None for local files
+        service = SERVICE_JOB.match(self.source)
+        if service:
+            from curate.remote import fetch_job
+
+            root = str(fetch_job(service.group(1), service.group(2), cache_dir=cache_dir, api_key=api_key).folder)
+        elif "://" in self.source and not self.source.startswith("file://"):
+            import fsspec
+
+            self.fs, root = fsspec.core.url_to_fs(self.source, **(storage_options or {}))
+        else:
+            root = self.source.removeprefix("file://")
+        self.root = root.rstrip("/")
+        try:
+            self.manifest = json.loads(self._read_bytes("manifest.json"))
+        except FileNotFoundError:
+            raise ManifestError(f"{self.source}: no manifest.json (not a finished curate job's output "
+                                "folder)") from None
+        self.files = [f"{self.root}/{f['path']}" for f in self.manifest["files"]]
+        columns = self.manifest.get("columns") or {}
+        self.text_column, self.id_column = columns.get("text", "text"), columns.get("id", "id")
         if verify:
             self.verify()
-        self.blocks: list[Block] = []
-        for i, path in enumerate(self.files):
-            meta = pq.ParquetFile(path).metadata
-            self.blocks += [Block(i, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)
-                            if meta.row_group(g).num_rows]
+        self._groups = [(i, g, meta.row_group(g).num_rows) for i in range(len(self.files))
+                        for meta in [self._parquet(i).metadata] for g in range(meta.num_row_groups)]
+        self.synthetic: Synthetic = "include"
+        self.blocks = [Block(i, g, n) for i, g, n in self._groups if n]
         self.num_rows = sum(b.rows for b in self.blocks)
+        if synthetic != "include":
+            self._select(synthetic)
+
+    # -- files ------------------------------------------------------------------------
+    def _read_bytes(self, name: str) -> bytes:
+        if self.fs is not None:
+            return self.fs.cat_file(f"{self.root}/{name}")
+        return Path(self.root, name).read_bytes()
+
+    def _parquet(self, i: int) -> pq.ParquetFile:
+        return pq.ParquetFile(self.fs.open(self.files[i], "rb") if self.fs is not None else self.files[i])
+
+    def _exists(self, path: str) -> bool:
+        return self.fs.exists(path) if self.fs is not None else Path(path).exists()
 
     def verify(self) -> None:
         """Every shard exists with the manifest's row count and sha256."""
-        for path, facts in zip(self.files, self.manifest["files"], strict=True):
-            if not path.exists():
-                raise ManifestError(f"{facts['path']}: listed in the manifest but missing from {self.root}")
-            digest = file_sha256(path)
+        for i, (path, facts) in enumerate(zip(self.files, self.manifest["files"], strict=True)):
+            if not self._exists(path):
+                raise ManifestError(f"{facts['path']}: listed in the manifest but missing from {self.source}")
+            if self.fs is not None:
+                with self.fs.open(path, "rb") as f:
+                    digest = stream_sha256(f)
+            else:
+                digest = file_sha256(Path(path))
             if digest != facts["sha256"]:
                 raise ManifestError(f"{facts['path']}: sha256 {digest[:16]}… does not match the manifest's "
                                     f"{facts['sha256'][:16]}… (changed or corrupted since the job wrote it)")
-            rows = pq.ParquetFile(path).metadata.num_rows
+            rows = self._parquet(i).metadata.num_rows
             if rows != facts["rows"]:
                 raise ManifestError(f"{facts['path']}: {rows} rows, the manifest says {facts['rows']}")
 
     def data_files(self) -> list[str]:
-        """The shard paths, for ``datasets.load_dataset("parquet", data_files=...)``."""
-        return [str(p) for p in self.files]
+        """The shard paths (URLs for fsspec), for ``datasets.load_dataset("parquet", data_files=...)``.
+        Shards without rows are left out: datasets fails on a Parquet file with no rows
+        ("BatchSize must be greater than 0"), and a job whose filters dropped a whole shard
+        writes one."""
+        files = [p for p, facts in zip(self.files, self.manifest["files"], strict=True) if facts["rows"]]
+        if self.fs is None:
+            return files
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return [f"{protocol}://{p}" for p in files]
+
+    # -- which rows -------------------------------------------------------------------
+    def with_synthetic(self, synthetic: Synthetic) -> CuratedDataset:
+        """The same verified files with another ``synthetic`` choice (nothing is re-hashed)."""
+        view = object.__new__(CuratedDataset)
+        view.__dict__.update(self.__dict__)
+        view.blocks = [Block(i, g, n) for i, g, n in self._groups if n]
+        view.num_rows, view.synthetic = sum(b.rows for b in view.blocks), "include"
+        if synthetic != "include":
+            view._select(synthetic)
+        return view
+
+    def _select(self, synthetic: Synthetic) -> None:
+        """Keep the blocks' real or created rows, by the ``parent_id`` lineage column."""
+        if synthetic not in ("exclude", "only"):
+            raise ValueError(f"synthetic={synthetic!r}: choose include, exclude or only")
+        blocks = []
+        for block in self.blocks:
+            pf = self._parquet(block.file)
+            if PARENT_ID not in pf.schema_arrow.names:
+                raise ManifestError(f"{self.source}: synthetic={synthetic!r} needs the {PARENT_ID!r} column, which "
+                                    "a job writes only when a stage creates documents (rephrase_v1); this job "
+                                    "created none")
+            created = pc.is_valid(pf.read_row_group(block.group, columns=[PARENT_ID]).column(PARENT_ID))
+            keep = np.flatnonzero(created.to_numpy(zero_copy_only=False) == (synthetic == "only"))
+            if len(keep):
+                blocks.append(replace(block, rows=len(keep), pick=None if len(keep) == block.rows else keep))
+        self.blocks, self.num_rows, self.synthetic = blocks, sum(b.rows for b in blocks), synthetic
 
     # -- reading ----------------------------------------------------------------------
-    def _slice(self, reader: int, readers: int, seed: int, epoch: int, shuffle: bool) -> list[tuple[Block, int, int]]:
+    def _slice(self, reader: int, readers: int, key: list[int], shuffle: bool) -> list[tuple[Block, int, int]]:
         """The (block, start, stop) row ranges of one reader's contiguous share of the
         (permuted) row stream."""
         order = list(range(len(self.blocks)))
         if shuffle:
-            order = np.random.default_rng([seed, epoch]).permutation(len(self.blocks)).tolist()
+            order = np.random.default_rng(key).permutation(len(self.blocks)).tolist()
         lo, hi = reader * self.num_rows // readers, (reader + 1) * self.num_rows // readers
         ranges, at = [], 0
         for b in order:
@@ -98,24 +184,32 @@ class CuratedDataset:
                 break
         return ranges
 
+    def read_block(self, block: Block, columns: list[str], start: int = 0, stop: int | None = None,
+                   parquet: pq.ParquetFile | None = None) -> pa.Table:
+        """Rows ``start:stop`` of what this dataset reads from ``block``."""
+        table = (parquet or self._parquet(block.file)).read_row_group(block.group, columns=columns)
+        stop = block.rows if stop is None else stop
+        return table.slice(start, stop - start) if block.pick is None else table.take(block.pick[start:stop])
+
     def rows_of(self, *, rank: int = 0, world_size: int = 1, worker_id: int = 0, num_workers: int = 1) -> int:
         """How many rows one reader gets per epoch."""
-        reader, readers = _reader(rank, world_size, worker_id, num_workers)
+        reader, readers = reader_index(rank, world_size, worker_id, num_workers)
         return (reader + 1) * self.num_rows // readers - reader * self.num_rows // readers
 
-    def _stream(self, columns: list[str], reader: int, readers: int, seed: int, epoch: int, shuffle: bool,
-                buffer: int) -> Iterator[pa.Table]:
-        """The reader's rows in order, as tables: its blocks' slices gathered into buffers of
-        at least ``buffer`` rows, each shuffled by the reader's seeded generator."""
-        rng = np.random.default_rng([seed, epoch, reader])
+    def stream(self, columns: list[str], reader: int, readers: int, key: list[int], shuffle: bool = True,
+               buffer: int = 8192) -> Iterator[pa.Table]:
+        """One reader's rows for the order ``key`` ([seed, epoch]), as tables: its blocks'
+        slices gathered into buffers of at least ``buffer`` rows, each shuffled by the
+        reader's seeded generator."""
+        rng = np.random.default_rng([*key, reader])
         files: dict[int, pq.ParquetFile] = {}
-        ranges = self._slice(reader, readers, seed, epoch, shuffle)
+        ranges = self._slice(reader, readers, key, shuffle)
 
         def read(k: int) -> pa.Table:
             block, start, stop = ranges[k]
             if block.file not in files:
-                files[block.file] = pq.ParquetFile(self.files[block.file])
-            return files[block.file].read_row_group(block.group, columns=columns).slice(start, stop - start)
+                files[block.file] = self._parquet(block.file)
+            return self.read_block(block, columns, start, stop, files[block.file])
 
         pending: list[pa.Table] = []
         buffered = 0
@@ -139,26 +233,41 @@ class CuratedDataset:
                      epoch: int = 0, shuffle: bool = True, shuffle_buffer: int = 8192,
                      skip: int = 0) -> Iterator[pa.RecordBatch]:
         """This reader's rows as record batches of ``batch_size`` (the last may be short),
-        ``columns`` projected (default ``text``). The first ``skip`` rows of the stream are
-        passed over (resuming mid-epoch: see ``LoaderState``)."""
-        reader, readers = _reader(rank, world_size, worker_id, num_workers)
-        carry: list[pa.Table] = []
-        held = 0
-        for table in self._stream(columns or ["text"], reader, readers, seed, epoch, shuffle,
-                                  shuffle_buffer if shuffle else batch_size):
-            if skip:
-                dropped = min(skip, table.num_rows)
-                table, skip = table.slice(dropped), skip - dropped
-            carry.append(table)
-            held += table.num_rows
-            merged = pa.concat_tables(carry) if len(carry) > 1 else carry[0]
-            start = 0
-            while held - start >= batch_size:
-                yield _one_batch(merged.slice(start, batch_size))
-                start += batch_size
-            carry, held = [merged.slice(start)], held - start
-        if held:
-            yield _one_batch(pa.concat_tables(carry))
+        ``columns`` projected (default: the text column). The first ``skip`` rows of the
+        stream are passed over (resuming mid-epoch: see ``LoaderState``)."""
+        reader, readers = reader_index(rank, world_size, worker_id, num_workers)
+        tables = self.stream(columns or [self.text_column], reader, readers, [seed, epoch], shuffle,
+                             shuffle_buffer if shuffle else batch_size)
+        return batches_of(skip_rows(tables, skip), batch_size)
+
+
+def skip_rows(tables: Iterable[pa.Table], skip: int) -> Iterator[pa.Table]:
+    """``tables`` without their first ``skip`` rows."""
+    for table in tables:
+        if skip:
+            dropped = min(skip, table.num_rows)
+            table, skip = table.slice(dropped), skip - dropped
+        if table.num_rows:
+            yield table
+
+
+def batches_of(tables: Iterable[pa.Table], batch_size: int) -> Iterator[pa.RecordBatch]:
+    """A stream of tables re-cut into record batches of ``batch_size`` rows (the last may be short)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    carry: list[pa.Table] = []
+    held = 0
+    for table in tables:
+        carry.append(table)
+        held += table.num_rows
+        merged = pa.concat_tables(carry) if len(carry) > 1 else carry[0]
+        start = 0
+        while held - start >= batch_size:
+            yield _one_batch(merged.slice(start, batch_size))
+            start += batch_size
+        carry, held = [merged.slice(start)], held - start
+    if held:
+        yield _one_batch(pa.concat_tables(carry))
 
 
 def _one_batch(table: pa.Table) -> pa.RecordBatch:
@@ -167,10 +276,12 @@ def _one_batch(table: pa.Table) -> pa.RecordBatch:
     return batches[0] if len(batches) == 1 else table.combine_chunks().to_batches()[0]
 
 
-def _reader(rank: int, world_size: int, worker_id: int, num_workers: int) -> tuple[int, int]:
-    if not (0 <= rank < world_size and 0 <= worker_id < max(num_workers, 1)):
-        raise ValueError(f"rank {rank} of {world_size}, worker {worker_id} of {num_workers}: out of range")
+def reader_index(rank: int, world_size: int, worker_id: int, num_workers: int) -> tuple[int, int]:
+    """(this reader, all readers): ``num_workers`` 0 (a DataLoader without worker processes)
+    reads as one worker."""
     workers = max(num_workers, 1)
+    if not (0 <= rank < world_size and 0 <= worker_id < workers):
+        raise ValueError(f"rank {rank} of {world_size}, worker {worker_id} of {num_workers}: out of range")
     return rank * workers + worker_id, world_size * workers
 
 
@@ -187,28 +298,3 @@ class LoaderState:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.rows = int(state["epoch"]), int(state["rows"])
-
-
-def torch_dataset(data: CuratedDataset, *, columns: list[str] | None = None, rank: int = 0, world_size: int = 1,
-                  seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 8192):
-    """A PyTorch ``IterableDataset`` of row dicts over ``data``: each ``DataLoader`` worker
-    reads its own slice of this rank's rows (``torch.utils.data.get_worker_info``); call
-    ``set_epoch(e)`` before each epoch for a new order. Needs torch."""
-    import torch.utils.data as tud
-
-    class CuratedIterable(tud.IterableDataset):
-        def __init__(self) -> None:
-            self.epoch = 0
-
-        def set_epoch(self, epoch: int) -> None:
-            self.epoch = epoch
-
-        def __iter__(self):
-            info = tud.get_worker_info()
-            worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-            for batch in data.iter_batches(1024, columns, rank=rank, world_size=world_size, worker_id=worker_id,
-                                           num_workers=num_workers, seed=seed, epoch=self.epoch, shuffle=shuffle,
-                                           shuffle_buffer=shuffle_buffer):
-                yield from batch.to_pylist()
-
-    return CuratedIterable()

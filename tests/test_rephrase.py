@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli, start_cli, write_shard
 
+from curate.loader import CuratedDataset
 from filters.lm.chat import ChatError
 from filters.lm.llama_cpp_chat import LlamaCppChat
 from filters.lm.models import SMOLLM2
@@ -167,6 +168,12 @@ def test_curate_run_creates_synthetic_documents_with_lineage_both_ways(tmp_path)
     assert synthetic[0]["id"] in [c["doc_id"] for c in parent["children"]]
     text = run_cli("why", "wrap", synthetic[0]["id"]).stdout
     assert f"created by rephrase_v1 from {synthetic[0]['parent_id']}" in text and '"style"' in text
+    # the training loader picks real or synthetic rows by the same lineage column
+    only = CuratedDataset(tmp_path / "out", synthetic="only")
+    assert sorted(i for b in only.iter_batches(8, ["id"]) for i in b.column("id").to_pylist()) == \
+        sorted(r["id"] for r in synthetic)
+    real = only.with_synthetic("exclude")
+    assert sorted(i for b in real.iter_batches(8, ["id"]) for i in b.column("id").to_pylist()) == sorted(DOCS)
 
 
 def test_synthetic_only_replaces_fully_rephrased_sources_and_keeps_the_rest(tmp_path):

@@ -7,7 +7,7 @@ import importlib.util
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, BinaryIO
 
 from pydantic import Field
 
@@ -95,10 +95,16 @@ def model_file_list(model: str) -> list[str]:
 
 def file_sha256(path: Path) -> str:
     """SHA256 of a (model) file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+        return stream_sha256(f)
+
+
+def stream_sha256(f: BinaryIO, digest: Any = None) -> str:
+    """SHA256 of what is left in an open binary file (local or fsspec), continuing ``digest``
+    (a ``hashlib.sha256`` object) when given."""
+    digest = digest or hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 
