@@ -1,5 +1,5 @@
-"""The ``curate`` command line: ingest, run, demo, why, jobs, schema, export-scores, ablate, ablations, serve,
-keys.
+"""The ``curate`` command line: ingest, run, demo, why, jobs, schema, export-scores, export, ablate, ablations,
+serve, keys.
 
 Exit status: 0 success; 1 a runtime failure (bad input data, a failed job, a missing or
 locked catalog, an unknown job, document, stage or key); 2 a usage error (argparse's, or a
@@ -308,6 +308,49 @@ def cmd_export_scores(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from curate.loader import CuratedDataset, ManifestError
+    from curate.remote import FetchError
+    from filters.lm.base import MissingDependency
+    from filters.lm.token_encoder import load_encoder
+    from workers.export_tokens import ExportError as TokenExportError
+    from workers.export_tokens import export_tokens
+
+    try:
+        encoder = load_encoder(args.tokenizer, args.eos_token)
+        if args.server:
+            data = CuratedDataset(f"{args.server.rstrip('/')}/jobs/{args.job}", synthetic=args.synthetic)
+        else:
+            # A folder with a manifest (a finished job's, or a copy of one) is read directly.
+            folder = Path(args.job) if (Path(args.job) / "manifest.json").exists() else \
+                _job_folder(args.job, args.catalog)
+            data = CuratedDataset(folder, synthetic=args.synthetic)
+        name = Path(args.tokenizer).stem if args.tokenizer.endswith((".json", ".gguf")) else Path(args.tokenizer).name
+        out = Path(args.out or f"{data.manifest['job_id']}.{name}.{args.format}")
+        bar = _progress_bar(data.num_rows, "documents") if args.progress else None
+        manifest = export_tokens(data, out, encoder, args.format, overwrite=args.overwrite,
+                                 progress=bar.update_to if bar else None)
+    except (ManifestError, FetchError, TokenExportError, MissingDependency, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if bar:
+        bar.close()
+    print(f"wrote {manifest['tokens']:,} tokens of {manifest['documents']:,} documents ({args.format}, "
+          f"{manifest['dtype']}, {len(manifest['shards'])} shards) to {out} in {manifest['seconds']:.1f} s: "
+          f"{manifest['tokens_per_second']:,} tokens/s; end of text {encoder.eos_token!r} = {encoder.eos_id}")
+    return 0
+
+
+def _progress_bar(total: int, unit: str):
+    from tqdm import tqdm
+
+    class Bar(tqdm):
+        def update_to(self, done: int, _total: int) -> None:
+            self.update(done - self.n)
+
+    return Bar(total=total, unit=f" {unit}", file=sys.stderr, dynamic_ncols=True)
+
+
 def cmd_preview_selection(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -493,6 +536,27 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=FORMATS, default="wide",
                         help="wide: a float64 column score_<name> per score (default); struct: one scores column")
     export.set_defaults(func=cmd_export_scores)
+
+    tok = sub.add_parser("export", help="tokenize a job's output into token shards for training (npy, megatron)",
+                         description="Write a finished job's output documents as token shards: flat uint16/uint32 "
+                                     ".npy with a documents sidecar (OLMo / nanoGPT), or Megatron-LM .bin/.idx; "
+                                     "each document ends with the end-of-text token; tokens.json lists shards, "
+                                     "documents, tokens and sha256.")
+    tok.add_argument("job", help="job id, job name (latest run) or output folder; with --server, a job id there")
+    tok.add_argument("--tokenizer", required=True,
+                     help="a bundled model (smollm2-135m, gemma3-270m: its tokenizer), a .gguf, a tokenizer.json, "
+                          "a Hugging Face tokenizer folder, or ablation-bpe")
+    tok.add_argument("--format", choices=("npy", "megatron"), default="npy", help="default npy")
+    tok.add_argument("--out", help="folder to write (default: <job id>.<tokenizer>.<format> here)")
+    tok.add_argument("--eos-token", help="the end-of-text token (default: <|endoftext|>, </s>, <eos>... if in the "
+                                         "vocabulary, else the tokenizer's own)")
+    tok.add_argument("--synthetic", choices=("include", "exclude", "only"), default="include",
+                     help="rows a stage created (rephrase_v1): include (default), exclude, or only those")
+    tok.add_argument("--server", help="a running service's URL: download the job's output first (cached, "
+                                      "verified; API key from $CURATE_API_KEY)")
+    tok.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    tok.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    tok.set_defaults(func=cmd_export)
 
     pre = sub.add_parser(
         "preview-selection", help="re-decide one stage from its stored scores with other select params",

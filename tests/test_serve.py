@@ -84,6 +84,73 @@ def test_submit_poll_in_parallel_and_download(server):
         assert hashlib.sha256(r.content).hexdigest() == f["sha256"] == r.headers["x-content-sha256"]
 
 
+def submit_and_wait(base, auth, spec, seconds=180):
+    resp = httpx.post(f"{base}/jobs", json=spec, headers=auth, timeout=30)
+    assert resp.status_code == 201, resp.text
+    job_id = resp.json()["job_id"]
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        job = httpx.get(f"{base}/jobs/{job_id}", headers=auth).json()
+        if job["state"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.5)
+    assert job["state"] == "succeeded", job
+    return job_id
+
+
+def test_the_loader_resumes_an_interrupted_download_and_exports_tokens(server, tmp_path, monkeypatch):
+    from conftest import run_cli
+
+    from curate.loader import CuratedDataset, ManifestError
+    from curate.remote import FetchError, fetch_job
+
+    base, auth, _ = server
+    job_id = submit_and_wait(base, auth, {"name": "pull", "inputs": ["*.parquet"], "output": "pull",
+                                          "stages": [{"stage": "quality_rules_v1"}]})
+    manifest = httpx.get(f"{base}/jobs/{job_id}/manifest", headers=auth).json()
+    files, key, cache = manifest["files"], auth["Authorization"].split()[1], tmp_path / "cache"
+    assert files[1]["bytes"] > 3 * 1024
+
+    class Crash(Exception):
+        pass
+
+    def crash_in_second_shard(path, done, total):
+        if path == files[1]["path"] and done >= 3 * 1024:
+            raise Crash  # the client dies mid-stream: a real HTTP response half read
+
+    with pytest.raises(Crash):
+        fetch_job(base, job_id, cache_dir=cache, api_key=key, progress=crash_in_second_shard, chunk_size=1024)
+    folder = cache / base.removeprefix("http://").replace(":", "_") / job_id
+    part = folder / (files[1]["path"] + ".part")
+    assert part.stat().st_size == 3 * 1024 and not (folder / "manifest.json").exists()  # nothing looks complete
+    assert not (folder / files[1]["path"]).exists()
+    resumed = fetch_job(base, job_id, cache_dir=cache, api_key=key, chunk_size=1024)
+    assert resumed.reused == [files[0]["path"]] and resumed.resumed == [files[1]["path"]]
+    # the Range request brought only the missing bytes of shard 2, and all of shards 3 and 4
+    assert resumed.downloaded == sum(f["bytes"] for f in files[1:]) - 3 * 1024
+    for f in files:
+        assert hashlib.sha256((folder / f["path"]).read_bytes()).hexdigest() == f["sha256"]
+    assert not list(folder.rglob("*.part"))
+    data = CuratedDataset(f"{base}/jobs/{job_id}", cache_dir=cache, api_key=key)  # from the cache, verified
+    assert data.root == str(folder) and data.num_rows == manifest["output"]["rows"] == 4 * 302 - 4
+    # a corrupted partial download is caught by the sha256, discarded, and fetched whole the next time
+    (folder / files[2]["path"]).unlink()
+    (folder / (files[2]["path"] + ".part")).write_bytes(b"x" * 2048)
+    with pytest.raises(ManifestError, match=f"{files[2]['path']}: the download from .* has sha256"):
+        fetch_job(base, job_id, cache_dir=cache, api_key=key)
+    assert fetch_job(base, job_id, cache_dir=cache, api_key=key).downloaded == files[2]["bytes"]
+    with pytest.raises(FetchError, match="HTTP 401"):
+        fetch_job(base, job_id, cache_dir=tmp_path / "other", api_key="curate_wrong")
+    # the same path from the command line: `curate export JOB --server URL`
+    monkeypatch.setenv("CURATE_API_KEY", key)
+    monkeypatch.setenv("CURATE_CACHE", str(tmp_path / "cli-cache"))
+    out = run_cli("export", job_id, "--server", base, "--tokenizer", "ablation-bpe", "--out", str(tmp_path / "tok"),
+                  "--no-progress")
+    tokens = json.loads((tmp_path / "tok" / "tokens.json").read_text())
+    assert tokens["documents"] == data.num_rows and tokens["source"]["job_id"] == job_id
+    assert f"wrote {tokens['tokens']:,} tokens of {data.num_rows:,} documents (npy, uint16" in out.stdout
+
+
 def test_a_500_kib_spec_launches_and_runs(server):
     """A command-line argument is capped at 128 KiB: the spec reaches the Ray job as a file."""
     base, auth, _ = server
