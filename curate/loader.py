@@ -20,12 +20,15 @@ manifest, the seed and the epoch, so a reader that skips the rows it already yie
 from __future__ import annotations
 
 import json
+import queue
 import re
+import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +38,8 @@ import pyarrow.parquet as pq
 from filters.lm.models import file_sha256, stream_sha256
 
 Synthetic = Literal["include", "exclude", "only"]
+T = TypeVar("T")
+READERS = 2  # row groups read at once per reader
 # The column a job adds to its outputs when a stage (rephrase_v1) created documents: the id
 # of the document each was made from, null for real rows. (workers.lineage.PARENT_ID)
 PARENT_ID = "parent_id"
@@ -201,32 +206,48 @@ class CuratedDataset:
         """One reader's rows for the order ``key`` ([seed, epoch]), as tables: its blocks'
         slices gathered into buffers of at least ``buffer`` rows, each shuffled by the
         reader's seeded generator."""
-        rng = np.random.default_rng([*key, reader])
-        files: dict[int, pq.ParquetFile] = {}
-        ranges = self._slice(reader, readers, key, shuffle)
+        # Parquet decoding and ``take`` release the GIL: blocks are read by a small thread
+        # pool and buffers gathered and shuffled in another thread, while the caller consumes.
+        blocks = self._blocks(columns, reader, readers, key, shuffle)
+        return read_ahead(self._buffers(blocks, np.random.default_rng([*key, reader]), shuffle, buffer))
 
-        def read(k: int) -> pa.Table:
-            block, start, stop = ranges[k]
+    def _blocks(self, columns: list[str], reader: int, readers: int, key: list[int],
+                shuffle: bool) -> Iterator[pa.Table]:
+        """The slice's blocks in order, ``READERS`` read at once (as pyarrow.dataset reads
+        several row groups at once), each thread with its own open files."""
+        local = threading.local()
+
+        def read(item: tuple[Block, int, int]) -> pa.Table:
+            block, start, stop = item
+            files = local.__dict__.setdefault("files", {})
             if block.file not in files:
                 files[block.file] = self._parquet(block.file)
             return self.read_block(block, columns, start, stop, files[block.file])
 
+        pending: deque[Future] = deque()
+        with ThreadPoolExecutor(max_workers=READERS) as pool:
+            for item in self._slice(reader, readers, key, shuffle):
+                pending.append(pool.submit(read, item))
+                if len(pending) > READERS:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+    @staticmethod
+    def _buffers(blocks: Iterator[pa.Table], rng: np.random.Generator, shuffle: bool,
+                 buffer: int) -> Iterator[pa.Table]:
         pending: list[pa.Table] = []
         buffered = 0
-        # The next block is read in the background while this one is consumed (as
-        # pyarrow.dataset reads ahead): decompression releases the GIL.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            ahead = pool.submit(read, 0) if ranges else None
-            for k in range(len(ranges)):
-                assert ahead is not None
-                table = ahead.result()
-                ahead = pool.submit(read, k + 1) if k + 1 < len(ranges) else None
-                pending.append(table)
-                buffered += table.num_rows
-                if buffered >= buffer or k == len(ranges) - 1:
-                    merged = pa.concat_tables(pending)
-                    yield merged.take(rng.permutation(merged.num_rows)) if shuffle else merged
-                    pending, buffered = [], 0
+        for table in blocks:
+            pending.append(table)
+            buffered += table.num_rows
+            if buffered >= buffer:
+                merged = pa.concat_tables(pending)
+                yield merged.take(rng.permutation(merged.num_rows)) if shuffle else merged
+                pending, buffered = [], 0
+        if pending:
+            merged = pa.concat_tables(pending)
+            yield merged.take(rng.permutation(merged.num_rows)) if shuffle else merged
 
     def iter_batches(self, batch_size: int = 1024, columns: list[str] | None = None, *, rank: int = 0,
                      world_size: int = 1, worker_id: int = 0, num_workers: int = 1, seed: int = 0,
@@ -241,6 +262,51 @@ class CuratedDataset:
         return batches_of(skip_rows(tables, skip), batch_size)
 
 
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """``items`` produced in a background thread, up to ``depth`` ahead of the consumer (as
+    pyarrow.dataset reads ahead): Parquet decoding and the shuffle's ``take`` release the
+    GIL, so reading overlaps the training loop's own work. An error in the producer is
+    raised here; a consumer that stops early stops the producer."""
+    channel: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                channel.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(end)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(_Failed(exc))
+
+    threading.Thread(target=produce, daemon=True, name="curate-read-ahead").start()
+    try:
+        while True:
+            item = channel.get()
+            if item is end:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+
+
 def skip_rows(tables: Iterable[pa.Table], skip: int) -> Iterator[pa.Table]:
     """``tables`` without their first ``skip`` rows."""
     for table in tables:
@@ -252,28 +318,30 @@ def skip_rows(tables: Iterable[pa.Table], skip: int) -> Iterator[pa.Table]:
 
 
 def batches_of(tables: Iterable[pa.Table], batch_size: int) -> Iterator[pa.RecordBatch]:
-    """A stream of tables re-cut into record batches of ``batch_size`` rows (the last may be short)."""
+    """A stream of tables re-cut into record batches of ``batch_size`` rows (the last may be
+    short). Whole batches inside a table are zero-copy slices; only a batch that spans two
+    tables is copied."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-    carry: list[pa.Table] = []
-    held = 0
+    carry: pa.Table | None = None  # fewer than batch_size rows
     for table in tables:
-        carry.append(table)
-        held += table.num_rows
-        merged = pa.concat_tables(carry) if len(carry) > 1 else carry[0]
-        start = 0
-        while held - start >= batch_size:
-            yield _one_batch(merged.slice(start, batch_size))
-            start += batch_size
-        carry, held = [merged.slice(start)], held - start
-    if held:
-        yield _one_batch(pa.concat_tables(carry))
-
-
-def _one_batch(table: pa.Table) -> pa.RecordBatch:
-    """A table slice as one record batch: zero-copy when it lies in one chunk."""
-    batches = table.to_batches()
-    return batches[0] if len(batches) == 1 else table.combine_chunks().to_batches()[0]
+        if carry is not None:
+            head = pa.concat_tables([carry, table.slice(0, batch_size - carry.num_rows)])
+            table = table.slice(batch_size - carry.num_rows)
+            if head.num_rows < batch_size:
+                carry = head
+                continue
+            yield head.combine_chunks().to_batches()[0]
+            carry = None
+        if table.num_columns and table.column(0).num_chunks > 1:
+            table = table.combine_chunks()  # so to_batches cuts at batch_size only
+        whole = table.num_rows // batch_size * batch_size
+        if whole:
+            yield from table.slice(0, whole).to_batches(max_chunksize=batch_size)
+        if table.num_rows > whole:
+            carry = table.slice(whole)
+    if carry is not None and carry.num_rows:
+        yield carry.combine_chunks().to_batches()[0]
 
 
 def reader_index(rank: int, world_size: int, worker_id: int, num_workers: int) -> tuple[int, int]:

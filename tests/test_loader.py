@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -233,6 +235,19 @@ def test_a_weighted_mixture_is_exact_reproducible_and_resumable(tmp_path):
     assert rest == one[777:]
     with pytest.raises(ValueError, match="weights must be positive"):
         Mixture({"web": (web, 1), "code": (code, 0)})
+
+
+def test_the_readme_training_example_runs_as_written(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"### Use in training\n.*?```python\n(.*?)```", readme, re.S).group(1)
+    make_job(tmp_path / "runs" / "web-pool-v1")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    state = namespace["state"]  # taken after the last batch of epoch 1
+    assert namespace["loader"].epoch == 2 and state["epoch"] == 1 and sum(state["rows"]) == len(EVERYTHING)
+    assert len(namespace["texts"]) <= 32
 
 
 def test_hugging_face_datasets_loads_the_file_list(tmp_path):

@@ -3,17 +3,19 @@
 One token shard per output shard, documents in the output's order, each followed by the
 end-of-text token. ``tokens.json`` is written last: the tokenizer (name, sha256, vocabulary,
 end-of-text), the dtype, and per shard its files with sha256, documents and tokens. Row
-groups are read ahead in a thread while the Rust tokenizer encodes on all cores.
+groups are read ahead, and one part is encoded (on all cores) while the previous is written.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from curate.loader import CuratedDataset
 from curate.token_files import TokenShardWriter, token_dtype
@@ -40,7 +42,7 @@ def export_tokens(data: CuratedDataset, out: Path, encoder: Encoder, fmt: str, *
     out.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(fmt, encoder.vocab_size)
     columns = [data.id_column, data.text_column]
-    started, encode_seconds, done = time.perf_counter(), 0.0, 0
+    started, done = time.perf_counter(), 0
     shards = []
     for i, facts in enumerate(data.manifest["files"]):
         blocks = [b for b in data.blocks if b.file == i]
@@ -48,21 +50,21 @@ def export_tokens(data: CuratedDataset, out: Path, encoder: Encoder, fmt: str, *
             continue
         writer = TokenShardWriter(out, Path(facts["path"]).stem, fmt, dtype)
         try:
+            # Pipelined: the next part is encoded (tokenizers releases the GIL and uses every
+            # core) while this one is written; blocks are read ahead by the loader.
             with ThreadPoolExecutor(max_workers=1) as pool:
-                ahead = pool.submit(data.read_block, blocks[0], columns)
-                for k in range(len(blocks)):
-                    table = ahead.result()
-                    if k + 1 < len(blocks):
-                        ahead = pool.submit(data.read_block, blocks[k + 1], columns)
-                    for start in range(0, table.num_rows, ENCODE_ROWS):
-                        part = table.slice(start, ENCODE_ROWS)
-                        tick = time.perf_counter()
-                        docs = encoder.encode_documents(part.column(data.text_column).to_pylist())
-                        encode_seconds += time.perf_counter() - tick
-                        writer.write(part.column(data.id_column).to_pylist(), docs)
-                        done += part.num_rows
+                encoding = None
+                for part in _parts(data, blocks, columns):
+                    upcoming = pool.submit(_encode, encoder, part, data.text_column)
+                    if encoding is not None:
+                        done += _write(writer, *encoding.result(), data.id_column)
                         if progress:
                             progress(done, data.num_rows)
+                    encoding = upcoming
+                if encoding is not None:
+                    done += _write(writer, *encoding.result(), data.id_column)
+                    if progress:
+                        progress(done, data.num_rows)
             files = writer.close()
         except BaseException:
             writer.abort()
@@ -76,7 +78,27 @@ def export_tokens(data: CuratedDataset, out: Path, encoder: Encoder, fmt: str, *
                 "source": {"job_id": data.manifest.get("job_id"), "name": data.manifest.get("name"),
                            "spec_hash": data.manifest.get("spec_hash"), "synthetic": data.synthetic},
                 "documents": sum(s["documents"] for s in shards), "tokens": tokens, "shards": shards,
-                "seconds": round(seconds, 3), "tokens_per_second": round(tokens / seconds) if seconds else None,
-                "encode_tokens_per_second": round(tokens / encode_seconds) if encode_seconds else None}
+                "seconds": round(seconds, 3), "tokens_per_second": round(tokens / seconds) if seconds else None}
     atomic.write_json(manifest, out / MANIFEST)
     return manifest
+
+
+def _parts(data: CuratedDataset, blocks: list, columns: list[str]) -> Iterator[pa.Table]:
+    """The blocks' rows in ``ENCODE_ROWS`` slices, read one block ahead."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(data.read_block, blocks[0], columns)
+        for k in range(len(blocks)):
+            table = ahead.result()
+            if k + 1 < len(blocks):
+                ahead = pool.submit(data.read_block, blocks[k + 1], columns)
+            for start in range(0, table.num_rows, ENCODE_ROWS):
+                yield table.slice(start, ENCODE_ROWS)
+
+
+def _encode(encoder: Encoder, part: pa.Table, text_column: str) -> tuple[pa.Table, list[list[int]]]:
+    return part, encoder.encode_documents(part.column(text_column).to_pylist())
+
+
+def _write(writer: TokenShardWriter, part: pa.Table, docs: list[list[int]], id_column: str) -> int:
+    writer.write(part.column(id_column).to_pylist(), docs)
+    return part.num_rows
