@@ -235,6 +235,10 @@ def test_a_weighted_mixture_is_exact_reproducible_and_resumable(tmp_path):
     assert rest == one[777:]
     with pytest.raises(ValueError, match="weights must be positive"):
         Mixture({"web": (web, 1), "code": (code, 0)})
+    torch_data = pytest.importorskip("curate.torch_data")  # the same mixture through DataLoader workers
+    loader = torch_data.CuratedLoader(mix, batch_size=100, columns=["id"], num_workers=2, seed=4)
+    got = [(i, s) for b in loader for i, s in zip(b["id"], b["src"], strict=True)]
+    assert Counter(got) == Counter((r["id"], r["src"]) for r in read_all(mix, num_workers=2, seed=4, epoch=0))
 
 
 def test_the_readme_training_example_runs_as_written(tmp_path, monkeypatch):
