@@ -19,11 +19,12 @@ manifest, the seed and the epoch, so a reader that skips the rows it already yie
 
 from __future__ import annotations
 
+import hashlib
 import json
 import queue
 import re
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -40,6 +41,7 @@ from filters.lm.models import file_sha256, stream_sha256
 Synthetic = Literal["include", "exclude", "only"]
 T = TypeVar("T")
 READERS = 2  # row groups read at once per reader
+OPEN_FILES = 8  # shards each reading thread keeps open
 # The column a job adds to its outputs when a stage (rephrase_v1) created documents: the id
 # of the document each was made from, null for real rows. (workers.lineage.PARENT_ID)
 PARENT_ID = "parent_id"
@@ -76,7 +78,9 @@ class CuratedDataset:
         if service:
             from curate.remote import fetch_job
 
-            root = str(fetch_job(service.group(1), service.group(2), cache_dir=cache_dir, api_key=api_key).folder)
+            fetched = fetch_job(service.group(1), service.group(2), cache_dir=cache_dir, api_key=api_key)
+            root = str(fetched.folder)
+            verify = verify and fetched.offline  # otherwise fetch_job has just checked every shard's sha256
         elif "://" in self.source and not self.source.startswith("file://"):
             import fsspec
 
@@ -171,13 +175,14 @@ class CuratedDataset:
         self.blocks, self.num_rows, self.synthetic = blocks, sum(b.rows for b in blocks), synthetic
 
     # -- reading ----------------------------------------------------------------------
-    def _slice(self, reader: int, readers: int, key: list[int], shuffle: bool) -> list[tuple[Block, int, int]]:
+    def _slice(self, reader: int, readers: int, key: list[int], shuffle: bool,
+               even: bool = False) -> list[tuple[Block, int, int]]:
         """The (block, start, stop) row ranges of one reader's contiguous share of the
         (permuted) row stream."""
         order = list(range(len(self.blocks)))
         if shuffle:
             order = np.random.default_rng(key).permutation(len(self.blocks)).tolist()
-        lo, hi = reader * self.num_rows // readers, (reader + 1) * self.num_rows // readers
+        lo, hi = share(reader, readers, self.num_rows, even)
         ranges, at = [], 0
         for b in order:
             block = self.blocks[b]
@@ -192,41 +197,57 @@ class CuratedDataset:
     def read_block(self, block: Block, columns: list[str], start: int = 0, stop: int | None = None,
                    parquet: pq.ParquetFile | None = None) -> pa.Table:
         """Rows ``start:stop`` of what this dataset reads from ``block``."""
-        table = (parquet or self._parquet(block.file)).read_row_group(block.group, columns=columns)
+        try:
+            table = (parquet or self._parquet(block.file)).read_row_group(block.group, columns=columns)
+        except (pa.ArrowException, OSError) as exc:
+            raise ManifestError(f"{self.manifest['files'][block.file]['path']}: cannot read row group "
+                                f"{block.group}: {exc}") from exc
         stop = block.rows if stop is None else stop
         return table.slice(start, stop - start) if block.pick is None else table.take(block.pick[start:stop])
 
-    def rows_of(self, *, rank: int = 0, world_size: int = 1, worker_id: int = 0, num_workers: int = 1) -> int:
+    def rows_of(self, *, rank: int = 0, world_size: int = 1, worker_id: int = 0, num_workers: int = 1,
+                even: bool = False) -> int:
         """How many rows one reader gets per epoch."""
-        reader, readers = reader_index(rank, world_size, worker_id, num_workers)
-        return (reader + 1) * self.num_rows // readers - reader * self.num_rows // readers
+        lo, hi = share(*reader_index(rank, world_size, worker_id, num_workers), self.num_rows, even)
+        return hi - lo
+
+    def fingerprint(self) -> str:
+        """What decides the row streams: the shards' sha256 and the synthetic choice (a
+        saved loader state is only valid for the same fingerprint)."""
+        digest = hashlib.sha256(self.synthetic.encode())
+        for facts in self.manifest["files"]:
+            digest.update(facts["sha256"].encode())
+        return digest.hexdigest()[:16]
 
     def stream(self, columns: list[str], reader: int, readers: int, key: list[int], shuffle: bool = True,
-               buffer: int = 8192) -> Iterator[pa.Table]:
+               buffer: int = 8192, even: bool = False) -> Iterator[pa.Table]:
         """One reader's rows for the order ``key`` ([seed, epoch]), as tables: its blocks'
-        slices gathered into buffers of at least ``buffer`` rows, each shuffled by the
-        reader's seeded generator."""
+        slices gathered into buffers of at least ``buffer`` rows (whole row groups, so at
+        least one), each shuffled by the reader's seeded generator."""
         # Parquet decoding and ``take`` release the GIL: blocks are read by a small thread
         # pool and buffers gathered and shuffled in another thread, while the caller consumes.
-        blocks = self._blocks(columns, reader, readers, key, shuffle)
+        blocks = self._blocks(columns, reader, readers, key, shuffle, even)
         return read_ahead(self._buffers(blocks, np.random.default_rng([*key, reader]), shuffle, buffer))
 
     def _blocks(self, columns: list[str], reader: int, readers: int, key: list[int],
-                shuffle: bool) -> Iterator[pa.Table]:
+                shuffle: bool, even: bool) -> Iterator[pa.Table]:
         """The slice's blocks in order, ``READERS`` read at once (as pyarrow.dataset reads
-        several row groups at once), each thread with its own open files."""
+        several row groups at once), each thread with a few files of its own open."""
         local = threading.local()
 
         def read(item: tuple[Block, int, int]) -> pa.Table:
             block, start, stop = item
-            files = local.__dict__.setdefault("files", {})
+            files: OrderedDict[int, pq.ParquetFile] = local.__dict__.setdefault("files", OrderedDict())
             if block.file not in files:
                 files[block.file] = self._parquet(block.file)
+                if len(files) > OPEN_FILES:  # a shuffled epoch visits every shard: keep few open
+                    files.popitem(last=False)[1].close(force=True)
+            files.move_to_end(block.file)
             return self.read_block(block, columns, start, stop, files[block.file])
 
         pending: deque[Future] = deque()
         with ThreadPoolExecutor(max_workers=READERS) as pool:
-            for item in self._slice(reader, readers, key, shuffle):
+            for item in self._slice(reader, readers, key, shuffle, even):
                 pending.append(pool.submit(read, item))
                 if len(pending) > READERS:
                     yield pending.popleft().result()
@@ -252,13 +273,18 @@ class CuratedDataset:
     def iter_batches(self, batch_size: int = 1024, columns: list[str] | None = None, *, rank: int = 0,
                      world_size: int = 1, worker_id: int = 0, num_workers: int = 1, seed: int = 0,
                      epoch: int = 0, shuffle: bool = True, shuffle_buffer: int = 8192,
-                     skip: int = 0) -> Iterator[pa.RecordBatch]:
+                     skip: int = 0, even: bool = False) -> Iterator[pa.RecordBatch]:
         """This reader's rows as record batches of ``batch_size`` (the last may be short),
         ``columns`` projected (default: the text column). The first ``skip`` rows of the
-        stream are passed over (resuming mid-epoch: see ``LoaderState``)."""
+        stream are passed over (resuming mid-epoch: see ``LoaderState``).
+
+        Readers get equal shares ±1 row, so every row is read once. ``even=True`` gives
+        every reader exactly ``num_rows // readers`` rows, so that all ranks run the same
+        number of steps (DDP waits for every rank): the last ``num_rows % readers`` rows of
+        the epoch's permuted order are not read, different ones each epoch."""
         reader, readers = reader_index(rank, world_size, worker_id, num_workers)
         tables = self.stream(columns or [self.text_column], reader, readers, [seed, epoch], shuffle,
-                             shuffle_buffer if shuffle else batch_size)
+                             shuffle_buffer if shuffle else batch_size, even)
         return batches_of(skip_rows(tables, skip), batch_size)
 
 
@@ -342,6 +368,14 @@ def batches_of(tables: Iterable[pa.Table], batch_size: int) -> Iterator[pa.Recor
             carry = table.slice(whole)
     if carry is not None and carry.num_rows:
         yield carry.combine_chunks().to_batches()[0]
+
+
+def share(reader: int, readers: int, rows: int, even: bool = False) -> tuple[int, int]:
+    """Rows [lo, hi) of the epoch's stream that ``reader`` reads: near-equal contiguous
+    shares, or exactly ``rows // readers`` each when ``even``."""
+    if even:
+        return reader * (rows // readers), (reader + 1) * (rows // readers)
+    return reader * rows // readers, (reader + 1) * rows // readers
 
 
 def reader_index(rank: int, world_size: int, worker_id: int, num_workers: int) -> tuple[int, int]:

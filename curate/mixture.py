@@ -1,6 +1,7 @@
 """A weighted mixture of curated datasets (domain upsampling): rows drawn from each source in
 proportion to its weight, reproducible by seed, split across ranks and workers like one
-dataset, and resumable mid-epoch.
+dataset, and resumable mid-epoch. Proportions hold within one row per reader; a rank whose
+DataLoader merges several workers' batches is within one row per worker.
 
     mix = Mixture({"web": (CuratedDataset("runs/web"), 0.7), "code": (CuratedDataset("runs/code"), 0.3)})
     for batch in mix.iter_batches(1024, rank=r, world_size=w, seed=0, epoch=e): ...
@@ -9,18 +10,20 @@ The interleave is deterministic with exact proportions (as Megatron's BlendedDat
 source ``s`` with weight ``p`` places its k-th row at time ``(k + u) / p``, with a phase
 ``u`` drawn per (seed, epoch, reader), and the rows are read in time order. So after any
 ``n`` rows each source has supplied ``p·n`` rows, within one. A source that runs out in
-an epoch starts another pass of its own rows in a new seeded order (upsampling); one
-that is not used up is read from a new position of its shuffled order every epoch.
+an epoch starts another pass of its own rows in a new seeded order (upsampling). Every
+epoch begins a fresh seeded order of every source, so a source that is not used up
+contributes a new random subset each epoch (not the rows the last epoch left unread).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from curate.loader import CuratedDataset, batches_of, reader_index
+from curate.loader import CuratedDataset, batches_of, reader_index, share
 
 WINDOW = 65536  # rows interleaved per step
 
@@ -59,9 +62,16 @@ class Mixture:
                     "synthetic": (data.with_synthetic("only"), synthetic_fraction)},
                    rows=rows if rows is not None else data.num_rows, source_column=source_column)
 
-    def rows_of(self, *, rank: int = 0, world_size: int = 1, worker_id: int = 0, num_workers: int = 1) -> int:
-        reader, readers = reader_index(rank, world_size, worker_id, num_workers)
-        return (reader + 1) * self.num_rows // readers - reader * self.num_rows // readers
+    def rows_of(self, *, rank: int = 0, world_size: int = 1, worker_id: int = 0, num_workers: int = 1,
+                even: bool = False) -> int:
+        lo, hi = share(*reader_index(rank, world_size, worker_id, num_workers), self.num_rows, even)
+        return hi - lo
+
+    def fingerprint(self) -> str:
+        """The sources, their weights and the epoch size (see ``CuratedDataset.fingerprint``)."""
+        parts = [f"{n}:{w!r}:{d.fingerprint()}" for n, w, d in zip(self.names, self.weights, self.datasets,
+                                                                      strict=True)]
+        return hashlib.sha256("|".join([*parts, str(self.num_rows)]).encode()).hexdigest()[:16]
 
     def choices(self, reader: int, seed: int, epoch: int) -> Iterator[np.ndarray]:
         """The source of each of this reader's rows, a window at a time (endless)."""
@@ -93,10 +103,11 @@ class Mixture:
     def iter_batches(self, batch_size: int = 1024, columns: list[str] | None = None, *, rank: int = 0,
                      world_size: int = 1, worker_id: int = 0, num_workers: int = 1, seed: int = 0,
                      epoch: int = 0, shuffle: bool = True, shuffle_buffer: int = 8192,
-                     skip: int = 0) -> Iterator[pa.RecordBatch]:
+                     skip: int = 0, even: bool = False) -> Iterator[pa.RecordBatch]:
         """This reader's share of the epoch, as ``CuratedDataset.iter_batches``."""
         reader, readers = reader_index(rank, world_size, worker_id, num_workers)
-        total = self.rows_of(rank=rank, world_size=world_size, worker_id=worker_id, num_workers=num_workers)
+        total = self.rows_of(rank=rank, world_size=world_size, worker_id=worker_id, num_workers=num_workers,
+                             even=even)
         columns = columns or [self.text_column]
         return batches_of(self._tables(columns, reader, readers, seed, epoch, shuffle, shuffle_buffer, total, skip),
                           batch_size)

@@ -74,7 +74,7 @@ class _TaggedBatches(tud.IterableDataset):
         for batch in lo.data.iter_batches(lo.batch_size, lo.columns, rank=lo.rank, world_size=lo.world_size,
                                           worker_id=worker, num_workers=lo.num_workers, seed=lo.seed,
                                           epoch=self.epoch, shuffle=lo.shuffle, shuffle_buffer=lo.shuffle_buffer,
-                                          skip=self.skips[worker]):
+                                          skip=self.skips[worker], even=lo.even):
             yield worker, batch.num_rows, lo.collate_fn(batch)
 
 
@@ -87,19 +87,22 @@ class CuratedLoader:
     ``state_dict()`` after any batch, saved with the checkpoint, and ``load_state_dict()``
     on a fresh loader with the same settings continue the epoch exactly. An epoch read to
     the end moves the loader to the next; ``set_epoch(e)`` starts epoch ``e`` from its
-    beginning (unless the loader is already in ``e``, as after a resume)."""
+    beginning (unless the loader is already in ``e``, as after a resume).
+
+    With DDP pass ``even=True``: every rank then runs the same number of steps (see
+    ``CuratedDataset.iter_batches``); without it ranks may differ by a batch per worker."""
 
     def __init__(self, data: Source, *, batch_size: int, columns: list[str] | None = None, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, seed: int = 0, shuffle: bool = True,
-                 shuffle_buffer: int = 8192, collate_fn: Callable[[pa.RecordBatch], Any] = rows_as_dict,
-                 **dataloader_args: Any) -> None:
+                 shuffle_buffer: int = 8192, even: bool = False,
+                 collate_fn: Callable[[pa.RecordBatch], Any] = rows_as_dict, **dataloader_args: Any) -> None:
         if dataloader_args.get("persistent_workers"):
             raise ValueError("persistent_workers would keep each worker's first position; CuratedLoader starts "
                              "workers per epoch so a restored state reaches them")
         self.data, self.batch_size, self.columns, self.rank, self.world_size = data, batch_size, columns, rank, \
             world_size
         self.num_workers, self.seed, self.shuffle, self.shuffle_buffer = num_workers, seed, shuffle, shuffle_buffer
-        self.collate_fn, self.dataloader_args = collate_fn, dataloader_args
+        self.even, self.collate_fn, self.dataloader_args = even, collate_fn, dataloader_args
         self.epoch = 0
         self.rows = [0] * max(num_workers, 1)  # rows handed out this epoch, per worker
 
@@ -110,7 +113,7 @@ class CuratedLoader:
     def __len__(self) -> int:
         """Batches per epoch for this rank (each worker's last batch may be short)."""
         return sum(-(-self.data.rows_of(rank=self.rank, world_size=self.world_size, worker_id=w,
-                                        num_workers=self.num_workers) // self.batch_size)
+                                        num_workers=self.num_workers, even=self.even) // self.batch_size)
                    for w in range(len(self.rows)))
 
     def __iter__(self) -> Iterator[Any]:
@@ -122,14 +125,22 @@ class CuratedLoader:
             yield batch
         self.epoch, self.rows = self.epoch + 1, [0] * len(self.rows)
 
+    # Everything that decides the row streams: a state is valid only for the same values
+    # (batch_size is not among them: positions are counted in rows).
+    STREAM = ("data", "seed", "rank", "world_size", "num_workers", "shuffle", "shuffle_buffer", "even")
+
+    def _stream_settings(self) -> dict[str, Any]:
+        return {**{key: getattr(self, key) for key in self.STREAM[1:]}, "data": self.data.fingerprint()}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "rows": list(self.rows), "seed": self.seed, "rank": self.rank,
-                "world_size": self.world_size, "num_workers": self.num_workers, "batch_size": self.batch_size}
+        return {"epoch": self.epoch, "rows": list(self.rows), **self._stream_settings()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("seed", "rank", "world_size", "num_workers"):
-            if state[key] != getattr(self, key):
-                raise ValueError(f"the saved loader state has {key}={state[key]}, this loader {key}="
-                                 f"{getattr(self, key)}: a resume reads the same streams only with the same "
-                                 "seed, rank, world_size and num_workers")
+        mine = self._stream_settings()
+        for key in self.STREAM:
+            if state.get(key) != mine[key]:
+                what = "the data (its shards, synthetic choice or mixture)" if key == "data" else key
+                raise ValueError(f"the saved loader state differs in {what}: {key}={state.get(key)!r}, this loader "
+                                 f"{key}={mine[key]!r}; a resume reads the same rows only with the same "
+                                 f"{', '.join(self.STREAM)}")
         self.epoch, self.rows = int(state["epoch"]), [int(r) for r in state["rows"]]

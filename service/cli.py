@@ -326,7 +326,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                 _job_folder(args.job, args.catalog)
             data = CuratedDataset(folder, synthetic=args.synthetic)
         name = Path(args.tokenizer).stem if args.tokenizer.endswith((".json", ".gguf")) else Path(args.tokenizer).name
-        out = Path(args.out or f"{data.manifest['job_id']}.{name}.{args.format}")
+        job = data.manifest.get("job_id") or Path(data.root).name
+        out = Path(args.out or f"{job}.{name}.{args.format}")
         bar = _progress_bar(data.num_rows, "documents") if args.progress else None
         manifest = export_tokens(data, out, encoder, args.format, overwrite=args.overwrite,
                                  progress=bar.update_to if bar else None)

@@ -162,6 +162,14 @@ def test_bad_arguments_are_named_and_write_nothing(tmp_path):
     run_cli("export", str(folder), "--tokenizer", "ablation-bpe", "--out", str(tmp_path / "b"), "--no-progress")
     res = run_cli("export", str(folder), "--tokenizer", "ablation-bpe", "--out", str(tmp_path / "b"), check=False)
     assert res.returncode == 1 and "exists and is not empty; choose another --out or pass --overwrite" in res.stderr
+    run_cli("export", str(folder), "--tokenizer", "ablation-bpe", "--out", str(tmp_path / "b"), "--overwrite",
+            "--format", "megatron", "--no-progress")
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["00000-in0.bin", "00000-in0.idx", "tokens.json"]
+    (tmp_path / "b" / "notes.txt").write_text("mine")
+    res = run_cli("export", str(folder), "--tokenizer", "ablation-bpe", "--out", str(tmp_path / "b"), "--overwrite",
+                  check=False)
+    assert res.returncode == 1 and "holds files an export does not write (notes.txt)" in res.stderr
+    assert (tmp_path / "b" / "notes.txt").read_text() == "mine"
     shard = folder / "data" / "00000-in0.parquet"
     shard.write_bytes(shard.read_bytes()[:-10])
     res = run_cli("export", str(folder), "--tokenizer", "ablation-bpe", "--out", str(tmp_path / "c"), check=False)

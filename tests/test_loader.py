@@ -105,6 +105,10 @@ def test_a_tampered_missing_or_short_shard_is_named(tmp_path):
         CuratedDataset(folder)
     with pytest.raises(ManifestError, match="no manifest.json"):
         CuratedDataset(tmp_path)
+    with pytest.raises(ManifestError, match=r"data/00002-s2.parquet: cannot read row group"):
+        shard = tmp_path / "a" / "data" / "00002-s2.parquet"
+        shard.write_bytes(shard.read_bytes()[:200] + b"\0" * 4000 + shard.read_bytes()[4200:])
+        list(CuratedDataset(tmp_path / "a", verify=False).iter_batches(100, ["id", "text"], shuffle=False))
     folder = make_job(tmp_path / "c")
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["files"][0]["rows"] += 1
@@ -175,6 +179,35 @@ def test_curated_loader_resumes_mid_epoch_exactly(tmp_path, num_workers):
     assert Counter(everything) == Counter(EVERYTHING)
     with pytest.raises(ValueError, match="num_workers=3"):
         CuratedLoader(data, rank=1, **{**settings, "num_workers": 3}).load_state_dict(state)
+    with pytest.raises(ValueError, match="differs in shuffle_buffer"):
+        CuratedLoader(data, rank=1, shuffle_buffer=100, **settings).load_state_dict(state)
+    with pytest.raises(ValueError, match="differs in the data"):
+        CuratedLoader(CuratedDataset(make_job(tmp_path / "other", (9,))), rank=1, **settings).load_state_dict(state)
+
+
+def test_even_shares_give_every_rank_the_same_number_of_steps(tmp_path):
+    data = CuratedDataset(make_job(tmp_path, shards=(1001,)))
+    exact = [len(list(data.iter_batches(500, ["id"], rank=r, world_size=2))) for r in range(2)]
+    assert exact == [1, 2] and [data.rows_of(rank=r, world_size=2) for r in range(2)] == [500, 501]  # DDP hangs
+    for epoch in (0, 1):
+        steps = [list(data.iter_batches(250, ["id"], rank=r, world_size=2, epoch=epoch, even=True))
+                 for r in range(2)]
+        assert [len(s) for s in steps] == [2, 2] and all(b.num_rows == 250 for s in steps for b in s)
+        ids = [i for s in steps for b in s for i in b.column("id").to_pylist()]
+        assert len(set(ids)) == 1000  # one row of 1,001 left for this epoch, none twice
+
+
+def test_a_shuffled_epoch_over_many_shards_keeps_few_files_open(tmp_path):
+    import psutil
+
+    from curate.loader import OPEN_FILES, READERS
+
+    data = CuratedDataset(make_job(tmp_path, shards=(20,) * 60, row_group=5), verify=False)
+    me, most, rows = psutil.Process(), 0, 0
+    for batch in data.iter_batches(10, ["id"], seed=1, shuffle_buffer=10):
+        most = max(most, sum(f.path.endswith(".parquet") for f in me.open_files()))
+        rows += batch.num_rows
+    assert rows == 1200 and 0 < most <= READERS * (OPEN_FILES + 1)  # (+1: opened before the oldest is closed)
 
 
 def test_an_fsspec_url_reads_like_the_local_folder(tmp_path):
@@ -252,6 +285,27 @@ def test_the_readme_training_example_runs_as_written(tmp_path, monkeypatch):
     state = namespace["state"]  # taken after the last batch of epoch 1
     assert namespace["loader"].epoch == 2 and state["epoch"] == 1 and sum(state["rows"]) == len(EVERYTHING)
     assert len(namespace["texts"]) <= 32
+
+
+def test_a_cached_job_is_used_when_the_service_is_unreachable(tmp_path):
+    import shutil
+    import socket
+
+    from curate.remote import FetchError
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/jobs/j1"
+    with pytest.raises(FetchError, match=f"GET http://127.0.0.1:{port}/jobs/j1/manifest: cannot reach the service"):
+        CuratedDataset(url, cache_dir=tmp_path / "cache")
+    shutil.copytree(make_job(tmp_path / "job"), tmp_path / "cache" / f"127.0.0.1_{port}" / "j1", dirs_exist_ok=True)
+    with pytest.warns(UserWarning, match="using the complete copy cached in"):
+        data = CuratedDataset(url, cache_dir=tmp_path / "cache")
+    assert Counter(ids_of(data.iter_batches(100, ["id"]))) == Counter(EVERYTHING)
+    (tmp_path / "cache" / f"127.0.0.1_{port}" / "j1" / "data" / "00003-s3.parquet").write_bytes(b"changed")
+    with pytest.warns(UserWarning), pytest.raises(ManifestError, match="00003-s3.parquet: sha256"):
+        CuratedDataset(url, cache_dir=tmp_path / "cache")  # the offline copy is verified like any folder
 
 
 def test_hugging_face_datasets_loads_the_file_list(tmp_path):

@@ -24,6 +24,7 @@ from workers import atomic
 
 MANIFEST = "tokens.json"
 ENCODE_ROWS = 2048  # documents per encode_batch call
+EXPORT_FILES = (MANIFEST, ".npy", ".docs.parquet", ".bin", ".idx", ".tmp")
 
 
 class ExportError(ValueError):
@@ -38,6 +39,10 @@ def export_tokens(data: CuratedDataset, out: Path, encoder: Encoder, fmt: str, *
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ExportError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+        foreign = [p.name for p in out.iterdir() if not p.is_file() or not p.name.endswith(EXPORT_FILES)]
+        if foreign:  # --overwrite replaces an export, never a folder that holds anything else
+            raise ExportError(f"{out} holds files an export does not write ({', '.join(sorted(foreign)[:3])}); "
+                              "--overwrite only replaces an earlier export")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(fmt, encoder.vocab_size)
