@@ -84,10 +84,7 @@ def test_submit_poll_in_parallel_and_download(server):
         assert hashlib.sha256(r.content).hexdigest() == f["sha256"] == r.headers["x-content-sha256"]
 
 
-def submit_and_wait(base, auth, spec, seconds=180):
-    resp = httpx.post(f"{base}/jobs", json=spec, headers=auth, timeout=30)
-    assert resp.status_code == 201, resp.text
-    job_id = resp.json()["job_id"]
+def wait_until_done(base, auth, job_id, seconds=180) -> dict:
     deadline = time.time() + seconds
     while time.time() < deadline:
         job = httpx.get(f"{base}/jobs/{job_id}", headers=auth).json()
@@ -95,7 +92,14 @@ def submit_and_wait(base, auth, spec, seconds=180):
             break
         time.sleep(0.5)
     assert job["state"] == "succeeded", job
-    return job_id
+    return job
+
+
+def submit_and_wait(base, auth, spec) -> str:
+    resp = httpx.post(f"{base}/jobs", json=spec, headers=auth, timeout=30)
+    assert resp.status_code == 201, resp.text
+    wait_until_done(base, auth, resp.json()["job_id"])
+    return resp.json()["job_id"]
 
 
 def test_the_loader_resumes_an_interrupted_download_and_exports_tokens(server, tmp_path, monkeypatch):
@@ -166,14 +170,7 @@ def test_a_500_kib_spec_launches_and_runs(server):
     assert len(body) > 500 * 1024
     resp = httpx.post(f"{base}/jobs", content=body, headers={**auth, "Content-Type": "application/json"}, timeout=60)
     assert resp.status_code == 201, resp.text[:500]
-    job_id = resp.json()["job_id"]
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        job = httpx.get(f"{base}/jobs/{job_id}", headers=auth).json()
-        if job["state"] in ("succeeded", "failed"):
-            break
-        time.sleep(0.5)
-    assert job["state"] == "succeeded", job
+    job = wait_until_done(base, auth, resp.json()["job_id"], seconds=240)
     assert job["progress"]["stages"][1]["docs_in"] == 4 * 302
 
 
