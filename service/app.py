@@ -22,6 +22,10 @@ from service.settings import Settings
 
 log = logging.getLogger("curate.api")
 
+
+class StartupFailed(RuntimeError):
+    """Why the service could not start, as one line (``curate serve`` prints it alone)."""
+
 DESCRIPTION = """Launch curation jobs on Ray, watch them, and ask why each document was kept or dropped.
 
 Every `/jobs` route needs `Authorization: Bearer <key>`; `curate keys create --role admin|read`
@@ -35,24 +39,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         os.environ.update(LOOPBACK_ENV)
-        settings.home.mkdir(parents=True, exist_ok=True)
-        settings.outputs.mkdir(parents=True, exist_ok=True)
-        keys = KeyStore(settings.keys_path)
-        first_key = keys.ensure_admin()
-        if first_key:
-            print(f"curate: no API keys yet; created an admin key (shown once, store it now):\n  {first_key}",
-                  flush=True)
-        head = None
-        jobs_url = settings.jobs_url()
-        if jobs_url is None:
-            head = LocalRayHead()
-            log.info("starting a local Ray head (RAY_ADDRESS unset)")
-            head.start()
-            jobs_url = head.jobs_url
-        db = Database(settings.catalog_path)
-        service = JobService(settings, db, RayJobs(jobs_url, settings.python(), settings.home.resolve() / "specs"))
+        head, db, service = None, None, None
         try:
+            settings.home.mkdir(parents=True, exist_ok=True)
+            settings.outputs.mkdir(parents=True, exist_ok=True)
+            keys = KeyStore(settings.keys_path)
+            first_key = keys.ensure_admin()
+            if first_key:
+                print(f"curate: no API keys yet; created an admin key (shown once, store it now):\n  {first_key}",
+                      flush=True)
+            # The catalog first: a locked one fails in a second, before a Ray head is started.
+            db = Database(settings.catalog_path, [settings.outputs])
+            if db.rebuilt:
+                print(f"curate: {db.rebuilt}", flush=True)
+            jobs_url = settings.jobs_url()
+            if jobs_url is None:
+                head = LocalRayHead()
+                log.info("starting a local Ray head (RAY_ADDRESS unset)")
+                head.start()
+                jobs_url = head.jobs_url
+            service = JobService(settings, db, RayJobs(jobs_url, settings.python(), settings.home.resolve() / "specs"))
             await service.start()
+        except Exception as exc:
+            if service is not None:
+                await service.stop()
+            if db is not None:
+                db.close()
+            if head is not None:
+                head.stop()
+            raise StartupFailed(str(exc) or type(exc).__name__) from exc
+        try:
             app.state.jobs, app.state.keys, app.state.settings = service, keys, settings
             app.state.sessions = SessionStore()
             app.state.ablations = AblationService(service)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,15 @@ class CatalogError(RuntimeError):
     pass
 
 
+class CatalogDamaged(CatalogError):
+    """The file is not a DuckDB database any more (truncated, overwritten)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"catalog {path} cannot be opened ({reason}); `curate catalog rebuild` moves it aside and "
+                         "rebuilds it from the job folders")
+        self.reason = reason
+
+
 def _parse_detail(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Lineage stores ``detail`` (non-numeric facts, e.g. a synthetic document's style and
     model) as JSON text; callers get it as an object."""
@@ -104,25 +114,27 @@ class Catalog:
         if read_only and not self.path.exists():
             raise CatalogError(f"no catalog at {self.path}: run a job first (curate run / curate demo)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = self._connect(read_only)
+        try:
+            self._open(read_only)
+        except duckdb.Error as exc:
+            if isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower():
+                raise CatalogError(f"catalog {self.path} is locked by another process (a running `curate serve` "
+                                   f"or job?): {exc}") from None
+            raise CatalogDamaged(self.path, str(exc)) from None
+        if not read_only:  # (reads the job folders' files: their errors are theirs, not the catalog's)
+            self._refresh_decisions_view()
+
+    def _open(self, read_only: bool) -> None:
+        self._con = duckdb.connect(str(self.path), read_only=read_only)
         if read_only and self._needs_migration():  # written by an earlier version: migrate it once
             self._con.close()
             Catalog(self.path).close()
-            self._con = self._connect(read_only)
+            self._con = duckdb.connect(str(self.path), read_only=read_only)
         if not read_only:
             self._migrate()
             self._con.execute(SCHEMA)
             self._con.execute("INSERT OR REPLACE INTO catalog_meta VALUES ('schema_version', ?)",
                               [str(SCHEMA_VERSION)])
-            self._refresh_decisions_view()
-
-    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
-        try:
-            return duckdb.connect(str(self.path), read_only=read_only)
-        except duckdb.IOException as exc:
-            raise CatalogError(
-                f"catalog {self.path} is locked by another process (a running `curate serve` or job?): {exc}"
-            ) from None
 
     def close(self) -> None:
         self._con.close()
@@ -394,6 +406,69 @@ class Catalog:
                                     "ORDER BY doc_id LIMIT 1", [job["job_id"], decision, stage]).fetchone()
             found[decision] = row[0] if row else None
         return found
+
+
+def find_job_folders(roots: list[Path]) -> list[Path]:
+    """Every job folder (one with ``job.json``) under ``roots``, not descending into one."""
+    found = []
+    for root in roots:
+        for here, dirs, files in os.walk(root):
+            if "job.json" in files:
+                found.append(Path(here))
+                dirs.clear()
+            else:
+                dirs.sort()
+    return found
+
+
+def rebuild(catalog: Catalog, roots: list[Path]) -> list[str]:
+    """Register every job folder under ``roots`` that the catalog does not know, as the
+    service's record of it: what a lost
+    or damaged catalog held is in the folders (spec, state, lineage). A folder without a
+    manifest becomes a failed job (its error.json's code, or ``interrupted``) that
+    ``POST /jobs/{id}/retry`` resumes. Returns the job ids."""
+    registered = []
+    known = {row["job_id"] for row in catalog.sql("SELECT job_id FROM jobs")}
+    for root in find_job_folders(roots):
+        folder = JobFolder(root)
+        job, error = folder.job(), folder.error()
+        if job["job_id"] in known:  # the catalog's record stands (the service may be running it)
+            continue
+        complete = folder.complete()
+        state = "succeeded" if complete else "failed"
+        code = None if complete else (error or {}).get("code", "interrupted")
+        message = None if complete else (error or {}).get(
+            "message", "the run had not finished when the catalog was rebuilt; retry the job to resume it")
+        job_id = catalog.register_job(root, state=state, error=message, error_code=code)
+        catalog.save_submission({"job_id": job_id, "name": job["name"], "output": str(root.resolve()),
+                                 "spec": json.dumps(job["spec"]), "created_at": job["created_at"],
+                                 "idempotency_key": None, "state": state, "error": message, "error_code": code,
+                                 "attempts": 0, "submission_id": f"{job_id}-rebuilt"})
+        registered.append(job_id)
+    return registered
+
+
+def open_or_rebuild(path: Path, roots: list[Path]) -> tuple[Catalog, str | None]:
+    """The catalog at ``path``. A damaged file is moved aside, and a catalog that is missing
+    or damaged is rebuilt from the job folders under ``roots``; the message says so."""
+    existed = path.exists()
+    try:
+        catalog = Catalog(path)
+    except CatalogDamaged as exc:
+        aside = path.with_name(f"{path.name}.damaged-{datetime.now(UTC):%Y%m%dT%H%M%S}")
+        os.replace(path, aside)
+        Path(f"{path}.wal").unlink(missing_ok=True)  # the log of a file that is gone
+        catalog = Catalog(path)
+        return catalog, _rebuilt(catalog, roots, f"catalog {path} could not be opened ({exc.reason}); moved it to "
+                                                 f"{aside}")
+    if existed or not find_job_folders(roots):
+        return catalog, None
+    return catalog, _rebuilt(catalog, roots, f"no catalog at {path}")
+
+
+def _rebuilt(catalog: Catalog, roots: list[Path], why: str) -> str:
+    jobs = rebuild(catalog, roots)
+    return f"{why}: rebuilt the catalog from {len(jobs)} job folders under {', '.join(map(str, roots))}"
 
 
 def why(job: str, doc_id: str, catalog_path: str | Path | None = None) -> dict[str, Any]:

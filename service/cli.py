@@ -1,5 +1,5 @@
 """The ``curate`` command line: ingest, run, demo, why, jobs, schema, export-scores, export, ablate, ablations,
-serve, keys.
+serve, keys, catalog.
 
 Exit status: 0 success; 1 a runtime failure (bad input data, a failed job, a missing or
 locked catalog, an unknown job, document, stage or key); 2 a usage error (argparse's, or a
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -352,6 +353,25 @@ def _progress_bar(total: int, unit: str):
     return Bar(total=total, unit=f" {unit}", file=sys.stderr, dynamic_ncols=True)
 
 
+def cmd_catalog_rebuild(args: argparse.Namespace) -> int:
+    from service.catalog import open_or_rebuild, rebuild
+    from service.settings import Settings
+
+    path = Path(args.catalog) if args.catalog else default_path()
+    roots = [Path(r) for r in args.roots] or [Settings().outputs]
+    missing = [str(r) for r in roots if not r.is_dir()]
+    if missing:
+        raise CatalogError(f"no such folder: {', '.join(missing)}")
+    catalog, message = open_or_rebuild(path, roots)
+    with catalog:
+        if message is None:
+            jobs = rebuild(catalog, roots)
+            message = f"registered {len(jobs)} job folders the catalog {path} did not know, under " + \
+                ", ".join(map(str, roots))
+    print(message)
+    return 0
+
+
 def cmd_preview_selection(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -435,6 +455,7 @@ def cmd_ablations(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
+    import socket
 
     from service.ray_head import LOOPBACK_ENV
 
@@ -446,8 +467,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = Settings(**overrides)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
-    return 0
+    try:  # before a Ray head is started for nothing
+        with socket.create_server((settings.host, settings.port)):
+            pass
+    except OSError as exc:
+        print(f"curate serve: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    logging.getLogger("uvicorn.error").addFilter(_StartupFailure())
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn's exit 3 when the app did not start: ours is 1 (said above)
+        if exc.code == uvicorn.config.STARTUP_FAILURE:
+            return EXIT_FAILURE
+        raise
+    return 0 if server.started else EXIT_FAILURE
+
+
+class _StartupFailure(logging.Filter):
+    """``curate serve`` that cannot start says why in one line, not uvicorn's traceback of
+    the lifespan (the ``StartupFailed`` raised by ``service.app``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "service.app.StartupFailed: " in message:
+            print(f"curate serve: cannot start: {message.rsplit('service.app.StartupFailed: ', 1)[1].strip()}",
+                  file=sys.stderr, flush=True)
+            return False
+        return True
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -537,6 +586,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=FORMATS, default="wide",
                         help="wide: a float64 column score_<name> per score (default); struct: one scores column")
     export.set_defaults(func=cmd_export_scores)
+
+    cat = sub.add_parser("catalog", help="maintain the DuckDB catalog",
+                         description="Maintain the DuckDB lineage catalog.")
+    cat_sub = cat.add_subparsers(dest="catalog_command", required=True, metavar="ACTION", help="what to do")
+    reb = cat_sub.add_parser("rebuild", help="register the job folders under ROOTs the catalog lacks",
+                             description="Register every job folder under the ROOTs that the catalog does not "
+                                         "know. A damaged catalog file is moved aside first. The job folders hold "
+                                         "everything the catalog records. The service must be stopped, because "
+                                         "the catalog has one writer.")
+    reb.add_argument("roots", nargs="*", metavar="ROOT",
+                     help="folders holding job folders (default: $CURATE_OUTPUT_ROOT or $CURATE_HOME/runs)")
+    reb.set_defaults(func=cmd_catalog_rebuild)
 
     tok = sub.add_parser("export", help="tokenize a job's output into token shards for training (npy, megatron)",
                          description="Write a finished job's output documents as token shards: flat uint16/uint32 "

@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.catalog import Catalog
+from service.catalog import Catalog, open_or_rebuild
 
 T = TypeVar("T")
 
@@ -20,9 +20,12 @@ T = TypeVar("T")
 class Database:
     """The single DuckDB writer: one thread owns the catalog and runs every call on it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, job_roots: list[Path] | None = None) -> None:
+        """``job_roots``: where job folders live, to rebuild a catalog that is missing or
+        damaged (``rebuilt`` then says what was done)."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
-        self.catalog: Catalog = self._executor.submit(Catalog, path).result()
+        self.catalog: Catalog
+        self.catalog, self.rebuilt = self._executor.submit(open_or_rebuild, path, job_roots or []).result()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(catalog, *args)`` on the catalog's thread."""

@@ -38,6 +38,7 @@ class JobService:
     def __init__(self, settings: Settings, db: Database, ray: RayJobs) -> None:
         self.settings, self.db, self.ray = settings, db, ray
         self.store = JobStore(db)
+        self._launching: dict[str, str] = {}  # output folder → job id, while its submission is in flight
         self.live: dict[str, dict] = {}  # job_id -> {"state", "progress", "checked_at"}: Ray's view, cached
         self._poller: asyncio.Task | None = None
 
@@ -129,14 +130,34 @@ class JobService:
                 f"see GET /jobs/{job_id}"
             raise ServiceError(409, f"job {job_id} already exists ({state}); {hint}", code="job_exists",
                                details={"job_id": job_id, "state": state})
+        user = self._output_user(spec.output)
+        if user:
+            raise ServiceError(409, f"output folder {spec.output} is in use by job {user}", code="output_in_use",
+                               details={"job_id": user})
         if Path(spec.output).exists() and any(Path(spec.output).iterdir()):
             raise ServiceError(409, f"output folder {spec.output} is not empty", code="output_exists")
         row = {"job_id": job_id, "name": spec.name, "output": spec.output, "spec": spec.model_dump_json(),
                "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
                "idempotency_key": idempotency_key, "state": "queued", "error": None, "error_code": None,
                "attempts": 0, "submission_id": None}
-        await self._launch(row)
+        # Reserved from the check above (no await in between) until the job is in the store:
+        # two submissions racing for one folder cannot both pass.
+        self._launching[spec.output] = job_id
+        try:
+            await self._launch(row)
+        finally:
+            del self._launching[spec.output]
         return await self.view(job_id), True
+
+    def _output_user(self, output: str) -> str | None:
+        """The job that is launching or still running in ``output``, if any."""
+        if output in self._launching:
+            return self._launching[output]
+        for row in self.store.all():
+            if row["output"] == output and self.live.get(row["job_id"], {}).get("state", row["state"]) \
+                    not in TERMINAL:
+                return row["job_id"]
+        return None
 
     async def _launch(self, row: dict) -> None:
         row["attempts"] += 1

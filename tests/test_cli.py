@@ -153,7 +153,8 @@ def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
 def test_every_command_and_argument_has_help(capsys):
     commands = list(_commands(build_parser()))
     names = {" ".join(path) for path, _ in commands}
-    assert {"run", "ingest", "demo", "why", "schema", "export-scores", "serve", "keys", "keys create", "jobs"} <= names
+    assert {"run", "ingest", "demo", "why", "schema", "export-scores", "export", "serve", "keys", "keys create", "jobs",
+            "catalog rebuild"} <= names
     for path, parser in commands:
         for action in parser._actions:
             assert action.help, f"curate {' '.join(path)}: {action.option_strings or action.dest} has no help"

@@ -160,6 +160,48 @@ def test_the_loader_resumes_an_interrupted_download_and_exports_tokens(server, t
     assert f"wrote {tokens['tokens']:,} tokens of {data.num_rows:,} documents (npy, uint16" in out.stdout
 
 
+def test_two_jobs_for_one_output_folder_at_once_one_is_refused(server):
+    base, auth, _ = server
+    specs = [{"name": f"race{i}", "inputs": ["*.parquet"], "output": "race", "stages": [{"stage": stage}]}
+             for i, stage in enumerate(("quality_rules_v1", "exact_dedup_v1"))]
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda spec: httpx.post(f"{base}/jobs", json=spec, headers=auth, timeout=60), specs))
+    assert sorted(a.status_code for a in answers) == [201, 409], [a.text for a in answers]
+    refused = next(a for a in answers if a.status_code == 409).json()["error"]
+    assert refused["code"] in ("output_in_use", "output_exists") and "race" in refused["message"]
+    accepted = next(a for a in answers if a.status_code == 201).json()["job_id"]
+    if refused["code"] == "output_in_use":
+        assert refused["details"]["job_id"] == accepted
+    job = wait_until_done(base, auth, accepted)
+    assert job["progress"]["stages"][1]["docs_in"] == 4 * 302
+
+
+def test_the_service_rebuilds_a_lost_catalog_from_the_job_folders_on_start(ray_head, tmp_path):
+    for s in range(2):
+        write_shard(tmp_path / "data" / f"s{s}.parquet", [GOOD + f" Shard {s}, doc {i}." for i in range(60)]
+                    + ["Too short."], ids=[f"s{s}-{i}" for i in range(61)])
+    env = {"RAY_ADDRESS": ray_head.address, "CURATE_RAY_JOBS_URL": ray_head.jobs_url, "CURATE_POLL_SECONDS": "0.3"}
+    first = LocalServer(tmp_path / "home", tmp_path / "data", env=env, log=tmp_path / "first.log").start()
+    auth = first.auth
+    try:
+        job_id = submit_and_wait(first.base, auth, {"name": "kept", "inputs": ["*.parquet"], "output": "kept",
+                                                    "stages": [{"stage": "quality_rules_v1"}]})
+        before = {path: httpx.get(f"{first.base}{path}", headers=auth).json()
+                  for path in (f"/jobs/{job_id}/stats", f"/jobs/{job_id}/documents/s1-60", f"/jobs/{job_id}/manifest")}
+    finally:
+        first.stop()
+    (tmp_path / "home" / "catalog.duckdb").unlink()  # lost while the service was stopped
+    with LocalServer(tmp_path / "home", tmp_path / "data", env=env, log=tmp_path / "second.log") as second:
+        assert f"no catalog at {tmp_path / 'home' / 'catalog.duckdb'}: rebuilt the catalog from 1 job folders" \
+            in second.log()
+        job = httpx.get(f"{second.base}/jobs/{job_id}", headers=auth).json()
+        assert job["state"] == "succeeded" and job["name"] == "kept"
+        assert [j["job_id"] for j in httpx.get(f"{second.base}/jobs", headers=auth).json()["items"]] == [job_id]
+        for path, body in before.items():
+            assert httpx.get(f"{second.base}{path}", headers=auth).json() == body  # lineage and stats intact
+        assert before[f"/jobs/{job_id}/documents/s1-60"]["reason"] == "quality_rules.too_few_words"
+
+
 def test_a_500_kib_spec_launches_and_runs(server):
     """A command-line argument is capped at 128 KiB: the spec reaches the Ray job as a file."""
     base, auth, _ = server

@@ -15,7 +15,7 @@ from filters.base import DETAIL, PARENT_ID, Stage
 from filters.registry import BUILTIN_FIRST_STAGE, get_stage
 from workers import atomic
 from workers.fits import run_fit
-from workers.job_folder import WRITE_STEP, JobFolder
+from workers.job_folder import WRITE_STEP, FolderInUse, JobFolder
 from workers.manifest import build_manifest, code_version
 from workers.planner import plan_passes, step_names
 from workers.shards import InputError, Shard, Unit, open_parquet, plan_units, preflight, units_from_record
@@ -110,6 +110,14 @@ def run_job(spec: JobSpec, *, progress: bool = True, overwrite: bool = False) ->
     """Run (or resume) a job; returns the manifest. Raises InputError / JobError after
     recording them in the folder's error.json."""
     folder = JobFolder(spec.output)
+    try:
+        with folder.run_lock():
+            return _locked_run(spec, folder, progress, overwrite)
+    except FolderInUse as exc:  # not recorded in error.json: the folder is the other run's
+        raise JobError(str(exc), "output_conflict") from None
+
+
+def _locked_run(spec: JobSpec, folder: JobFolder, progress: bool, overwrite: bool) -> dict:
     _prepare_folder(spec, folder, overwrite)
     if folder.complete():
         return atomic.read_json(folder.manifest)

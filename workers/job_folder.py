@@ -22,14 +22,23 @@ what its markers are called, how the funnel is counted and what ``error.json`` h
     _done/<step>.json                           a corpus-wide fit's marker
     _done/write/<shard>.json                    an output shard's marker (rows, bytes, sha256)
 
+Beside the folder, ``.<name>.run-lock`` is held (``flock``) by the process running the job,
+so a second run of the same folder is refused rather than interleaved with the first.
+
 Nobody else builds these paths or reads marker names: callers ask this module.
 """
 
 from __future__ import annotations
 
 import bisect
+import fcntl
 import logging
+import os
 import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +65,10 @@ def step_name(index: int, stage: str, step: str) -> str:
 
 class UnknownStage(LookupError):
     """A stage reference that names no stage of the job (or names two)."""
+
+
+class FolderInUse(RuntimeError):
+    """Another process is running a job in this folder; the message says which."""
 
 
 class JobFolder:
@@ -180,6 +193,31 @@ class JobFolder:
 
     def reset(self) -> None:
         shutil.rmtree(self.root)
+
+    @contextmanager
+    def run_lock(self) -> Iterator[None]:
+        """Held for a whole run. The lock file lies beside the folder, so ``reset`` and the
+        emptiness checks never see it; the kernel releases it when the holder dies."""
+        path = self.root.parent / f".{self.root.name}.run-lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise FolderInUse(f"{self.root} is in use by another run ({holder}); wait for it to finish, or "
+                                  "use another output folder") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                         f"{datetime.now(UTC).isoformat(timespec='seconds')}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.truncate(0)
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # -- reading a job back -------------------------------------------------------------
     def stages(self) -> list[dict]:
