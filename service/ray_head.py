@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -47,6 +48,19 @@ def ray_env() -> dict[str, str]:
     env.update(LOOPBACK_ENV)
     env.pop("RAY_ADDRESS", None)
     return env
+
+
+def auth_token() -> str:
+    """The token a local head is started with: ``$RAY_AUTH_TOKEN``, else the one Ray keeps
+    in ``~/.ray/auth_token``, else a new random one. ``ray start`` does not create a token
+    (``ray.init`` does), so on a fresh machine a head without one refuses every client."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"]
+    saved = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    with contextlib.suppress(OSError):
+        if token := saved.read_text().strip():
+            return token
+    return secrets.token_hex(32)
 
 
 def head_processes(temp_dir: str | Path) -> list[psutil.Process]:
@@ -118,6 +132,9 @@ class LocalRayHead:
         ]
         if self.num_cpus is not None:
             cmd.append(f"--num-cpus={self.num_cpus}")
+        # This process (the service, its Ray job clients) and everything the head starts
+        # (the drivers of jobs) share the token through the environment.
+        os.environ["RAY_AUTH_TOKEN"] = auth_token()
         with open(self.log_path, "wb") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(cmd, env={**ray_env(), **_HEAD_ONLY_ENV}, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -246,3 +246,70 @@ def test_serve_without_ray_address_owns_a_local_head(tmp_path, ray_head):
     server.stop()
     assert not head_processes(own) and not Path(own).exists()  # ... and stopped it on shutdown
     assert head_processes(ray_head.temp_dir)  # other clusters untouched
+
+
+def test_serve_by_full_path_with_a_minimal_path_runs_jobs_and_fails_in_one_line(tmp_path):
+    """A service manager or cron starts `/venv/bin/curate serve` without the venv on PATH:
+    the Ray head and a job's driver come from the running interpreter, not from PATH. A
+    start that cannot succeed prints one line and exits 1."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import duckdb
+
+    curate = Path(sys.executable).parent / "curate"
+    if not curate.exists():
+        pytest.skip(f"no console script beside the interpreter: {curate}")
+    write_shard(tmp_path / "data" / "a.parquet", [GOOD + f" Doc {i}." for i in range(30)] + ["Too short."],
+                ids=[f"d{i}" for i in range(31)])
+
+    def env(port):
+        return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CURATE_HOME": str(tmp_path / "home"),
+                "CURATE_DATA_ROOTS": str(tmp_path / "data"), "CURATE_PORT": str(port),
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "CURATE_POLL_SECONDS": "0.3"}
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 - the server writes to it while it runs
+    proc = subprocess.Popen([str(curate), "serve"], env=env(port), stdout=log, stderr=subprocess.STDOUT,
+                            cwd=tmp_path)
+    try:
+        base, deadline = f"http://127.0.0.1:{port}", time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        output = (tmp_path / "serve.log").read_text()
+        assert proc.poll() is None, output
+        key = output.split("store it now):\n", 1)[1].split()[0]
+        auth = {"Authorization": f"Bearer {key}"}
+        job_id = submit_and_wait(base, auth, {"name": "bare", "inputs": ["a.parquet"], "output": "bare",
+                                              "stages": [{"stage": "quality_rules_v1"}]})
+        assert httpx.get(f"{base}/jobs/{job_id}/documents/d30", headers=auth).json()["reason"] == \
+            "quality_rules.too_few_words"
+        # a second service on the same home cannot take the catalog: one line, exit 1, no Ray head started
+        second = subprocess.run([str(curate), "serve"], env=env(free_port()), capture_output=True, text=True,
+                                timeout=120, cwd=tmp_path)
+        assert second.returncode == 1 and "Traceback" not in second.stdout + second.stderr
+        assert f"curate serve: cannot start: catalog {tmp_path / 'home' / 'catalog.duckdb'} is locked by another " \
+               "process" in second.stderr
+        assert "starting a local Ray head" not in second.stdout + second.stderr
+        # and one whose port is taken says so before doing anything
+        busy = subprocess.run([str(curate), "serve"], env=env(port), capture_output=True, text=True, timeout=60)
+        assert busy.returncode == 1 and busy.stderr.strip().startswith(f"curate serve: cannot listen on 127.0.0.1:"
+                                                                        f"{port}: ")
+        assert len(busy.stderr.strip().splitlines()) == 1 and not busy.stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+        log.close()
+    with duckdb.connect(str(tmp_path / "home" / "catalog.duckdb"), read_only=True) as con:  # released on exit
+        assert con.execute("SELECT count(*) FROM jobs").fetchone() == (1,)
