@@ -17,12 +17,21 @@ from filters.lm.models import file_sha256
 TMP_MARK = ".tmp-"
 
 
+class WriteFailed(OSError):
+    """A file of the job could not be written (disk full, read-only, quota); the message
+    names it, which pyarrow's own errors do not."""
+
+    code = "write_failed"  # the job error code it is recorded under (workers.job_folder.ERROR_CODES)
+
+
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise WriteFailed(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
 
