@@ -236,3 +236,43 @@ def test_a_full_disk_fails_the_job_cleanly_and_a_retry_after_freeing_space_finis
     run_cli("run", str(tmp_path / "full.json"), "--no-progress")  # the same command resumes and finishes
     same_outputs(out, tmp_path / "clean")
     assert not (out / "error.json").exists()
+
+
+def test_the_ray_cluster_lost_between_passes_then_a_rerun_on_a_new_one_resumes(tmp_path):
+    """`curate run` without RAY_ADDRESS starts its own local cluster; its head processes
+    (GCS and raylet) are killed between passes, and the same command, on a new cluster,
+    finishes the job."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    random_shards(tmp_path / "in", shards=4, rows=3000)
+    spec = write_spec(tmp_path, "drill", [{"stage": "exact_dedup_v1"}, {"stage": "quality_rules_v1"}])
+    clean = json.loads(spec.read_text()) | {"output": str(tmp_path / "clean"), "name": "clean"}
+    (tmp_path / "clean.json").write_text(json.dumps(clean))
+    run_cli("run", str(tmp_path / "clean.json"), "--no-progress")
+    fit = tmp_path / "out" / "_done" / "01-exact_dedup_v1.fit.json"
+    own = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    command = [sys.executable, "-m", "service.cli", "run", str(spec), "--no-progress"]
+    proc = subprocess.Popen(command, env=own, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not fit.exists():
+        time.sleep(0.02)
+    assert fit.exists() and proc.poll() is None, "the first passes did not end while the job ran"
+    head = [p for p in psutil.Process(proc.pid).children(recursive=True)
+            if any(name in " ".join(p.cmdline()) for name in ("gcs_server", "raylet"))]
+    assert len(head) == 2
+    for p in head:
+        os.kill(p.pid, signal.SIGKILL)  # the cluster dies between passes
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and not (tmp_path / "out" / "manifest.json").exists(), err
+    marked = {str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out" / "_done").rglob("*.json")}
+    fitted_at = fit.stat().st_mtime_ns
+    rerun = subprocess.run(command, env=own, capture_output=True, text=True, timeout=600)  # a new cluster
+    assert rerun.returncode == 0, rerun.stderr
+    same_outputs(tmp_path / "out", tmp_path / "clean")
+    assert fit.stat().st_mtime_ns == fitted_at  # the finished fit was kept, not redone
+    assert marked <= {str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out" / "_done").rglob("*.json")}
