@@ -15,6 +15,7 @@ from service.dashboard import pages as dashboard
 from service.dashboard.sessions import SessionStore
 from service.job_store import Database
 from service.jobs import JobService
+from service.rate_limit import RateLimiter
 from service.ray_head import LOOPBACK_ENV, LocalRayHead
 from service.ray_jobs import RayJobs
 from service.routes import router
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="curate", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
                   responses={401: {"model": errors.ErrorBody}, 422: {"model": errors.ErrorBody}})
+    app.state.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     errors.install(app)
     dashboard.install(app)
     app.add_middleware(errors.BodySizeLimit, max_bytes=settings.max_body_bytes)

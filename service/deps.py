@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from typing import Annotated, Literal
 
@@ -40,6 +41,11 @@ def _require(role: Literal["admin", "read"]):
             raise errors.ServiceError(401, "invalid API key", headers=_CHALLENGE)
         if role == "admin" and granted != "admin":
             raise errors.ServiceError(403, "this API key is read-only; this route needs an admin key")
+        wait = request.app.state.limiter.wait(key)
+        if wait:
+            seconds = math.ceil(wait)
+            raise errors.ServiceError(429, f"this API key made more than {request.app.state.limiter.rate:g} requests "
+                                           f"per second; retry in {seconds} s", headers={"Retry-After": str(seconds)})
         return granted
 
     return check

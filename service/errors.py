@@ -21,7 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger("curate.api")
 
 CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-         409: "conflict", 413: "request_too_large", 422: "invalid_request", 500: "internal_error",
+         409: "conflict", 413: "request_too_large", 422: "invalid_request", 429: "rate_limited",
+         500: "internal_error",
          503: "unavailable"}
 
 

@@ -168,9 +168,9 @@ async def list_artifacts(job_id: str, jobs: Jobs, _: ReadKey) -> dict[str, dict[
 @router.get("/jobs/{job_id}/artifacts/{stage}/{file_name}", tags=["outputs"], response_class=FileResponse,
             responses={**ERRORS, 200: {"content": {"application/octet-stream": {}},
                                        "description": "the file; header X-Content-SHA256 holds its sha256"}})
-async def download_artifact(job_id: str, stage: str, file_name: str, jobs: Jobs, _: ReadKey) -> FileResponse:
+async def download_artifact(job_id: str, stage: str, file_name: str, jobs: Jobs, _: AdminKey) -> FileResponse:
     """Download a fit's file, e.g. ``01-preselect_v1/preselect.bin`` to reuse through
-    ``scorer:`` in another job."""
+    ``scorer:`` in another job. Needs an admin key: a trained model is more than a report."""
     path, sha = jobs.artifact_file(job_id, stage, file_name)
     return FileResponse(path, media_type="application/octet-stream", filename=file_name,
                         headers={"X-Content-SHA256": sha, "ETag": f'"{sha}"'})

@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     # Job outputs must lie under this; relative outputs are placed here.
     output_root: Path | None = None
     max_body_bytes: int = Field(1 << 20, description="largest accepted request body")
+    # Per API key: stops one runaway client from starving the others, far above what a
+    # dashboard or a training job's loader asks for. 0 turns it off.
+    rate_limit_per_second: float = Field(1000.0, description="requests per second per API key (0: no limit)")
+    rate_limit_burst: int = Field(2000, description="requests a key may make at once before the rate applies")
     ray_address: str | None = Field(None, validation_alias="RAY_ADDRESS")
     # Ray's job server; default: port 8265 on the RAY_ADDRESS host.
     ray_jobs_url: str | None = None

@@ -202,7 +202,27 @@ def test_auth_on_every_jobs_route(api, done_job):
         assert_error(getattr(api, method)(path, headers={"Authorization": "Bearer wrong"}), 401, "unauthorized",
                      "invalid API key")
         if method == "post" and "preview" not in path:
-            assert_error(getattr(api, method)(path, headers=api.read, json=SPEC), 403, "forbidden", "read-only")
+            assert_error(api.post(path, headers=api.read, json=SPEC), 403, "forbidden", "read-only")
+        if "artifacts/" in path:  # a trained model: admin keys only
+            assert_error(api.get(path, headers=api.read), 403, "forbidden", "read-only")
+
+
+def test_a_key_over_its_rate_gets_429_with_retry_after_and_other_keys_do_not(api):
+    from service.rate_limit import RateLimiter
+
+    saved = api.app.state.limiter
+    api.app.state.limiter = RateLimiter(rate=1, burst=3)  # the service's own limiter, set low for the test
+    try:
+        answers = [api.get("/jobs", headers=api.read) for _ in range(4)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        assert_error(answers[3], 429, "rate_limited", "more than 1 requests per second; retry in 1 s")
+        assert answers[3].headers["retry-after"] == "1"
+        assert api.get("/jobs", headers=api.admin).status_code == 200  # another key has its own bucket
+        assert api.get("/healthz").status_code == 200  # health needs no key and is not limited
+        time.sleep(1.05)
+        assert api.get("/jobs", headers=api.read).status_code == 200  # a token again after a second
+    finally:
+        api.app.state.limiter = saved
 
 
 def test_error_shapes_on_not_found_and_conflicts(api, done_job):
@@ -495,11 +515,13 @@ def test_a_fit_artifact_downloads_with_the_sha256_job_json_records(api):
     listed = api.get(f"/jobs/{job_id}/artifacts", headers=api.read).json()
     recorded = json.loads((api.root / "runs" / "ps" / "job.json").read_text())["artifacts"]
     assert listed == recorded and "preselect.bin" in listed["01-preselect_v1"]
-    resp = api.get(f"/jobs/{job_id}/artifacts/01-preselect_v1/preselect.bin", headers=api.read)
+    assert_error(api.get(f"/jobs/{job_id}/artifacts/01-preselect_v1/preselect.bin", headers=api.read), 403,
+                 "forbidden", "read-only")
+    resp = api.get(f"/jobs/{job_id}/artifacts/01-preselect_v1/preselect.bin", headers=api.admin)
     assert resp.status_code == 200
     assert hashlib.sha256(resp.content).hexdigest() == resp.headers["x-content-sha256"] == \
         listed["01-preselect_v1"]["preselect.bin"]
     assert api.get(f"/jobs/{job_id}/manifest", headers=api.read).json()["output"]["rows"] == len(texts)  # kept all
-    assert_error(api.get(f"/jobs/{job_id}/artifacts/01-preselect_v1/calibration.jsonx", headers=api.read), 404,
+    assert_error(api.get(f"/jobs/{job_id}/artifacts/01-preselect_v1/calibration.jsonx", headers=api.admin), 404,
                  "file_not_found")
     assert_error(api.get(f"/jobs/{job_id}/artifacts/01-preselect_v1/preselect.bin"), 401, "unauthorized")
