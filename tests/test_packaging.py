@@ -118,3 +118,26 @@ def test_the_schema_catches_what_the_parser_catches(entry, message):
 
     found = list(messages(exc.value))
     assert any(message in m for m in found), found
+
+
+def test_docker_compose_is_a_cluster_with_healthchecks_and_one_shared_volume():
+    """No Docker engine runs here, so the file is checked by reading it: every long-running
+    service has a healthcheck, starts after what it needs is healthy, mounts the one data
+    volume at the same path (job folders must be visible to every node), and publishes
+    ports on loopback only."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"api", "ray-head", "ray-worker"} <= set(services) and "curate-data" in compose["volumes"]
+    for name in ("api", "ray-head", "ray-worker"):
+        service = services[name]
+        check = service["healthcheck"]
+        assert check["test"][0] in ("CMD", "CMD-SHELL") and check["retries"] >= 3, name
+        assert service["volumes"] == ["curate-data:/data"], name
+        assert all(str(port).startswith("127.0.0.1:") for port in service.get("ports", [])), name
+        assert service["environment"]["RAY_AUTH_TOKEN"].startswith("${RAY_AUTH_TOKEN"), name
+    for name in ("api", "ray-worker"):
+        assert services[name]["depends_on"] == {"ray-head": {"condition": "service_healthy"}}
+    assert services["api"]["environment"]["RAY_ADDRESS"] == "ray-head:6379"
+    assert "ray start --address=ray-head:6379" in services["ray-worker"]["command"]
+    assert services["ray-worker"]["deploy"]["replicas"] >= 1
+    assert services["api"]["environment"]["CURATE_OUTPUT_ROOT"].startswith("/data")
