@@ -3,9 +3,11 @@ a fresh catalog home per test, and helpers for inline shards."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -96,3 +98,27 @@ def run_cli(*args, check=True, timeout=600) -> subprocess.CompletedProcess:
 def start_cli(*args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "service.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+
+
+def wait_for_job(base: str, auth: dict, job_id: str, seconds: float = 300) -> dict:
+    """Poll a real service until the job ends (succeeded or failed); its last view."""
+    import httpx
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        job = httpx.get(f"{base}/jobs/{job_id}", headers=auth, timeout=30).json()
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} still {job['state']} after {seconds:.0f} s")
+
+
+def send_json(handler, status: int, body: object, headers: dict | None = None) -> None:
+    """A JSON answer from an ``http.server`` handler (the fake endpoints of the tests)."""
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    for name, value in {**(headers or {}), "Content-Type": "application/json",
+                        "Content-Length": str(len(data))}.items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(data)

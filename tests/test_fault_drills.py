@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import GOOD, run_cli, start_cli, write_shard
+from conftest import GOOD, run_cli, start_cli, wait_for_job, write_shard
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -142,12 +142,7 @@ def test_kill_9_of_the_api_while_a_job_runs_loses_nothing(ray_head, tmp_path):
     first.proc.kill()  # kill -9 of the API; the job's driver runs on Ray, not in it
     first.proc.wait()
     with LocalServer(tmp_path / "home", tmp_path / "data", env=env, log=tmp_path / "second.log") as second:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            job = httpx.get(f"{second.base}/jobs/{job_id}", headers=auth).json()
-            if job["state"] in ("succeeded", "failed"):
-                break
-            time.sleep(0.3)
+        job = wait_for_job(second.base, auth, job_id)
         assert job["state"] == "succeeded" and job["attempts"] == 1, job  # the same run, not a new one
         jobs = httpx.get(f"{second.base}/jobs", headers=auth).json()["items"]
         assert [j["job_id"] for j in jobs] == [job_id]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_cli, start_cli, write_shard
+from conftest import run_cli, send_json, start_cli, write_shard
 
 from curate.loader import CuratedDataset
 from filters.lm.chat import ChatError
@@ -294,14 +294,7 @@ class _Flaky(BaseHTTPRequestHandler):
         body = {"error": "slow down"} if status != 200 else {
             "choices": [{"message": {"content": "A short paraphrase."}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 7, "completion_tokens": 4}}
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        if status == 429:
-            self.send_header("Retry-After", "0.05")
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, body, {"Retry-After": "0.05"} if status == 429 else None)
 
     def log_message(self, *args):
         pass

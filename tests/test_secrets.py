@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import secrets
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from conftest import GOOD, write_shard
+from conftest import GOOD, send_json, wait_for_job, write_shard
 
 from service.local_server import LocalServer
 
@@ -32,12 +31,7 @@ class _Endpoint(BaseHTTPRequestHandler):
             status, answer = 200, {"tokens": list(range(len(body["input"].split())))}
         else:
             status, answer = 500, {"error": {"message": "upstream broke"}}
-        data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, answer)
 
     def log_message(self, *args):
         pass
@@ -66,13 +60,7 @@ def test_no_key_is_written_to_any_file_log_or_answer(tmp_path):
             assert resp.status_code == 201, resp.text
             jobs[name] = resp.json()["job_id"]
         for job_id in jobs.values():
-            deadline = time.time() + 300
-            while time.time() < deadline:
-                job = httpx.get(f"{api.base}/jobs/{job_id}", headers=auth).json()
-                if job["state"] in ("succeeded", "failed"):
-                    break
-                time.sleep(0.5)
-            assert job["state"] in ("succeeded", "failed"), job
+            wait_for_job(api.base, auth, job_id)
             for path in ("", "/logs", "/stats", "/manifest", "/documents", "/drops", "/documents/d12"):
                 answers.append(httpx.get(f"{api.base}/jobs/{job_id}{path}", headers=auth).text)
         wrap = httpx.get(f"{api.base}/jobs/{jobs['wrap']}", headers=auth).json()

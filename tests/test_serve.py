@@ -15,7 +15,7 @@ import hypothesis
 import psutil
 import pytest
 import schemathesis
-from conftest import GOOD, write_shard
+from conftest import GOOD, wait_for_job, write_shard
 from schemathesis.checks import not_a_server_error
 
 from service.local_server import LocalServer
@@ -85,12 +85,7 @@ def test_submit_poll_in_parallel_and_download(server):
 
 
 def wait_until_done(base, auth, job_id, seconds=180) -> dict:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        job = httpx.get(f"{base}/jobs/{job_id}", headers=auth).json()
-        if job["state"] in ("succeeded", "failed"):
-            break
-        time.sleep(0.5)
+    job = wait_for_job(base, auth, job_id, seconds)
     assert job["state"] == "succeeded", job
     return job
 
