@@ -3,6 +3,8 @@ output that looks complete."""
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -50,11 +52,41 @@ def test_missing_text_column_names_the_columns(tmp_path):
         run(tmp_path, columns={"text": "body"})
 
 
-def test_non_string_text_column_is_rejected(tmp_path):
+@pytest.mark.parametrize("values, shown", [([1, 2], "int64"), ([["a"], ["b"]], "list<element: string>"),
+                                           ([{"t": "a"}, {"t": "b"}], "struct<t: string>")])
+def test_non_string_or_nested_text_column_is_rejected(tmp_path, values, shown):
     (tmp_path / "in").mkdir()
-    pq.write_table(pa.table({"id": ["a", "b"], "text": [1, 2]}), tmp_path / "in" / "ints.parquet")
-    with pytest.raises(InputError, match=r"ints.parquet: text column 'text' has type int64; expected string"):
+    pq.write_table(pa.table({"id": ["a", "b"], "text": values}), tmp_path / "in" / "odd.parquet")
+    with pytest.raises(InputError, match=rf"odd.parquet: text column 'text' has type {re.escape(shown)}; "
+                                         "expected string"):
         run(tmp_path)
+
+
+def test_a_column_typed_differently_in_two_shards_names_both(tmp_path):
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": ["a"], "text": [GOOD], "lang": ["en"], "n": pa.array([1], pa.int32())}),
+                   tmp_path / "in" / "a.parquet")
+    pq.write_table(pa.table({"id": ["b"], "text": pa.array([GOOD], pa.large_string()), "lang": [None],
+                             "n": pa.array([2], pa.int64())}), tmp_path / "in" / "b.parquet")
+    assert run(tmp_path)["output"]["rows"] == 2  # large_string, an all-null column, int32/int64: compatible
+    pq.write_table(pa.table({"id": ["c"], "text": [GOOD], "lang": [3]}), tmp_path / "in" / "c.parquet")
+    with pytest.raises(InputError, match=r"c.parquet: column 'lang' has type int64 here but string in "
+                                         r".*a.parquet; the shards of one job must agree"):
+        run(tmp_path, output=str(tmp_path / "out2"))
+    assert not (tmp_path / "out2" / "stages").exists()
+
+
+def test_huge_and_tiny_documents_are_all_accounted_for(tmp_path):
+    """A single 50 MB document and 100,000 one-character documents: every input row is in
+    the output or in lineage with its drop reason."""
+    big = ("word " * 10_000_000)[:50_000_000]
+    write_shard(tmp_path / "in" / "big.parquet", [big, GOOD], ids=["big", "good"])
+    write_shard(tmp_path / "in" / "tiny.parquet", ["x"] * 100_000, ids=[f"t{i}" for i in range(100_000)])
+    manifest = run(tmp_path)
+    rules = manifest["funnel"][1]
+    assert manifest["input"]["rows"] == rules["docs_in"] == 100_002
+    assert rules["kept"] == manifest["output"]["rows"] == 1
+    assert rules["reasons"] == {"quality_rules.too_few_words": 100_000, "quality_rules.too_many_words": 1}
 
 
 def test_invalid_utf8_fails_at_the_row_and_leaves_no_complete_output(tmp_path):

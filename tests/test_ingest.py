@@ -80,6 +80,30 @@ def test_refuses_to_mix_with_existing_shards(tmp_path):
     assert ingest([str(src)], tmp_path / "out", overwrite=True).rows == 1
 
 
+def _warc_record(i: int, body: str) -> bytes:
+    """One WARC response record of an HTML page, as its own gzip member (as crawlers write)."""
+    http = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+            + f"<html><body><p>{body}</p></body></html>".encode())
+    head = (f"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: http://example.com/{i}\r\n"
+            f"WARC-Date: 2024-01-01T00:00:00Z\r\nWARC-Record-ID: <urn:uuid:{i:08d}-0000-0000-0000-000000000000>\r\n"
+            f"Content-Type: application/http; msgtype=response\r\nContent-Length: {len(http)}\r\n\r\n").encode()
+    return gzip.compress(head + http + b"\r\n\r\n")
+
+
+def test_a_warc_with_a_broken_gzip_member_is_named_and_ingests_nothing(tmp_path):
+    body = "The history of the city is long and varied, and many of its buildings still stand today. " * 4
+    members = [_warc_record(i, body + str(i)) for i in range(5)]
+    (tmp_path / "good.warc.gz").write_bytes(b"".join(members))
+    assert ingest([str(tmp_path / "good.warc.gz")], tmp_path / "good").rows == 5
+    broken = bytearray(members[2])
+    broken[30:60] = b"\0" * 30  # inside the third member's deflate stream
+    (tmp_path / "bad.warc.gz").write_bytes(b"".join(members[:2]) + bytes(broken) + b"".join(members[3:]))
+    with pytest.raises(InputError, match=r"bad.warc.gz: cannot read WARC after 2 records \(the last began at byte "
+                                         rf"{len(members[0]):,}\): .*nothing was ingested"):
+        ingest([str(tmp_path / "bad.warc.gz")], tmp_path / "out")
+    assert not list((tmp_path / "out").glob("*.parquet"))  # no shard that looks complete
+
+
 def test_missing_input_is_named(tmp_path):
     with pytest.raises(InputError, match="nothing.jsonl: no such file"):
         ingest([str(tmp_path / "nothing.jsonl")], tmp_path / "out")

@@ -151,9 +151,11 @@ def _warc_records(path: Path, skipped: dict[str, int]) -> Iterator[tuple[str, di
     from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
     kinds = WarcRecordType.response | WarcRecordType.conversion
+    read, at = 0, 0  # records read, and where the last one began (for the error)
     try:
         with open(path, "rb") as f:
             for n, record in enumerate(ArchiveIterator(f, record_types=kinds)):
+                read, at = n + 1, record.stream_pos
                 body = record.reader.read()
                 if record.record_type == WarcRecordType.response:
                     ctype = (record.http_headers.get("Content-Type") or "unknown") if record.http_headers else "unknown"
@@ -172,7 +174,9 @@ def _warc_records(path: Path, skipped: dict[str, int]) -> Iterator[tuple[str, di
                     "date": headers.get("WARC-Date"),
                 }
     except OSError as exc:
-        raise InputError(f"{path}: cannot read WARC ({exc})") from None
+        where = f"after {read} records (the last began at byte {at:,})" if read else "at its first record"
+        raise InputError(f"{path}: cannot read WARC {where}: {exc}; nothing was ingested: repair the file "
+                         "(e.g. drop the damaged gzip member) or leave it out") from None
 
 
 def _text_file_record(path: Path) -> Iterator[tuple[str, dict]]:

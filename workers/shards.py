@@ -103,9 +103,11 @@ def preflight(spec: JobSpec) -> list[Shard]:
     text_col, id_col = spec.columns.text, spec.columns.id
     shards: list[Shard] = []
     id_tables: list[pa.Table] = []
+    first_seen: dict[str, tuple[str, pa.DataType]] = {}  # column -> (shard, type) where first met
     for index, path in enumerate(discover(spec.inputs)):
         pf = open_parquet(path)
         schema = pf.schema_arrow
+        _check_same_types(path, schema, first_seen)
         if text_col not in schema.names:
             raise InputError(
                 f"{path}: text column {text_col!r} not found (columns: {', '.join(schema.names)}); "
@@ -127,6 +129,37 @@ def preflight(spec: JobSpec) -> list[Shard]:
         shards.append(shard)
     _check_unique_ids(pa.concat_tables(id_tables) if id_tables else None, shards)
     return shards
+
+
+def _type_family(t: pa.DataType) -> str | None:
+    """Types a column may take in different shards of one job (their outputs are read as
+    one dataset): string or large_string, any integer, any float; None for an all-null
+    column, which fits any."""
+    if pa.types.is_null(t):
+        return None
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_integer(t):
+        return "integer"
+    if pa.types.is_floating(t):
+        return "float"
+    return str(t)
+
+
+def _check_same_types(path: str, schema: pa.Schema, first_seen: dict[str, tuple[str, pa.DataType]]) -> None:
+    for field in schema:
+        family = _type_family(field.type)
+        if family is None:
+            continue
+        if field.name not in first_seen:
+            first_seen[field.name] = (path, field.type)
+            continue
+        other_path, other = first_seen[field.name]
+        if _type_family(other) != family:
+            raise InputError(f"{path}: column {field.name!r} has type {field.type} here but {other} in {other_path}; "
+                             "the shards of one job must agree on their columns' types (their outputs are read as "
+                             "one dataset): fix the files, or ingest them together with `curate ingest`, which "
+                             "writes shards that agree")
 
 
 def _check_unique_ids(ids: pa.Table | None, shards: list[Shard]) -> None:
