@@ -468,7 +468,11 @@ def open_or_rebuild(path: Path, roots: list[Path]) -> tuple[Catalog, str | None]
 
 def _rebuilt(catalog: Catalog, roots: list[Path], why: str) -> str:
     jobs = rebuild(catalog, roots)
-    return f"{why}: rebuilt the catalog from {len(jobs)} job folders under {', '.join(map(str, roots))}"
+    return f"{why}: rebuilt the catalog from {folders(len(jobs))} under {', '.join(map(str, roots))}"
+
+
+def folders(n: int) -> str:
+    return f"{n} job folder{'' if n == 1 else 's'}"
 
 
 def why(job: str, doc_id: str, catalog_path: str | Path | None = None) -> dict[str, Any]:

@@ -354,7 +354,7 @@ def _progress_bar(total: int, unit: str):
 
 
 def cmd_catalog_rebuild(args: argparse.Namespace) -> int:
-    from service.catalog import open_or_rebuild, rebuild
+    from service.catalog import folders, open_or_rebuild, rebuild
     from service.settings import Settings
 
     path = Path(args.catalog) if args.catalog else default_path()
@@ -366,7 +366,7 @@ def cmd_catalog_rebuild(args: argparse.Namespace) -> int:
     with catalog:
         if message is None:
             jobs = rebuild(catalog, roots)
-            message = f"registered {len(jobs)} job folders the catalog {path} did not know, under " + \
+            message = f"registered {folders(len(jobs))} the catalog {path} did not know, under " + \
                 ", ".join(map(str, roots))
     print(message)
     return 0

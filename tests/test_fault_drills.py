@@ -75,7 +75,7 @@ def test_a_lost_or_damaged_catalog_is_rebuilt_from_the_job_folders(tmp_path):
 
     catalog.unlink()  # lost
     res = run_cli("catalog", "rebuild", str(tmp_path))
-    assert res.stdout == f"no catalog at {catalog}: rebuilt the catalog from 1 job folders under {tmp_path}\n"
+    assert res.stdout == f"no catalog at {catalog}: rebuilt the catalog from 1 job folder under {tmp_path}\n"
     assert lineage_counts(catalog, job_id) == before and run_cli("jobs").stdout == listed
 
     catalog.write_bytes(catalog.read_bytes()[:6000])  # damaged: truncated
@@ -84,7 +84,7 @@ def test_a_lost_or_damaged_catalog_is_rebuilt_from_the_job_folders(tmp_path):
     assert "`curate catalog rebuild` moves it aside" in res.stderr
     res = run_cli("catalog", "rebuild", str(tmp_path))
     assert f"catalog {catalog} could not be opened (" in res.stdout
-    assert "rebuilt the catalog from 1 job folders" in res.stdout
+    assert "rebuilt the catalog from 1 job folder " in res.stdout
     aside = [p for p in os.listdir(catalog.parent) if p.startswith("catalog.duckdb.damaged-")]
     assert len(aside) == 1  # kept for inspection, not deleted
     assert lineage_counts(catalog, job_id) == before and run_cli("jobs").stdout == listed

@@ -187,7 +187,7 @@ def test_the_service_rebuilds_a_lost_catalog_from_the_job_folders_on_start(ray_h
         first.stop()
     (tmp_path / "home" / "catalog.duckdb").unlink()  # lost while the service was stopped
     with LocalServer(tmp_path / "home", tmp_path / "data", env=env, log=tmp_path / "second.log") as second:
-        assert f"no catalog at {tmp_path / 'home' / 'catalog.duckdb'}: rebuilt the catalog from 1 job folders" \
+        assert f"no catalog at {tmp_path / 'home' / 'catalog.duckdb'}: rebuilt the catalog from 1 job folder " \
             in second.log()
         job = httpx.get(f"{second.base}/jobs/{job_id}", headers=auth).json()
         assert job["state"] == "succeeded" and job["name"] == "kept"
