@@ -222,7 +222,16 @@ class JobService:
         return [self._view(r, self.live.get(r["job_id"], {"state": r["state"]})) for r in rows]
 
     async def logs(self, job_id: str) -> str:
-        return await self.ray.logs(self._row(job_id)["submission_id"])
+        row = self._row(job_id)
+        try:
+            return await self.ray.logs(row["submission_id"])
+        except Exception as exc:  # noqa: BLE001 - the Jobs client raises RuntimeError for a 404, and others
+            if "does not exist" not in str(exc) and "404" not in str(exc):
+                raise
+            raise ServiceError(404, f"the driver log of job {job_id} is gone: Ray keeps a job's log only on the "
+                                    "cluster that ran it (a restarted local head, or a job from a rebuilt "
+                                    "catalog); the outcome is in the job's stats and error",
+                               code="logs_unavailable") from None
 
     def _started(self, row: dict) -> JobFolder:
         folder = JobFolder(row["output"])

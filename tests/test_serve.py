@@ -195,6 +195,8 @@ def test_the_service_rebuilds_a_lost_catalog_from_the_job_folders_on_start(ray_h
         for path, body in before.items():
             assert httpx.get(f"{second.base}{path}", headers=auth).json() == body  # lineage and stats intact
         assert before[f"/jobs/{job_id}/documents/s1-60"]["reason"] == "quality_rules.too_few_words"
+        logs = httpx.get(f"{second.base}/jobs/{job_id}/logs", headers=auth)  # Ray's copy is not in the folders
+        assert logs.status_code == 404 and logs.json()["error"]["code"] == "logs_unavailable"
 
 
 def test_a_500_kib_spec_launches_and_runs(server):
