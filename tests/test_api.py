@@ -328,6 +328,20 @@ def test_a_model_path_is_confined_like_an_input(api, tmp_path, model):
         assert error["message"] == f"stages.0.params.model: {model!r} is outside the allowed roots"
 
 
+@pytest.mark.parametrize("inputs", ["%2e%2e/%2e%2e/etc/passwd", "%252e%252e/%252e%252e/etc/passwd",
+                                    "..%2f..%2fetc/passwd", "a" * 5000 + "/*.parquet", ("x" * 250 + "/") * 40])
+def test_encoded_traversal_and_very_long_paths_are_refused_without_a_500(api, inputs):
+    """A spec's paths are not URL-decoded (a '%2e' is a file name, confined like any other),
+    and a path too long for the file system is a 4xx that names the field."""
+    resp = submit(api, {**SPEC, "inputs": [inputs], "output": f"enc-{len(inputs)}-{inputs[:2]}"})
+    if resp.status_code == 201:  # confined to the data root as a literal name: the job finds no such file
+        job = wait_for(api, resp.json()["job_id"])
+        assert job["state"] == "failed" and job["error_code"] == "bad_input", job
+        assert f"{api.data}/" in job["error"] and "matches no file" in job["error"]
+    else:
+        assert_error(resp, 400, "path_not_allowed", "inputs")
+
+
 def test_nul_byte_in_an_input_path_is_a_400_not_a_500(api):
     assert_error(submit(api, {**SPEC, "inputs": ["small\u0000x/*.parquet"]}), 400, "path_not_allowed",
                  "control character")
