@@ -29,6 +29,15 @@ def _load_docs(view: ScoreView) -> None:
     """)
 
 
+# A bucket of up to this many documents gives every pair; a larger one (a boilerplate page
+# crawled 10,000 times puts them all in one bucket of every band) gives a chain through its
+# members plus a star to its first, which connect the same component in linear, not
+# quadratic, space. Every edge is still verified, and ``_assign`` checks each member against
+# the survivor, so a larger bucket removes nothing the smaller rule would keep; its members'
+# ``max_jaccard`` is then the best over those edges only.
+ALL_PAIRS_UP_TO = 64
+
+
 def _candidate_pairs(view: ScoreView) -> None:
     view.execute("""
         CREATE TEMP TABLE buckets AS
@@ -36,10 +45,16 @@ def _candidate_pairs(view: ScoreView) -> None:
             SELECT ord, unnest(band_keys) AS key, generate_subscripts(band_keys, 1) AS band FROM docs
         ) GROUP BY band, key HAVING count(*) > 1
     """)
-    view.execute("""
+    view.execute(f"""
         CREATE TEMP TABLE pairs AS
-        SELECT DISTINCT a, unnest(list_filter(m, lambda y: y > a)) AS b
-        FROM (SELECT unnest(m) AS a, m FROM buckets)
+        SELECT DISTINCT a, b FROM (
+            SELECT a, unnest(list_filter(m, lambda y: y > a)) AS b
+            FROM (SELECT unnest(m) AS a, m FROM buckets WHERE len(m) <= {ALL_PAIRS_UP_TO})
+            UNION ALL
+            SELECT unnest(m[1:-2]) AS a, unnest(m[2:]) AS b FROM buckets WHERE len(m) > {ALL_PAIRS_UP_TO}
+            UNION ALL
+            SELECT m[1] AS a, unnest(m[3:]) AS b FROM buckets WHERE len(m) > {ALL_PAIRS_UP_TO}
+        )
     """)
 
 

@@ -175,3 +175,25 @@ def test_survivors_are_the_same_for_any_worker_count_and_rule(planted):
     _, longest = run(tmp_path, "longest", survivor="longest")
     assert longest["D"]["survivor_id"] == longest["D2"]["survivor_id"]  # equal length: ties go to the smaller id
     assert longest["X1"]["survivor_id"] in chain_ids(longest)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_bucket_larger_than_the_all_pairs_limit_forms_the_same_cluster(tmp_path):
+    """300 copies of one page with a different counter each (a crawled boilerplate page)
+    share a bucket in every band: above ALL_PAIRS_UP_TO the bucket is linked as a chain and
+    a star (linear), and the cluster is the one all pairs would give."""
+    from filters.minhash_fit import ALL_PAIRS_UP_TO
+
+    rng = random.Random(5)
+    page = [rng.choice(VOCAB) for _ in range(400)]
+    copies = [" ".join(page + [f"counter{i}"]) for i in range(300)]
+    other = " ".join(rng.choice(VOCAB) for _ in range(400))
+    write_shard(tmp_path / "in" / "s0.parquet", copies[:150] + [other], ids=[f"p{i:03d}" for i in range(150)] + ["o"])
+    write_shard(tmp_path / "in" / "s1.parquet", copies[150:], ids=[f"p{i:03d}" for i in range(150, 300)])
+    assert len(copies) > ALL_PAIRS_UP_TO
+    manifest, d = run(tmp_path, "out")
+    dropped = sorted(k for k, r in d.items() if r["decision"] == "drop")
+    assert dropped == [f"p{i:03d}" for i in range(1, 300)]  # one survivor: the smallest id
+    assert {d[k]["survivor_id"] for k in dropped} == {"p000"} and d["o"]["decision"] == "keep"
+    assert all(d[k]["scores"]["cluster_size"] == 300 and d[k]["scores"]["survivor_jaccard"] > 0.9 for k in dropped)
+    assert manifest["output"]["rows"] == 2
