@@ -257,18 +257,20 @@ class CuratedDataset:
     @staticmethod
     def _buffers(blocks: Iterator[pa.Table], rng: np.random.Generator, shuffle: bool,
                  buffer: int) -> Iterator[pa.Table]:
+        def flush(pending: list[pa.Table]) -> pa.Table:
+            merged = pa.concat_tables(pending)
+            return merged.take(rng.permutation(merged.num_rows)) if shuffle else merged
+
         pending: list[pa.Table] = []
         buffered = 0
         for table in blocks:
             pending.append(table)
             buffered += table.num_rows
             if buffered >= buffer:
-                merged = pa.concat_tables(pending)
-                yield merged.take(rng.permutation(merged.num_rows)) if shuffle else merged
+                yield flush(pending)
                 pending, buffered = [], 0
         if pending:
-            merged = pa.concat_tables(pending)
-            yield merged.take(rng.permutation(merged.num_rows)) if shuffle else merged
+            yield flush(pending)
 
     def iter_batches(self, batch_size: int = 1024, columns: list[str] | None = None, *, rank: int = 0,
                      world_size: int = 1, worker_id: int = 0, num_workers: int = 1, seed: int = 0,

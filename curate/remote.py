@@ -144,22 +144,25 @@ def _download(url: str, target: Path, facts: dict, call: _Call, fetched: Fetched
         part.unlink()
         have = 0
     digest = hashlib.sha256()
-    resumed_from = 0
-    if have and have == facts["bytes"]:  # interrupted after the last byte, before the rename
+    resumed = False
+
+    def continue_from_part() -> None:  # the digest covers the bytes already on disk
+        nonlocal resumed
         with open(part, "rb") as f:
             stream_sha256(f, digest)
         fetched.resumed.append(facts["path"])
-        resumed_from = have
+        resumed = True
+
+    if have and have == facts["bytes"]:  # interrupted after the last byte, before the rename
+        continue_from_part()
     else:
         request = dict(call.headers)
         if have:
             request |= {"Range": f"bytes={have}-", "If-Range": f'"{facts["sha256"]}"'}
         with _open(url, request, call.timeout) as response:
             if have and response.status == 206:
-                with open(part, "rb") as f:
-                    stream_sha256(f, digest)
-                fetched.resumed.append(facts["path"])
-                resumed_from, mode = have, "ab"
+                continue_from_part()
+                mode = "ab"
             else:  # a full answer: the server ignored the range or the shard changed
                 have, mode = 0, "wb"
             with open(part, mode) as out:
@@ -179,7 +182,7 @@ def _download(url: str, target: Path, facts: dict, call: _Call, fetched: Fetched
         part.unlink()
         message = (f"{facts['path']}: the download from {url} has sha256 {digest.hexdigest()[:16]}…, the manifest "
                    f"says {facts['sha256'][:16]}…")
-        if resumed_from:
+        if resumed:  # the partial file was not this shard's beginning
             raise _Corrupt(message)
         raise ManifestError(f"{message} (discarded)")
     os.replace(part, target)

@@ -250,11 +250,12 @@ def test_serve_by_full_path_with_a_minimal_path_runs_jobs_and_fails_in_one_line(
     the Ray head and a job's driver come from the running interpreter, not from PATH. A
     start that cannot succeed prints one line and exits 1."""
     import signal
-    import socket
     import subprocess
     import sys
 
     import duckdb
+
+    from service.ray_head import free_port
 
     curate = Path(sys.executable).parent / "curate"
     if not curate.exists():
@@ -266,11 +267,6 @@ def test_serve_by_full_path_with_a_minimal_path_runs_jobs_and_fails_in_one_line(
         return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CURATE_HOME": str(tmp_path / "home"),
                 "CURATE_DATA_ROOTS": str(tmp_path / "data"), "CURATE_PORT": str(port),
                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "CURATE_POLL_SECONDS": "0.3"}
-
-    def free_port():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
 
     port = free_port()
     log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 - the server writes to it while it runs

@@ -3,21 +3,18 @@
 One token shard per output shard, documents in the output's order, each followed by the
 end-of-text token. ``tokens.json`` is written last: the tokenizer (name, sha256, vocabulary,
 end-of-text), the dtype, and per shard its files with sha256, documents and tokens. Row
-groups are read ahead, and one part is encoded (on all cores) while the previous is written.
+groups are read ahead, and parts are encoded (on all cores) while the previous is written.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
-from curate.loader import CuratedDataset
+from curate.loader import CuratedDataset, read_ahead
 from curate.token_files import TokenShardWriter, token_dtype
 from filters.lm.token_encoder import Encoder
 from workers import atomic
@@ -55,21 +52,16 @@ def export_tokens(data: CuratedDataset, out: Path, encoder: Encoder, fmt: str, *
             continue
         writer = TokenShardWriter(out, Path(facts["path"]).stem, fmt, dtype)
         try:
-            # Pipelined: the next part is encoded (tokenizers releases the GIL and uses every
-            # core) while this one is written; blocks are read ahead by the loader.
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                encoding = None
-                for part in _parts(data, blocks, columns):
-                    upcoming = pool.submit(_encode, encoder, part, data.text_column)
-                    if encoding is not None:
-                        done += _write(writer, *encoding.result(), data.id_column)
-                        if progress:
-                            progress(done, data.num_rows)
-                    encoding = upcoming
-                if encoding is not None:
-                    done += _write(writer, *encoding.result(), data.id_column)
-                    if progress:
-                        progress(done, data.num_rows)
+            # Blocks are read in one thread and parts encoded in another (tokenizers releases
+            # the GIL and uses every core) while this thread writes the previous part.
+            tables = read_ahead(data.read_block(block, columns) for block in blocks)
+            parts = (t.slice(at, ENCODE_ROWS) for t in tables for at in range(0, t.num_rows, ENCODE_ROWS))
+            for part, docs in read_ahead((p, encoder.encode_documents(p.column(data.text_column).to_pylist()))
+                                         for p in parts):
+                writer.write(part.column(data.id_column).to_pylist(), docs)
+                done += part.num_rows
+                if progress:
+                    progress(done, data.num_rows)
             files = writer.close()
         except BaseException:
             writer.abort()
@@ -87,23 +79,3 @@ def export_tokens(data: CuratedDataset, out: Path, encoder: Encoder, fmt: str, *
     atomic.write_json(manifest, out / MANIFEST)
     return manifest
 
-
-def _parts(data: CuratedDataset, blocks: list, columns: list[str]) -> Iterator[pa.Table]:
-    """The blocks' rows in ``ENCODE_ROWS`` slices, read one block ahead."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        ahead = pool.submit(data.read_block, blocks[0], columns)
-        for k in range(len(blocks)):
-            table = ahead.result()
-            if k + 1 < len(blocks):
-                ahead = pool.submit(data.read_block, blocks[k + 1], columns)
-            for start in range(0, table.num_rows, ENCODE_ROWS):
-                yield table.slice(start, ENCODE_ROWS)
-
-
-def _encode(encoder: Encoder, part: pa.Table, text_column: str) -> tuple[pa.Table, list[list[int]]]:
-    return part, encoder.encode_documents(part.column(text_column).to_pylist())
-
-
-def _write(writer: TokenShardWriter, part: pa.Table, docs: list[list[int]], id_column: str) -> int:
-    writer.write(part.column(id_column).to_pylist(), docs)
-    return part.num_rows
