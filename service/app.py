@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 head.stop()
 
     app = FastAPI(title="curate", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  generate_unique_id_function=lambda route: route.name,  # operation ids: the routes' names
                   responses={401: {"model": errors.ErrorBody}, 422: {"model": errors.ErrorBody}})
     app.state.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     errors.install(app)

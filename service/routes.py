@@ -35,6 +35,20 @@ Cursor = Annotated[str | None, Query(max_length=2000, description="the `next` va
 Filter = Annotated[str | None, Query(max_length=200)]
 AblationId = Annotated[str, Path(pattern=r"^abl-[0-9a-f]{12}$", description="as POST returned it")]
 
+
+
+def _links(job_id: str, *operations: str, **more: str) -> dict[str, Any]:
+    """OpenAPI links: where a response's ids lead (clients and Schemathesis' stateful
+    tests follow them). Operation ids are the route functions' names."""
+    return {"links": {op: {"operationId": op, "parameters": {"job_id": job_id, **more}} for op in operations}}
+
+
+_FROM_JOB = ("get_job", "cancel_job", "retry_job", "job_logs", "job_stats", "list_documents", "dropped_documents",
+             "job_manifest", "list_artifacts", "list_ablations")
+JOB_LINKS = _links("$response.body#/job_id", *_FROM_JOB)
+FIRST_JOB_LINKS = _links("$response.body#/items/0/job_id", *_FROM_JOB)
+FIRST_DOC_LINKS = _links("$request.path.job_id", "document_lineage", doc_id="$response.body#/items/0/doc_id")
+
 EXAMPLE_SPEC = {
     "name": "web-pool-v1",
     "inputs": ["web/combined_web_pool.parquet"],
@@ -59,8 +73,9 @@ async def readyz(jobs: Jobs):
 
 
 @router.post("/jobs", response_model=Job, status_code=201, tags=["jobs"],
-             responses={**ERRORS, 200: {"model": Job, "description": "a retried POST with the same Idempotency-Key: "
-                                        "the job it launched"}})
+             responses={**ERRORS, 201: JOB_LINKS,
+                        200: {"model": Job, "description": "a retried POST with the same Idempotency-Key: "
+                              "the job it launched", **JOB_LINKS}})
 async def submit_job(
     jobs: Jobs, _: AdminKey,
     spec: Annotated[JobSpec, Body(examples=[EXAMPLE_SPEC])],
@@ -74,7 +89,7 @@ async def submit_job(
                         headers={"Location": f"/jobs/{view['job_id']}"})
 
 
-@router.get("/jobs", response_model=Page[Job], tags=["jobs"], responses=ERRORS)
+@router.get("/jobs", response_model=Page[Job], tags=["jobs"], responses={**ERRORS, 200: FIRST_JOB_LINKS})
 async def list_jobs(jobs: Jobs, _: ReadKey, limit: Limit = 100, cursor: Cursor = None) -> Page[Job]:
     """Jobs, oldest first, a page at a time."""
     return Page[Job](**await jobs.list(limit, cursor))
@@ -109,7 +124,8 @@ async def job_stats(job_id: str, jobs: Jobs, _: ReadKey) -> JobStats:
     return JobStats(**await jobs.stats(job_id))
 
 
-@router.get("/jobs/{job_id}/documents", response_model=Page[DocumentRow], tags=["lineage"], responses=ERRORS)
+@router.get("/jobs/{job_id}/documents", response_model=Page[DocumentRow], tags=["lineage"],
+            responses={**ERRORS, 200: FIRST_DOC_LINKS})
 async def list_documents(
     job_id: str, jobs: Jobs, _: ReadKey, stage: Filter = None,
     decision: Annotated[Literal["keep", "drop"] | None, Query()] = None, reason: Filter = None,
@@ -130,7 +146,8 @@ async def document_lineage(job_id: str, doc_id: str, jobs: Jobs, _: ReadKey) -> 
     return DocumentLineage(**await jobs.document(job_id, doc_id))
 
 
-@router.get("/jobs/{job_id}/drops", response_model=Page[DropRow], tags=["lineage"], responses=ERRORS)
+@router.get("/jobs/{job_id}/drops", response_model=Page[DropRow], tags=["lineage"],
+            responses={**ERRORS, 200: FIRST_DOC_LINKS})
 async def dropped_documents(job_id: str, jobs: Jobs, _: ReadKey, stage: Filter = None, reason: Filter = None,
                             limit: Limit = 20, cursor: Cursor = None) -> Page[DropRow]:
     """Dropped documents with their reason, scores and the start of their text, a page at a time."""
