@@ -31,7 +31,8 @@ def _session_key(request: Request) -> str | None:
 
 
 def _require(role: Literal["admin", "read"]):
-    def check(request: Request,
+    # async: a plain ``def`` dependency costs every request a hop through the threadpool.
+    async def check(request: Request,
               creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
         key = creds.credentials if creds is not None and creds.credentials else _session_key(request)
         if not key:
@@ -51,11 +52,11 @@ def _require(role: Literal["admin", "read"]):
     return check
 
 
-def get_jobs(request: Request) -> JobService:
+async def get_jobs(request: Request) -> JobService:
     return request.app.state.jobs
 
 
-def get_ablations(request: Request) -> AblationService:
+async def get_ablations(request: Request) -> AblationService:
     return request.app.state.ablations
 
 
