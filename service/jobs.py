@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from service import pagination
 from service.catalog import TERMINAL, Catalog, CatalogError
 from service.errors import ServiceError
+from service.job_events import JobEvents
 from service.job_store import Database, JobStore
 from service.paths import confine_spec
 from service.ray_jobs import RayJobs
@@ -41,6 +42,7 @@ class JobService:
         self._launching: dict[str, str] = {}  # output folder → job id, while its submission is in flight
         self.live: dict[str, dict] = {}  # job_id -> {"state", "progress", "checked_at"}: Ray's view, cached
         self._poller: asyncio.Task | None = None
+        self.events = JobEvents()
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -77,6 +79,12 @@ class JobService:
         await asyncio.gather(*(self.refresh(j) for j in active))
 
     async def refresh(self, job_id: str) -> dict:
+        try:
+            return await self._refresh(job_id)
+        finally:
+            self.events.changed(job_id)
+
+    async def _refresh(self, job_id: str) -> dict:
         row = self._row(job_id)
         live = self.live.setdefault(job_id, {"state": row["state"], "progress": None, "checked_at": 0.0})
         if row["state"] in TERMINAL:  # final: Ray need not remember it (e.g. after a restart)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Path, Query
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 
 from service.deps import Ablations, AdminKey, Jobs, ReadKey
 from service.errors import ErrorBody, ServiceError
+from service.job_events import stream
 from service.pagination import MAX_LIMIT
 from service.schemas import (
     Ablation,
@@ -43,8 +44,8 @@ def _links(job_id: str, *operations: str, **more: str) -> dict[str, Any]:
     return {"links": {op: {"operationId": op, "parameters": {"job_id": job_id, **more}} for op in operations}}
 
 
-_FROM_JOB = ("get_job", "cancel_job", "retry_job", "job_logs", "job_stats", "list_documents", "dropped_documents",
-             "job_manifest", "list_artifacts", "list_ablations")
+_FROM_JOB = ("get_job", "job_events", "cancel_job", "retry_job", "job_logs", "job_stats", "list_documents",
+             "dropped_documents", "job_manifest", "list_artifacts", "list_ablations")
 JOB_LINKS = _links("$response.body#/job_id", *_FROM_JOB)
 FIRST_JOB_LINKS = _links("$response.body#/items/0/job_id", *_FROM_JOB)
 FIRST_DOC_LINKS = _links("$request.path.job_id", "document_lineage", doc_id="$response.body#/items/0/doc_id")
@@ -99,6 +100,22 @@ async def list_jobs(jobs: Jobs, _: ReadKey, limit: Limit = 100, cursor: Cursor =
 async def get_job(job_id: str, jobs: Jobs, _: ReadKey) -> Job:
     """State and per-stage progress."""
     return Job(**await jobs.view(job_id))
+
+
+@router.get("/jobs/{job_id}/events", tags=["jobs"], response_class=StreamingResponse,
+            responses={**ERRORS, 200: {"content": {"text/event-stream": {}},
+                                       "description": "`event: job` with the body of GET /jobs/{job_id} at each "
+                                       "change; ends after succeeded, failed or cancelled"}})
+async def job_events(job_id: str, jobs: Jobs, _: ReadKey) -> StreamingResponse:
+    """Live state and progress as server-sent events (``EventSource``): one stream instead
+    of polling GET /jobs/{job_id}."""
+    await jobs.view(job_id)  # an unknown job is a 404 before the stream starts
+
+    async def view(job: str) -> dict:
+        return Job(**await jobs.view(job)).model_dump(mode="json")
+
+    return StreamingResponse(stream(jobs.events, job_id, view), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=Job, tags=["jobs"], responses=ERRORS)

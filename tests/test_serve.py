@@ -101,6 +101,45 @@ def submit_and_wait(base, auth, spec) -> str:
     return resp.json()["job_id"]
 
 
+def read_events(base: str, auth: dict, job_id: str) -> list[dict]:
+    """Every ``event: job`` of one stream, until the server ends it."""
+    events = []
+    with httpx.stream("GET", f"{base}/jobs/{job_id}/events", headers=auth, timeout=120) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in resp.iter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                assert kind == "job"
+                events.append(json.loads(line.removeprefix("data: ")))
+    return events
+
+
+def test_many_viewers_follow_a_job_through_one_event_stream_each(server):
+    """GET /jobs/{id}/events: each change once, in order, to every viewer; the stream ends
+    with the final state, which equals GET /jobs/{id}."""
+    base, auth, _ = server
+    spec = {"name": "watched", "inputs": ["*.parquet"], "output": "watched",
+            "stages": [{"stage": "exact_dedup_v1"}, {"stage": "quality_rules_v1"}]}
+    resp = httpx.post(f"{base}/jobs", json=spec, headers=auth, timeout=30)
+    assert resp.status_code == 201, resp.text
+    job_id = resp.json()["job_id"]
+    with ThreadPoolExecutor(20) as pool:
+        streams = list(pool.map(lambda _: read_events(base, auth, job_id), range(20)))
+    final = httpx.get(f"{base}/jobs/{job_id}", headers=auth).json()
+    assert final["state"] == "succeeded" and final["progress"]["complete"]
+    for events in streams:
+        assert events[-1] == final and all(e["state"] != "succeeded" for e in events[:-1])
+        assert all(a != b for a, b in zip(events, events[1:], strict=False))  # only changes are sent
+        fractions = [(e["progress"] or {}).get("fraction", 0) for e in events]
+        assert fractions == sorted(fractions)
+    assert max(len(events) for events in streams) >= 2  # it was watched while it ran
+    assert read_events(base, auth, job_id) == [final]  # a finished job: its state, then the end
+    assert httpx.get(f"{base}/jobs/nope/events", headers=auth).json()["error"]["code"] == "job_not_found"
+    assert httpx.get(f"{base}/jobs/{job_id}/events").status_code == 401
+
+
 def test_the_loader_resumes_an_interrupted_download_and_exports_tokens(server, tmp_path, monkeypatch):
     from conftest import run_cli
 
@@ -241,7 +280,8 @@ def test_stateful_fuzz_follows_the_schemas_links_and_finds_no_server_errors(serv
     its lineage): never a 5xx. Its engine, not a bare Hypothesis state machine, runs it:
     a real service changes between replays (a spec launched once answers 409 the next
     time), which the engine restarts from and Hypothesis alone reports as flaky.
-    Ablations are left out: a valid body would train models for minutes."""
+    Ablations are left out (a valid body would train models for minutes), and so is the
+    event stream (it lasts as long as a job the fuzz launched)."""
     base, auth, _ = server
     spec = {"name": "stateful", "inputs": ["*.parquet"], "output": "stateful",
             "stages": [{"stage": "exact_dedup_v1"}, {"stage": "quality_rules_v1"}]}
@@ -253,7 +293,8 @@ def test_stateful_fuzz_follows_the_schemas_links_and_finds_no_server_errors(serv
     run = subprocess.run(
         [sys.executable, "-m", "schemathesis.cli", "run", f"{base}/openapi.json", "--phases=stateful",
          "--checks=not_a_server_error", "-H", f"Authorization: {auth['Authorization']}",
-         "--exclude-operation-id=submit_ablation", "--max-examples=150", "--seed=1", "--no-color",
+         "--exclude-operation-id=submit_ablation",
+         "--exclude-operation-id=job_events", "--max-examples=150", "--seed=1", "--no-color",
          "--report=har", f"--report-har-path={har}"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
