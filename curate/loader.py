@@ -85,6 +85,9 @@ class CuratedDataset:
             import fsspec
 
             self.fs, root = fsspec.core.url_to_fs(self.source, **(storage_options or {}))
+            # fsspec shares one instance per URL and options: a listing it cached earlier in this
+            # process (s3fs, gcsfs) may predate the publication being read now.
+            self.fs.invalidate_cache()
         else:
             root = self.source.removeprefix("file://")
         self.root = root.rstrip("/")

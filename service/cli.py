@@ -1,5 +1,5 @@
-"""The ``curate`` command line: ingest, run, demo, why, jobs, schema, export-scores, export, ablate, ablations,
-serve, keys, catalog.
+"""The ``curate`` command line: ingest, run, demo, why, jobs, schema, export-scores, export, publish, ablate,
+ablations, serve, keys, catalog.
 
 Exit status: 0 success; 1 a runtime failure (bad input data, a failed job, a missing or
 locked catalog, an unknown job, document, stage or key); 2 a usage error (argparse's, or a
@@ -343,6 +343,39 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from workers.publish import PublishError, publish
+
+    options = {}
+    for item in args.storage_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"error: --storage-option takes KEY=VALUE (a YAML value), got {item!r}", file=sys.stderr)
+            return EXIT_USAGE
+        options[key] = yaml.safe_load(value)
+    # A folder with a manifest (a finished job's, or a copy of one) is read directly.
+    folder = Path(args.job) if (Path(args.job) / "manifest.json").exists() else _job_folder(args.job, args.catalog)
+    manifest = folder / "manifest.json"
+    bar = _progress_bar(len(json.loads(manifest.read_text())["files"]), "shards") \
+        if args.progress and manifest.exists() else None
+    try:
+        result = publish(folder, args.url, overwrite=args.overwrite, storage_options=options,
+                         progress=(lambda _shard, done, total: bar.update_to(done, total)) if bar else None)
+    except PublishError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        if bar:
+            bar.close()
+    replaced = f"; replaced {result.replaced}" if result.replaced else ""
+    removed = f", removed {len(result.removed)} of its shards" if result.removed else ""
+    print(f"published job {result.job_id}: {result.files} shards, {result.bytes:,} bytes, then manifest.json, to "
+          f"{result.url}{replaced}{removed}")
+    for item in result.not_removed:
+        print(f"warning: an old shard was not removed: {item}", file=sys.stderr)
+    return 0
+
+
 def _progress_bar(total: int, unit: str):
     from tqdm import tqdm
 
@@ -619,6 +652,23 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     tok.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     tok.set_defaults(func=cmd_export)
+
+    pub = sub.add_parser("publish", help="copy a finished job's output to object storage (s3://, gs://, ...)",
+                         description="Upload a finished job's output shards, each checked against the manifest "
+                                     "(sha256 before, size after), then manifest.json last, so a reader never "
+                                     "sees an unfinished publication as complete. Read it back with "
+                                     "CuratedDataset(URL). Credentials and endpoint: the storage's own "
+                                     "configuration (for s3://: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                                     "AWS_PROFILE, AWS_ENDPOINT_URL) or --storage-option.")
+    pub.add_argument("job", help="job id, job name (latest run) or output folder of a finished job")
+    pub.add_argument("url", help="destination prefix: any fsspec URL (s3://bucket/prefix needs s3fs) or a folder")
+    pub.add_argument("--overwrite", action="store_true",
+                     help="replace a publication already at URL (its manifest is removed first)")
+    pub.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="an fsspec storage option, the value in YAML (e.g. endpoint_url=http://minio:9000, "
+                          "profile=prod); repeat for several")
+    pub.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    pub.set_defaults(func=cmd_publish)
 
     pre = sub.add_parser(
         "preview-selection", help="re-decide one stage from its stored scores with other select params",
