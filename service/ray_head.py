@@ -30,6 +30,9 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "toke
 # The head's own environment only: on SIGTERM, `ray start --block` first drains the node
 # (up to 30 s by default, for Ray Serve traffic); a local head has nothing to drain.
 _HEAD_ONLY_ENV = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+# The head shares the machine with the API that started it: its daemons and the jobs'
+# drivers yield the CPU to the API's requests (Ray's task workers are at +15 anyway).
+HEAD_NICENESS = 5
 _PROCESS_ERRORS = (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess)
 
 
@@ -132,6 +135,8 @@ class LocalRayHead:
         ]
         if self.num_cpus is not None:
             cmd.append(f"--num-cpus={self.num_cpus}")
+        if nice := shutil.which("nice"):
+            cmd = [nice, "-n", str(HEAD_NICENESS), *cmd]
         # This process (the service, its Ray job clients) and everything the head starts
         # (the drivers of jobs) share the token through the environment.
         os.environ["RAY_AUTH_TOKEN"] = auth_token()

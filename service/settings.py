@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     # Interpreter that runs job drivers on the cluster.
     driver_python: str | None = None
     poll_seconds: float = 1.0
+    # One log line per request costs the event loop about a tenth of its time under load
+    # (bench/bench_api_wrk.py); errors are logged either way.
+    access_log: bool = Field(False, description="log every request (uvicorn's access log)")
 
     @field_validator("data_roots", "model_roots", mode="before")
     @classmethod
