@@ -5,9 +5,12 @@
 * ours, signatures only: ``filters.minhash.signatures`` over the same documents' 5-gram
   hash sets (numpy, chunked);
 * ours, whole score step: normalise + shingle + signatures + band keys
-  (``MinHashDedupV1.score``), on 1 core and on all cores (one process per core).
+  (``MinHashDedupV1.score``), on 1 core and on all cores (one process per core);
+* rensa (a Rust MinHash, ``RMinHash``), signatures only on the same 5-gram strings, and
+  end to end from the raw text with the same normalisation and Python 5-gram shingling.
 
-Shingling for the first two columns is done beforehand and not timed.
+Shingling for the signatures-only columns is done beforehand and not timed. A second
+table splits our score step on one core into its parts.
 
     python bench/bench_minhash.py [--docs 5000] [--data ../shared/data]
 """
@@ -29,7 +32,14 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from filters.minhash import MinHashDedupV1, MinHashParams, normalise, shingle_hashes, signatures  # noqa: E402
+from filters.minhash import (  # noqa: E402
+    MinHashDedupV1,
+    MinHashParams,
+    band_keys,
+    normalise,
+    shingle_hashes,
+    signatures,
+)
 
 
 def synthetic(n: int, seed: int = 0) -> list[str]:
@@ -78,14 +88,49 @@ def measure(name: str, texts: list[str], cores: int) -> str:
     _score(texts)
     full1 = len(texts) / (time.perf_counter() - t)
 
+    rensa_sig = rensa_full = float("nan")
+    try:
+        from rensa import RMinHash
+    except ImportError:
+        print("(rensa not installed: pip install rensa; its columns are empty)", file=sys.stderr)
+    else:
+        t = time.perf_counter()
+        for g in grams:
+            RMinHash(num_perm=k, seed=1).update(g)
+        rensa_sig = len(grams) / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for text in texts:
+            w = normalise(text, p).split()
+            RMinHash(num_perm=k, seed=1).update([" ".join(w[i:i + 5]) for i in range(len(w) - 4)])
+        rensa_full = len(texts) / (time.perf_counter() - t)
+
     parts = [texts[i::cores] for i in range(cores)]
     with ProcessPoolExecutor(cores) as pool:
         list(pool.map(_score, [p[:50] for p in parts]))  # warm the workers (imports, tables)
         t = time.perf_counter()
         list(pool.map(_score, parts))
         full_all = len(texts) / (time.perf_counter() - t)
-    return (f"| {name} | {len(texts)} | {k} | {base:,.0f} | {ours:,.0f} | {ours / base:.1f}× | {full1:,.0f} "
-            f"| {full_all:,.0f} ({cores} cores) |")
+    return (f"| {name} | {len(texts)} | {k} | {base:,.0f} | {ours:,.0f} | {ours / base:.1f}× | {rensa_sig:,.0f} "
+            f"| {full1:,.0f} | {rensa_full:,.0f} | {full_all:,.0f} ({cores} cores) |")
+
+
+def parts(name: str, texts: list[str]) -> str:
+    """Seconds per part of ``MinHashDedupV1.score`` on one core, as it runs them."""
+    p = MinHashParams()
+    k = p.bands * p.rows
+    t0 = time.perf_counter()
+    normalised = [normalise(t, p).split() for t in texts]
+    t1 = time.perf_counter()
+    cache: dict[str, int] = {}
+    sets = [shingle_hashes(w, p.ngram, cache) for w in normalised]
+    t2 = time.perf_counter()
+    sig = signatures([s for s in sets if len(s)], k, p.seed)
+    t3 = time.perf_counter()
+    band_keys(sig, p.bands, p.rows)
+    t4 = time.perf_counter()
+    total = t4 - t0
+    return (f"| {name} | {len(texts)} | {t1 - t0:.2f} | {t2 - t1:.2f} | {t3 - t2:.2f} | {t4 - t3:.2f} "
+            f"| {total:.2f} | {len(texts) / total:,.0f} |")
 
 
 def main() -> None:
@@ -95,15 +140,24 @@ def main() -> None:
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     print("| corpus | docs | perms | datasketch update_batch docs/s (1 core) | ours signatures docs/s (1 core) "
-          "| ours ÷ datasketch | ours full score docs/s (1 core) | ours full score docs/s (all cores) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| ours ÷ datasketch | rensa signatures docs/s (1 core) | ours full score docs/s (1 core) "
+          "| rensa from raw text docs/s (1 core) | ours full score docs/s (all cores) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    corpora = []
     man = args.data / "debian" / "manpages_rendered.jsonl.gz"
     if man.exists():
         with gzip.open(man, "rt", encoding="utf-8") as f:
-            print(measure("debian man pages", [json.loads(line)["text"] for line in f], cores))
+            corpora.append(("debian man pages", [json.loads(line)["text"] for line in f]))
     else:
         print(f"(skipped the man pages: {man} absent)", file=sys.stderr)
-    print(measure("synthetic 2 kB", synthetic(args.docs), cores))
+    corpora.append(("synthetic 2 kB", synthetic(args.docs)))
+    for name, texts in corpora:
+        print(measure(name, texts, cores))
+    print("\nWhere the score step's time goes (seconds, 1 core):\n")
+    print("| corpus | docs | normalise + split | 5-gram hashes | signatures | band keys | total | docs/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, texts in corpora:
+        print(parts(name, texts))
 
 
 if __name__ == "__main__":

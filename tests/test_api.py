@@ -183,7 +183,8 @@ def test_symlink_out_of_the_data_root_is_rejected(api, tmp_path):
 
 def test_auth_on_every_jobs_route(api, done_job):
     job_id = done_job["job_id"]
-    routes = [("get", "/jobs"), ("post", "/jobs"), ("get", f"/jobs/{job_id}"), ("post", f"/jobs/{job_id}/cancel"),
+    routes = [("get", "/jobs"), ("post", "/jobs"), ("get", f"/jobs/{job_id}"), ("get", f"/jobs/{job_id}/events"),
+              ("post", f"/jobs/{job_id}/cancel"),
               ("post", f"/jobs/{job_id}/retry"), ("get", f"/jobs/{job_id}/logs"), ("get", f"/jobs/{job_id}/stats"),
               ("get", f"/jobs/{job_id}/documents/a0"), ("get", f"/jobs/{job_id}/documents"),
               ("get", f"/jobs/{job_id}/drops"),
