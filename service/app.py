@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.ablations = AblationService(service)
             # The ~150,000 objects of the imports (Ray, pyarrow, FastAPI) never die: out of
             # the collector's sight, a full collection no longer stalls every request for
-            # 100-250 ms under load (p99 of GET /jobs/{id} 350 -> 90 ms, bench/RESULTS.md).
+            # 100-250 ms under load (p99 of GET /jobs/{id} 650 -> 34 ms, bench/RESULTS.md).
             gc.collect()
             gc.freeze()
             yield
