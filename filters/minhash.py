@@ -55,6 +55,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 from pydantic import Field, model_validator
 
@@ -152,6 +153,44 @@ def shingle_hashes(words: list[str], n: int, cache: dict[str, int]) -> np.ndarra
         return np.unique(_splitmix64(acc))
 
 
+def shingle_sets(normalised: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``shingle_hashes`` of every document at once: (the sorted unique hashes of all
+    documents, concatenated; offsets, ``len(normalised) + 1``). ``normalised`` is
+    ``normalise()``'s output, whose words are separated by single spaces. Arrow splits
+    and dictionary-encodes the words, so each distinct word is hashed once per call and
+    no Python runs per word or per document; the hashes are those of ``shingle_hashes``."""
+    docs = len(normalised)
+    words = pc.split_pattern(pa.array(normalised, pa.large_string()), " ")
+    counts = pc.list_value_length(words).to_numpy(zero_copy_only=False).astype(np.int64)
+    counts[np.array([not t for t in normalised], dtype=bool)] = 0  # "" splits into [""]: no words
+    flat = pc.list_flatten(words)
+    keep_word = np.repeat(counts > 0, pc.list_value_length(words).to_numpy(zero_copy_only=False))
+    encoded = pc.dictionary_encode(flat.filter(pa.array(keep_word)))
+    vocabulary = encoded.dictionary.to_pylist()
+    word_hash = np.fromiter((xxhash.xxh64_intdigest(w.encode()) for w in vocabulary), np.uint64, len(vocabulary))
+    w = word_hash[encoded.indices.to_numpy(zero_copy_only=False)]
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    m = len(w) - n + 1
+    if m <= 0:
+        return np.empty(0, np.uint64), np.zeros(docs + 1, np.int64)
+    acc = np.zeros(m, np.uint64)
+    with np.errstate(over="ignore"):
+        for i in range(n):
+            acc = acc * np.uint64(0x100000001B3) + w[i : i + m]
+        hashes = _splitmix64(acc)
+    # The n-gram starting at word j belongs to its document if it ends inside it.
+    doc = np.repeat(np.arange(docs), counts)[:m]
+    valid = np.arange(m) + n <= starts[doc + 1]
+    hashes = hashes[valid]
+    bounds = np.zeros(docs + 1, np.int64)
+    np.cumsum(np.bincount(doc[valid], minlength=docs), out=bounds[1:])
+    # Sorted and unique per document: a sort per segment is cheaper than one lexsort of all.
+    per_doc = [np.unique(hashes[bounds[i]:bounds[i + 1]]) for i in range(docs)]
+    offsets = np.zeros(docs + 1, np.int64)
+    np.cumsum([len(u) for u in per_doc], out=offsets[1:])
+    return (np.concatenate(per_doc) if docs else np.empty(0, np.uint64)), offsets
+
+
 @lru_cache(maxsize=8)
 def permutations(k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     gen = np.random.RandomState(seed)
@@ -225,9 +264,9 @@ class MinHashDedupV1(Stage[MinHashParams]):
 
     def score(self, docs: pa.Table) -> pa.Table:
         p = self.params
-        cache: dict[str, int] = {}
         texts = [t or "" for t in docs[TEXT].to_pylist()]
-        sets = [shingle_hashes(normalise(t, p).split(), p.ngram, cache) for t in texts]
+        flat, offsets = shingle_sets([normalise(t, p) for t in texts], p.ngram)
+        sets = np.split(flat, offsets[1:-1]) if len(texts) else []
         comparable = [i for i, s in enumerate(sets) if len(s)]
         k = p.bands * p.rows
         sig = signatures([sets[i] for i in comparable], k, p.seed)
@@ -242,7 +281,7 @@ class MinHashDedupV1(Stage[MinHashParams]):
             "too_short_to_compare": pa.array([len(s) == 0 for s in sets], pa.bool_()),
             "n_shingles": pa.array([len(s) for s in sets], pa.int64()),
             "chars": pa.array([len(t) for t in texts], pa.int64()),
-            "shingles": pa.array(sets, pa.list_(pa.uint64())),
+            "shingles": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat)),
             "signature": pa.array(sig_col, pa.list_(pa.uint32())),
             "band_keys": pa.array(key_col, pa.list_(pa.uint64())),
         })

@@ -18,6 +18,7 @@ from filters.minhash import (
     jaccard,
     normalise,
     shingle_hashes,
+    shingle_sets,
     signatures,
 )
 from filters.minhash_fit import _components
@@ -40,6 +41,29 @@ def edit(words: list[str], positions: list[int], tag: str) -> list[str]:
 def sets_of(*texts: str) -> list[np.ndarray]:
     p = MinHashParams()
     return [shingle_hashes(normalise(t, p).split(), 5, {}) for t in texts]
+
+
+def test_all_documents_at_once_hash_exactly_as_one_at_a_time():
+    """``shingle_sets`` (Arrow split and dictionary, one pass over every document) gives
+    each document the very hashes ``shingle_hashes`` gives it alone: empty, one-word and
+    exactly-n-word documents, repeated n-grams, words shared across documents, and
+    characters Python does not count as whitespace (zero-width space, a no-break space
+    normalise removes)."""
+    p = MinHashParams()
+    rng = random.Random(11)
+    texts = ["", "one", "a b c d", "a b c d e", "a b c d e a b c d e a b c d e", "x\u200by z w v u t",
+             "Café naïve\u00a0déjà vu, déjà vu encore et encore", "   ", "7 8 9 10 11 12"]
+    texts += [" ".join(rng.choice(VOCAB[:50]) for _ in range(rng.randint(0, 40))) for _ in range(300)]
+    rng.shuffle(texts)
+    for n in (1, 3, 5):
+        normalised = [normalise(t, p) for t in texts]
+        flat, offsets = shingle_sets(normalised, n)
+        assert len(offsets) == len(texts) + 1
+        for i, words in enumerate(normalised):
+            expected = shingle_hashes(words.split(), n, {})
+            assert np.array_equal(flat[offsets[i]:offsets[i + 1]], expected), (n, texts[i])
+    flat, offsets = shingle_sets([], 5)
+    assert len(flat) == 0 and list(offsets) == [0]
 
 
 def test_normalisation_follows_datatrove_steps():
