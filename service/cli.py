@@ -343,16 +343,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_values(items: list[str], option: str) -> dict | None:
+    """``KEY=VALUE`` arguments, each value read as YAML; None once a malformed one is reported."""
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"error: {option} takes KEY=VALUE (a YAML value), got {item!r}", file=sys.stderr)
+            return None
+        values[key] = yaml.safe_load(value)
+    return values
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     from workers.publish import PublishError, publish
 
-    options = {}
-    for item in args.storage_option:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            print(f"error: --storage-option takes KEY=VALUE (a YAML value), got {item!r}", file=sys.stderr)
-            return EXIT_USAGE
-        options[key] = yaml.safe_load(value)
+    options = _key_values(args.storage_option, "--storage-option")
+    if options is None:
+        return EXIT_USAGE
     # A folder with a manifest (a finished job's, or a copy of one) is read directly.
     folder = Path(args.job) if (Path(args.job) / "manifest.json").exists() else _job_folder(args.job, args.catalog)
     manifest = folder / "manifest.json"
@@ -410,13 +418,9 @@ def cmd_preview_selection(args: argparse.Namespace) -> int:
 
     from workers.reselect import ReselectError, preview_selection
 
-    params = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            print(f"error: --set takes KEY=VALUE (a YAML value), got {item!r}", file=sys.stderr)
-            return EXIT_USAGE
-        params[key] = yaml.safe_load(value)
+    params = _key_values(args.set, "--set")
+    if params is None:
+        return EXIT_USAGE
     folder = _job_folder(args.job, args.catalog)
     started = time.perf_counter()
     try:

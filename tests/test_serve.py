@@ -53,13 +53,18 @@ def test_first_start_prints_an_admin_key_once(server):
     assert auth["Authorization"].split()[1] not in stored  # only the hash is stored
 
 
-def test_submit_poll_in_parallel_and_download(server):
-    base, auth, _ = server
-    spec = {"name": "served", "inputs": ["*.parquet"], "output": "served",
+def launch(base: str, auth: dict, name: str) -> str:
+    """Submit exact dedup and quality rules over the fixture's shards, output ``name``."""
+    spec = {"name": name, "inputs": ["*.parquet"], "output": name,
             "stages": [{"stage": "exact_dedup_v1"}, {"stage": "quality_rules_v1"}]}
     resp = httpx.post(f"{base}/jobs", json=spec, headers=auth, timeout=30)
     assert resp.status_code == 201, resp.text
-    job_id = resp.json()["job_id"]
+    return resp.json()["job_id"]
+
+
+def test_submit_poll_in_parallel_and_download(server):
+    base, auth, _ = server
+    job_id = launch(base, auth, "served")
 
     def poll(_):
         r = httpx.get(f"{base}/jobs/{job_id}", headers=auth, timeout=30)
@@ -120,11 +125,7 @@ def test_many_viewers_follow_a_job_through_one_event_stream_each(server):
     """GET /jobs/{id}/events: each change once, in order, to every viewer; the stream ends
     with the final state, which equals GET /jobs/{id}."""
     base, auth, _ = server
-    spec = {"name": "watched", "inputs": ["*.parquet"], "output": "watched",
-            "stages": [{"stage": "exact_dedup_v1"}, {"stage": "quality_rules_v1"}]}
-    resp = httpx.post(f"{base}/jobs", json=spec, headers=auth, timeout=30)
-    assert resp.status_code == 201, resp.text
-    job_id = resp.json()["job_id"]
+    job_id = launch(base, auth, "watched")
     with ThreadPoolExecutor(20) as pool:
         streams = list(pool.map(lambda _: read_events(base, auth, job_id), range(20)))
     final = httpx.get(f"{base}/jobs/{job_id}", headers=auth).json()
