@@ -232,7 +232,9 @@ class Transformed:
     or ``drop`` (``reason[i]`` says why; required). ``created`` are new documents; in the
     new version each follows its parent. ``scores`` (n rows) go into lineage. ``stats``
     are counters of the whole call (e.g. tokens generated, cache hits): summed per stage
-    into the job's funnel."""
+    into the job's funnel. ``detail`` (n entries, JSON-able dicts or None) are facts about an
+    input that are not numbers (what matched, which spans were cut): recorded in its
+    lineage row at this stage, not carried into outputs."""
 
     action: list[str]
     text: list[str | None]
@@ -240,11 +242,14 @@ class Transformed:
     scores: pa.Table | None = None
     created: tuple[NewDoc, ...] = field(default_factory=tuple)
     stats: dict[str, float] = field(default_factory=dict)
+    detail: list[dict[str, Any] | None] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.action)
         if len(self.text) != n or len(self.reason) != n:
             raise ValueError(f"Transformed: action has {n} entries, text {len(self.text)}, reason {len(self.reason)}")
+        if self.detail is not None and len(self.detail) != n:
+            raise ValueError(f"Transformed.detail has {len(self.detail)} entries for {n} documents")
         if self.scores is not None and self.scores.num_rows != n:
             raise ValueError(f"Transformed.scores has {self.scores.num_rows} rows for {n} documents")
         for i, (a, t, r) in enumerate(zip(self.action, self.text, self.reason, strict=True)):

@@ -19,6 +19,7 @@ from pathlib import Path
 from filters.base import Stage
 from filters.c4_lines import C4LinesV1
 from filters.concept_prune import ConceptPruneV1
+from filters.decontam import DecontamV1
 from filters.exact_dedup import ExactDedupV1
 from filters.input_check import InputCheckV1
 from filters.minhash import MinHashDedupV1
@@ -28,7 +29,7 @@ from filters.quality_rules import QualityRulesV1
 from filters.rephrase import RephraseV1
 
 BUILTIN: tuple[type[Stage], ...] = (InputCheckV1, ExactDedupV1, QualityRulesV1, MinHashDedupV1, PerplexityV1,
-                                    C4LinesV1, PreselectV1, ConceptPruneV1, RephraseV1)
+                                    C4LinesV1, PreselectV1, ConceptPruneV1, RephraseV1, DecontamV1)
 
 # Runs first in every job so null/empty texts are recorded with a reason, never lost.
 BUILTIN_FIRST_STAGE = InputCheckV1.name

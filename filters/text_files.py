@@ -21,21 +21,8 @@ class TextFileError(ValueError):
 def read_records(path: str | Path, text_field: str = "text", where: dict | None = None) -> Iterator[dict]:
     """Records (dicts) that match every ``where`` field; each must have a string ``text_field``
     (an error names the file and line or row otherwise)."""
-    path = Path(path)
-    if not path.is_file():
-        raise TextFileError(f"{path} does not exist")
     where = where or {}
-    if path.name.endswith(".parquet"):
-        table = pq.read_table(path)
-        missing = [c for c in (text_field, *where) if c not in table.column_names]
-        if missing:
-            raise TextFileError(f"{path} has no column {missing[0]!r} (columns: {', '.join(table.column_names)})")
-        rows: Iterator[tuple[str, dict]] = ((f"{path} row {i}", r) for i, r in enumerate(table.to_pylist()))
-    elif path.name.endswith(JSONL):
-        rows = _jsonl(path)
-    else:
-        raise TextFileError(f"{path}: unknown format (use .jsonl, .jsonl.gz, .json.gz or .parquet)")
-    for place, record in rows:
+    for place, record in placed_records(path, (text_field, *where)):
         if not all(record.get(k) == v for k, v in where.items()):
             continue
         text = record.get(text_field)
@@ -43,6 +30,25 @@ def read_records(path: str | Path, text_field: str = "text", where: dict | None 
             what = "missing" if text_field not in record else f"{type(text).__name__}, not text"
             raise TextFileError(f"{place}: {text_field!r} is {what}")
         yield record
+
+
+def placed_records(path: str | Path, columns: tuple[str, ...] = ()) -> Iterator[tuple[str, dict]]:
+    """(where, record) of each record of a JSONL(.gz) or Parquet file; ``where`` names the
+    file and line (or row). A Parquet file must have every one of ``columns``."""
+    path = Path(path)
+    if not path.is_file():
+        raise TextFileError(f"{path} does not exist")
+    if path.name.endswith(".parquet"):
+        table = pq.read_table(path)
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise TextFileError(f"{path} has no column {missing[0]!r} (columns: {', '.join(table.column_names)})")
+        for i, batch_row in enumerate(table.to_pylist()):
+            yield f"{path} row {i}", batch_row
+    elif path.name.endswith(JSONL):
+        yield from _jsonl(path)
+    else:
+        raise TextFileError(f"{path}: unknown format (use .jsonl, .jsonl.gz, .json.gz or .parquet)")
 
 
 def _jsonl(path: Path) -> Iterator[tuple[str, dict]]:

@@ -1,5 +1,5 @@
-"""The ``curate`` command line: ingest, run, demo, why, jobs, schema, export-scores, export, publish, ablate,
-ablations, serve, keys, catalog.
+"""The ``curate`` command line: ingest, run, demo, why, jobs, schema, export-scores, contamination, export,
+publish, ablate, ablations, serve, keys, catalog.
 
 Exit status: 0 success; 1 a runtime failure (bad input data, a failed job, a missing or
 locked catalog, an unknown job, document, stage or key); 2 a usage error (argparse's, or a
@@ -306,6 +306,20 @@ def cmd_export_scores(args: argparse.Namespace) -> int:
               f"{result.stage} (job not finished); exported the rest", file=sys.stderr)
     print(f"wrote {result.rows} rows ({len(result.score_names)} scores, {args.format}) of "
           f"{result.stage_index:02d}-{result.stage} to {result.path}")
+    return 0
+
+
+def cmd_contamination(args: argparse.Namespace) -> int:
+    from workers.contamination_report import NoDecontamination, contamination_reports, format_reports
+
+    folder = JobFolder(_job_folder(args.job, args.catalog))
+    if not folder.started():
+        raise ExportError(f"{folder.root} is not a curate job folder (no job.json); was it moved or deleted?")
+    try:
+        reports = contamination_reports(folder)
+    except NoDecontamination as exc:
+        raise ExportError(f"{exc}: add one to the spec to check training text against eval sets") from None
+    print(json.dumps(reports, indent=1) if args.json else format_reports(reports, args.limit))
     return 0
 
 
@@ -627,6 +641,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=FORMATS, default="wide",
                         help="wide: a float64 column score_<name> per score (default); struct: one scores column")
     export.set_defaults(func=cmd_export_scores)
+
+    con = sub.add_parser("contamination", help="which eval items a job's training data held (decontam_v1)",
+                         description="The report of each decontam_v1 stage of a job: per eval set its items, "
+                                     "those found in training documents, and per item found the documents that "
+                                     "hold it and the best share of its n-grams in one document.")
+    con.add_argument("job", help="job id, job name (latest run) or output folder")
+    con.add_argument("--json", action="store_true", help="print the reports as JSON, every item")
+    con.add_argument("--limit", type=int, default=50, help="items to list per stage (default: 50)")
+    con.set_defaults(func=cmd_contamination)
 
     cat = sub.add_parser("catalog", help="maintain the DuckDB catalog",
                          description="Maintain the DuckDB lineage catalog.")

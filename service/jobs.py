@@ -333,6 +333,17 @@ class JobService:
         except FileNotFoundError:
             return {}
 
+    def contamination(self, job_id: str) -> dict:
+        from workers.contamination_report import NoDecontamination, contamination_reports
+
+        folder = JobFolder(self._row(job_id)["output"])
+        if not folder.started():
+            raise ServiceError(409, f"job {job_id} has not started yet", code="job_not_started")
+        try:
+            return {"job_id": job_id, "stages": contamination_reports(folder)}
+        except NoDecontamination as exc:
+            raise ServiceError(404, str(exc), code="stage_not_found") from None
+
     def artifact_file(self, job_id: str, stage: str, name: str) -> tuple[Path, str]:
         """Only a file recorded in job.json is served (no path from the request is opened)."""
         recorded = self.artifacts(job_id)

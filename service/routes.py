@@ -13,6 +13,7 @@ from service.job_events import stream
 from service.pagination import MAX_LIMIT
 from service.schemas import (
     Ablation,
+    ContaminationReports,
     DocumentLineage,
     DocumentRow,
     DropRow,
@@ -45,7 +46,7 @@ def _links(job_id: str, *operations: str, **more: str) -> dict[str, Any]:
 
 
 _FROM_JOB = ("get_job", "job_events", "cancel_job", "retry_job", "job_logs", "job_stats", "list_documents",
-             "dropped_documents", "job_manifest", "list_artifacts", "list_ablations")
+             "dropped_documents", "job_manifest", "list_artifacts", "contamination", "list_ablations")
 JOB_LINKS = _links("$response.body#/job_id", *_FROM_JOB)
 FIRST_JOB_LINKS = _links("$response.body#/items/0/job_id", *_FROM_JOB)
 FIRST_DOC_LINKS = _links("$request.path.job_id", "document_lineage", doc_id="$response.body#/items/0/doc_id")
@@ -197,6 +198,15 @@ async def list_artifacts(job_id: str, jobs: Jobs, _: ReadKey) -> dict[str, dict[
     """Files the job's fits wrote (e.g. preselect_v1's fastText classifier), by stage folder,
     each with the SHA256 recorded in job.json."""
     return jobs.artifacts(job_id)
+
+
+@router.get("/jobs/{job_id}/contamination", response_model=ContaminationReports, tags=["outputs"],
+            responses=ERRORS)
+async def contamination(job_id: str, jobs: Jobs, _: ReadKey) -> dict:
+    """What each ``decontam_v1`` stage of the job found: per eval set its items, how many of
+    them training documents held, and per item found the documents holding it and the best
+    share of its n-grams in one document. 404 for a job without the stage."""
+    return jobs.contamination(job_id)
 
 
 @router.get("/jobs/{job_id}/artifacts/{stage}/{file_name}", tags=["outputs"], response_class=FileResponse,

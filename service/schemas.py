@@ -190,6 +190,48 @@ class Manifest(_Open):
     completed_at: str
 
 
+class ContaminationItem(_Open):
+    eval_set: str
+    item: str
+    ngrams: int = Field(description="the item's distinct n-grams")
+    documents: int = Field(description="training documents holding at least one of them")
+    best_overlap: float = Field(description="the largest share of the item's n-grams found in one document")
+
+
+class EvalSetSummary(_Open):
+    name: str
+    path: str
+    items: int
+    too_short_items: int = Field(description="items with fewer words than the n-gram: they cannot match")
+    ngrams: int
+    items_found: int
+    documents: int = Field(description="training documents whose best-matching item is in this set")
+
+
+class ContaminationReport(_Open):
+    ngram: int
+    index: str
+    documents_checked: int
+    documents_matched: int
+    bloom_false_positive_ngrams: int = Field(description="index hits no eval item holds (discarded)")
+    ignored_frequent_ngrams: int
+    eval_sets: list[EvalSetSummary]
+    items: list[ContaminationItem]
+
+
+class ContaminationStage(_Open):
+    stage: str = Field(description="the stage folder, e.g. 02-decontam_v1")
+    action: str
+    ready: bool = Field(description="false until the stage has matched every document")
+    sha256: str | None = None
+    report: ContaminationReport | None = None
+
+
+class ContaminationReports(_Open):
+    job_id: str
+    stages: list[ContaminationStage]
+
+
 class Reselection(_Open):
     kept: int
     dropped: int

@@ -192,7 +192,7 @@ def test_auth_on_every_jobs_route(api, done_job):
               ("get", f"/jobs/{job_id}/outputs/x.parquet"), ("post", f"/jobs/{job_id}/ablations"),
               ("get", f"/jobs/{job_id}/ablations"), ("get", f"/jobs/{job_id}/ablations/abl-000000000000"),
               ("get", f"/jobs/{job_id}/ablations/abl-000000000000/plot.png"), ("get", f"/jobs/{job_id}/artifacts"),
-              ("get", f"/jobs/{job_id}/artifacts/01-x/model.bin")]
+              ("get", f"/jobs/{job_id}/artifacts/01-x/model.bin"), ("get", f"/jobs/{job_id}/contamination")]
     documented = {(m, p) for p, ops in api.get("/openapi.json").json()["paths"].items() for m in ops
                   if p.startswith("/jobs")}
     assert len(documented) == len(routes)  # every documented /jobs route is in this list
@@ -509,6 +509,33 @@ def test_an_ablation_runs_as_a_ray_job_and_serves_its_result(api, done_job):
     again = api.post(f"/jobs/{job_id}/ablations", json=body, headers=api.admin)
     assert again.status_code == 200 and again.json()["ablation_id"] == aid
     assert_error(api.get(f"/jobs/{job_id}/ablations/abl-000000000000", headers=api.read), 404, "ablation_not_found")
+
+
+def test_the_contamination_report_and_a_dropped_document_over_rest(api, done_job):
+    items = [{"id": f"e{i}", "question": " ".join(f"tok{i}x{j}" for j in range(15))} for i in range(3)]
+    (api.data / "evals").mkdir()
+    (api.data / "evals" / "qa.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
+    texts = [f"{GOOD} {items[0]['question']}.", GOOD.replace("city", "village"), f"{items[2]['question']} {GOOD}"]
+    write_shard(api.data / "dc" / "a.parquet", texts, ids=["c0", "c1", "c2"])
+    spec = {"name": "dc", "inputs": ["dc/*.parquet"], "output": "dc",
+            "stages": [{"stage": "decontam_v1", "params": {"eval_sets": [
+                {"name": "qa", "path": "evals/qa.jsonl", "fields": ["question"], "id_field": "id"}]}}]}
+    resp = submit(api, spec)
+    assert resp.status_code == 201, resp.text
+    job = wait_for(api, resp.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    body = api.get(f"/jobs/{job['job_id']}/contamination", headers=api.read).json()
+    [stage] = body["stages"]
+    assert stage["stage"] == "01-decontam_v1" and stage["ready"] and stage["action"] == "drop"
+    report = stage["report"]
+    assert (report["documents_checked"], report["documents_matched"]) == (3, 2)
+    assert [(i["item"], i["documents"], i["best_overlap"]) for i in report["items"]] == [("e0", 1, 1.0),
+                                                                                         ("e2", 1, 1.0)]
+    lineage = api.get(f"/jobs/{job['job_id']}/documents/c2", headers=api.read).json()
+    assert lineage["outcome"] == "dropped" and lineage["reason"] == "decontam.eval_overlap"
+    assert lineage["stages"][-1]["detail"] == {"eval_set": "qa", "eval_item": "e2"}
+    assert_error(api.get(f"/jobs/{done_job['job_id']}/contamination", headers=api.read), 404, "stage_not_found",
+                 "has no decontam_v1 stage")
 
 
 def test_a_fit_artifact_downloads_with_the_sha256_job_json_records(api):

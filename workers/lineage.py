@@ -149,6 +149,8 @@ def apply_transform(where: Where, docs: pa.Table, result: Transformed) -> tuple[
         text = result.text[i] if action == EDIT else texts[i]
         emit(ids[i], text, rows[i], parents[i], DROPPED if action == DROP else KEEP, result.reason[i],
              EDITED if action == EDIT else None, input_scores[i], details[i], action != DROP)
+        if result.detail is not None and result.detail[i]:  # the stage's facts, in lineage only
+            lineage_rows[DETAIL][-1] = detail_json(result.detail[i])
         for new in children.get(i, []):
             scores = [("chars_after", float(len(new.text)))] if new.reason is None else []
             scores += [(k, float(v)) for k, v in new.scores.items() if v is not None]
