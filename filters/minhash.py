@@ -41,6 +41,36 @@ removed only when its *own* Jaccard to the survivor it is assigned to is at leas
 ``min_survivor_jaccard`` (default 0.5); otherwise it starts a cluster of its own among
 the rest. No document is ever removed for a survivor it shares less than half its
 n-grams with. Survivors follow ``survivor``.
+
+Containment (``containment = t``, off by default; a fit parameter, so changing it never
+rescores). Jaccard misses a short document A pasted into a long one B: J(A, B) is low,
+but the containment C(A ⊆ B) = |A ∩ B| / |A| over the n-gram sets is high. After the
+Jaccard step, among the documents it keeps (a removed Jaccard duplicate is never a
+container or contained; its survivor stands for it), A is removed with reason
+``minhash.contained`` when some B *ranks above* it (more n-grams; equal counts: B comes
+earlier in input order) with exact C(A ⊆ B) ≥ t. Out of core, in SQL over the scores:
+  * sample: A's ``containment_sample`` (k) smallest n-gram hashes (the stored sets are
+    sorted and the hashes uniformly random, so a uniform sample without replacement; all
+    of A when |A| < k);
+  * join the samples with every kept document's full n-gram set (UNNEST of ``shingles``)
+    on the hash; count hits per (A, B) with B ranking above A; an n-gram hash held by more
+    than ``COMMON_NGRAM_DOCS`` (10,000) documents is left out of the join and of A's sample
+    size, so boilerplate never makes it quadratic (recall only can suffer);
+  * cut-off: a pair with k_A sampled hashes is a candidate when hits ≥ need(k_A), the
+    largest m ≥ 1 with P[Binomial(k_A, t) ≥ m] ≥ 0.995 (``containment_cutoffs``; e.g.
+    k = 32, t = 0.8: 19 hits). The hits of a pair at C ≥ t are (hypergeometric, more
+    concentrated than) Binomial(k_A, C), so each such pair is a candidate with probability
+    ≥ 0.995;
+  * verify: every candidate's exact |A ∩ B| / |A| from the stored sets; only pairs with
+    C ≥ t count, so no document is removed below t.
+Each contained A gets one container: one not itself contained first, then the highest C,
+then the earliest input order; its lineage has ``survivor_id`` = that container and the
+score ``containment`` = the verified C (the container gets no score). Since a container
+always ranks above what it contains, the top of every chain is kept. A Jaccard survivor
+that is contained goes too (its duplicates keep pointing at it as their survivor).
+Containment is not symmetric, so this is no replacement for Jaccard (an index such as
+datasketch's MinHashLSHEnsemble estimates it from signatures, approximately and in
+memory; the join here is exact after verification and runs out of core).
 """
 
 from __future__ import annotations
@@ -94,6 +124,11 @@ class MinHashParams(StageParams):
     min_survivor_jaccard: float = Field(
         0.5, ge=0, le=1, description="a document is removed only if its Jaccard to its survivor is at least this")
     verify: Literal["exact", "signature"] = "exact"
+    containment: float | None = Field(
+        None, gt=0, le=1, description="also remove a document whose n-grams are at least this much contained in "
+        "a longer document (None: Jaccard only)")
+    containment_sample: int = Field(32, ge=4, le=256, description="n-gram hashes sampled per document to find "
+                                    "containment candidates (bottom-k)")
     survivor: str = Field("min_id", description="min_id | longest | best_score:<stage>.<score>")
     lowercase: bool = True
     numbers_to_zero: bool = True
@@ -258,7 +293,7 @@ class MinHashDedupV1(Stage[MinHashParams]):
     name = "minhash_dedup_v1"
     Params = MinHashParams
     phases = (SCORE, FIT)
-    reasons = ("minhash.duplicate",)
+    reasons = ("minhash.duplicate", "minhash.contained")
     score_params = frozenset({"ngram", "bands", "rows", "seed", "lowercase", "numbers_to_zero",
                               "strip_punctuation", "strip_accents"})
 
@@ -298,22 +333,29 @@ class MinHashDedupV1(Stage[MinHashParams]):
     def fit(self, view: ScoreView | None, artifacts: Path) -> pa.Table:
         p = self.params
         return fit_minhash(scores_view(view, self.name), p.threshold, p.min_survivor_jaccard, p.verify, p.survivor,
-                           p.bands * p.rows)
+                           p.bands * p.rows, p.containment, p.containment_sample)
 
     def select(self, scores: pa.Table, fitted: Fitted | None) -> Selection:
         if fitted is None or fitted.table is None:
             raise ValueError("minhash_dedup_v1.select needs the result of fit()")
         clusters = {row[ID]: row for row in fitted.table.to_pylist()}
+        # A fit made without containment has no ``contained_in``: nothing is contained.
+        containment = self.params.containment is not None
         keep, reason, cluster, survivor = [], [], [], []
         extra: dict[str, list[float | None]] = {"cluster_size": [], "survivor_jaccard": [], "max_jaccard": []}
+        if containment:
+            extra["containment"] = []
         for doc_id in scores[ID].to_pylist():
             c = clusters.get(doc_id)
-            dropped = c is not None and c["survivor_id"] != doc_id
-            keep.append(not dropped)
-            reason.append("minhash.duplicate" if dropped else None)
+            container = c.get("contained_in") if c and containment else None
+            duplicate = c is not None and c["survivor_id"] is not None and c["survivor_id"] != doc_id
+            keep.append(not (duplicate or container))
+            reason.append("minhash.duplicate" if duplicate else "minhash.contained" if container else None)
             cluster.append(c["cluster_id"] if c else None)
-            survivor.append(c["survivor_id"] if c else None)
-            extra["cluster_size"].append(float(c["cluster_size"]) if c else 1.0)
+            survivor.append(container or (c["survivor_id"] if c else None))
+            extra["cluster_size"].append(float(c["cluster_size"]) if c and c["cluster_size"] else 1.0)
             extra["survivor_jaccard"].append(c["survivor_jaccard"] if c else None)
             extra["max_jaccard"].append(c["max_jaccard"] if c else None)
+            if containment:
+                extra["containment"].append(c["containment"] if c and container else None)
         return Selection(keep=keep, reason=reason, cluster_id=cluster, survivor_id=survivor, extra_scores=extra)

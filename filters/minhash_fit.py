@@ -4,7 +4,9 @@ Band keys, signatures and n-gram sets stay in the stage's score files: the fit w
 the out-of-core ``ScoreView`` the worker layer hands it (SQL over the score files, large
 intermediates spilled to disk), which groups band keys into buckets and expands buckets
 into candidate pairs. Python only ever holds the verified edges and the members of
-non-trivial clusters, never a per-document dict of the corpus.
+non-trivial clusters, never a per-document dict of the corpus. The containment mode
+(``_contained``) works the same way: a sample-and-join in SQL gives candidate pairs, and
+only their endpoints come into memory for the exact check.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from scipy.stats import binom
 
 from filters.base import ID, ScoreView
 
@@ -62,16 +65,17 @@ class _Endpoints:
     """Signatures and n-gram sets of the documents in at least one candidate pair: the
     only per-document data that comes into memory (duplicates, not the corpus)."""
 
-    def __init__(self, view: ScoreView, k: int) -> None:
-        t = view.sql("""
-            SELECT ord, shingles, signature FROM docs
-            WHERE ord IN (SELECT a FROM pairs UNION SELECT b FROM pairs) ORDER BY ord
+    def __init__(self, view: ScoreView, k: int | None, pairs: str = "pairs") -> None:
+        """``k`` None: n-gram sets only (for containment, which has no signature estimate)."""
+        t = view.sql(f"""
+            SELECT ord, shingles{", signature" if k else ""} FROM docs
+            WHERE ord IN (SELECT a FROM {pairs} UNION SELECT b FROM {pairs}) ORDER BY ord
         """)
         self.ords = t["ord"].to_numpy()
         sets = t["shingles"].combine_chunks()
         self.offsets = sets.offsets.to_numpy()
         self.values = sets.values.to_numpy()
-        self.sig = t["signature"].combine_chunks().values.to_numpy().reshape(-1, k)
+        self.sig = t["signature"].combine_chunks().values.to_numpy().reshape(-1, k) if k else np.empty((0, 0))
 
     def _rows(self, ords: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.ords, ords)
@@ -90,6 +94,15 @@ class _Endpoints:
             x, y = vals[off[i]:off[i + 1]], vals[off[j]:off[j + 1]]
             inter = len(np.intersect1d(x, y, assume_unique=True))
             out[n] = inter / (len(x) + len(y) - inter)
+        return out
+
+    def containment(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Exact |A ∩ B| / |A| of each pair."""
+        off, vals = self.offsets, self.values
+        out = np.empty(len(a))
+        for n, (i, j) in enumerate(zip(self._rows(a).tolist(), self._rows(b).tolist(), strict=True)):
+            x = vals[off[i]:off[i + 1]]
+            out[n] = len(np.intersect1d(x, vals[off[j]:off[j + 1]], assume_unique=True)) / len(x)
         return out
 
     def similarity(self, a: np.ndarray, b: np.ndarray, verify: str) -> np.ndarray:
@@ -154,8 +167,10 @@ def _survivor_order(view: ScoreView, rule: str, members: list[int]) -> dict:
 
 
 def fit_minhash(view: ScoreView, threshold: float, min_survivor_jaccard: float, verify: str, survivor: str,
-                k: int) -> pa.Table:
-    """Duplicate clusters: one row per member of a cluster of two or more (survivor included)."""
+                k: int, containment: float | None = None, containment_sample: int = 32) -> pa.Table:
+    """Duplicate clusters: one row per member of a cluster of two or more (survivor included).
+    With ``containment``, also one row per document contained in a longer one (columns
+    ``contained_in`` and ``containment``; null for the other rows)."""
     _load_docs(view)
     _candidate_pairs(view)
     ends = _Endpoints(view, k)
@@ -167,20 +182,105 @@ def fit_minhash(view: ScoreView, threshold: float, min_survivor_jaccard: float, 
     groups = _components(a, b)
     order = _survivor_order(view, survivor, [m for g in groups for m in g])
     assigned = _assign(ends, groups, order, min_survivor_jaccard, verify)
-    ids = {r["ord"]: r["id"] for r in view.sql(
-        "SELECT ord, id FROM docs WHERE ord IN (SELECT ord FROM members)").to_pylist()}
     sizes: dict[int, int] = defaultdict(int)
     for surv, _ in assigned.values():
         sizes[surv] += 1
-    rows = [(m, s, sj) for m, (s, sj) in assigned.items() if sizes[s] > 1]
-    return pa.table({
-        ID: pa.array([ids[m] for m, _, _ in rows], pa.string()),
-        "cluster_id": pa.array([ids[s] for _, s, _ in rows], pa.string()),
-        "cluster_size": pa.array([sizes[s] for _, s, _ in rows], pa.int64()),
-        "survivor_id": pa.array([ids[s] for _, s, _ in rows], pa.string()),
-        "survivor_jaccard": pa.array([sj for _, _, sj in rows], pa.float64()),
-        "max_jaccard": pa.array([best.get(m, 0.0) for m, _, _ in rows], pa.float64()),
-    })
+    rows = {m: (s, sj) for m, (s, sj) in assigned.items() if sizes[s] > 1}
+    contained = {} if containment is None else _contained(
+        view, [m for m, (s, _) in rows.items() if s != m], containment, containment_sample)
+    rows_at = [*rows, *(m for m in contained if m not in rows)]
+    view.register("named", pa.table({"ord": pa.array(
+        [*rows_at, *(s for s, _ in rows.values()), *(c for c, _ in contained.values())], pa.int64())}))
+    ids = {r["ord"]: r["id"] for r in view.sql(
+        "SELECT ord, id FROM docs WHERE ord IN (SELECT ord FROM named)").to_pylist()}
+    cols = {
+        ID: pa.array([ids[m] for m in rows_at], pa.string()),
+        "cluster_id": pa.array([ids[rows[m][0]] if m in rows else None for m in rows_at], pa.string()),
+        "cluster_size": pa.array([sizes[rows[m][0]] if m in rows else None for m in rows_at], pa.int64()),
+        "survivor_id": pa.array([ids[rows[m][0]] if m in rows else None for m in rows_at], pa.string()),
+        "survivor_jaccard": pa.array([rows[m][1] if m in rows else None for m in rows_at], pa.float64()),
+        "max_jaccard": pa.array([best.get(m, 0.0) if m in rows else None for m in rows_at], pa.float64()),
+    }
+    if containment is not None:
+        cols["contained_in"] = pa.array([ids[contained[m][0]] if m in contained else None for m in rows_at],
+                                        pa.string())
+        cols["containment"] = pa.array([contained[m][1] if m in contained else None for m in rows_at], pa.float64())
+    return pa.table(cols)
+
+
+# Containment candidates (see the module docstring of ``filters/minhash.py``). Each pair
+# with C(A ⊆ B) ≥ t is found with probability ≥ CONTAINMENT_RECALL (per pair, before the
+# common n-gram guard below).
+CONTAINMENT_RECALL = 0.995
+# A sampled n-gram hash found in more documents than this (boilerplate: a licence line, a
+# cookie banner) is left out of the sample join: it alone would give (documents sampling
+# it) × (documents holding it) rows, quadratic in its frequency. The documents sampling it
+# are judged on the rest of their sample (the cut-off follows its smaller size); a
+# document made only of such n-grams gets no containment candidates (it is, in practice,
+# a Jaccard duplicate of its many copies). This can only lose recall, never add a removal.
+COMMON_NGRAM_DOCS = 10_000
+
+
+def containment_cutoffs(t: float, sample: int) -> np.ndarray:
+    """``need[j]`` for a sample of j hashes: the largest m ≥ 1 with P[Binomial(j, t) ≥ m] ≥
+    CONTAINMENT_RECALL. The sample is drawn without replacement, so its hit count is
+    hypergeometric, which is more concentrated than the binomial: the bound is conservative.
+    ``need[j]`` ≤ ⌈t·j⌉, so when the sample is all of A (|A| ≤ k) a pair at C ≥ t always
+    passes. Only a sample so small that even one hit misses the recall ((1 − t)^j > 0.005:
+    j < 4 at t = 0.8, j < 15 at t = 0.3) has less, when it is not a whole set: what the
+    boilerplate cut left of a sample, or a ``containment_sample`` that small."""
+    need = np.ones(sample + 1, np.int64)
+    for j in range(1, sample + 1):
+        tail = binom.sf(np.arange(j + 1) - 1, j, t)  # P[X ≥ m] for m = 0..j, decreasing in m
+        need[j] = max(1, int(np.flatnonzero(tail >= CONTAINMENT_RECALL).max()))
+    return need
+
+
+def _contained(view: ScoreView, jaccard_removed: list[int], t: float, sample: int) -> dict[int, tuple[int, float]]:
+    """Contained document ord → (its container's ord, the exact containment), over the
+    documents the Jaccard step keeps. A is contained in B when B ranks above A (more
+    n-grams; equal counts: the earlier input) and |A ∩ B| / |A| ≥ t."""
+    view.register("jaccard_removed", pa.table({"ord": pa.array(jaccard_removed, pa.int64())}))
+    view.register("cutoffs", pa.table({"k": pa.array(range(sample + 1), pa.int64()),
+                                       "need": pa.array(containment_cutoffs(t, sample))}))
+    view.execute("""
+        CREATE OR REPLACE TEMP VIEW jkept AS
+        SELECT ord, n_shingles AS n, shingles FROM docs WHERE ord NOT IN (SELECT ord FROM jaccard_removed)
+    """)
+    # Bottom-k sample: the stored sets are sorted, and the hashes uniformly random, so the
+    # ``sample`` smallest are a uniform sample without replacement (all of a smaller set).
+    view.execute(f"CREATE OR REPLACE TEMP TABLE c_sample AS "
+                 f"SELECT ord AS a, n AS na, unnest(shingles[1:{sample}]) AS h FROM jkept")
+    # Every kept document's n-grams that are in some sample (a semi-join: linear in the corpus).
+    view.execute("""
+        CREATE OR REPLACE TEMP TABLE c_post AS
+        SELECT b, nb, h FROM (SELECT ord AS b, n AS nb, unnest(shingles) AS h FROM jkept)
+        WHERE h IN (SELECT h FROM c_sample)
+    """)
+    view.execute(f"CREATE OR REPLACE TEMP TABLE c_common AS "
+                 f"SELECT h FROM c_post GROUP BY h HAVING count(*) > {COMMON_NGRAM_DOCS}")
+    view.execute("DELETE FROM c_sample WHERE h IN (SELECT h FROM c_common)")
+    view.execute("DELETE FROM c_post WHERE h IN (SELECT h FROM c_common)")
+    # Sets are unique, so count(*) per (a, b) is |sample(A) ∩ B|.
+    view.execute("""
+        CREATE OR REPLACE TEMP TABLE c_pairs AS
+        SELECT a, b FROM (
+            SELECT s.a, p.b, count(*) AS hits FROM c_sample s
+            JOIN c_post p ON p.h = s.h AND (p.nb > s.na OR (p.nb = s.na AND p.b < s.a))
+            GROUP BY s.a, p.b
+        ) JOIN (SELECT a, count(*) AS k FROM c_sample GROUP BY a) USING (a) JOIN cutoffs USING (k)
+        WHERE hits >= need
+    """)
+    pairs = view.sql("SELECT a, b FROM c_pairs ORDER BY a, b")
+    a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
+    c = _Endpoints(view, None, "c_pairs").containment(a, b) if len(a) else np.empty(0)
+    ok = c >= t
+    found: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for u, v, x in zip(a[ok].tolist(), b[ok].tolist(), c[ok].tolist(), strict=True):
+        found[u].append((v, x))
+    # Every contained document goes; its container is, in order of preference, one that is
+    # itself kept (not contained), the most containing, the earliest in input order.
+    return {u: min(cs, key=lambda vx: (vx[0] in found, -vx[1], vx[0])) for u, cs in found.items()}
 
 
 def _assign(ends: _Endpoints, groups: list[list[int]], order: dict, threshold: float, verify: str) -> dict:

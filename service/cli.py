@@ -252,8 +252,9 @@ def _print_stages(stages: list[dict], indent: str) -> None:
         if s["cluster_id"]:
             cid = s["cluster_id"]
             extra = f"  cluster={cid if len(cid) <= 16 else cid[:12]}"  # a hash is shortened, a name is not
-        if s["survivor_id"]:  # a duplicate names the document it duplicates
-            extra += f" survivor={s['survivor_id']}"
+        if s["survivor_id"]:  # a duplicate names the document it duplicates, a partial copy its container
+            label = "contained_in" if s["reason"] == "minhash.contained" else "survivor"
+            extra += f" {label}={s['survivor_id']}"
         scores = dict(s["scores"] or {})
         if s["change"] == "edited":
             extra += f"  edited: {scores.get('chars_before', 0):.0f} -> {scores.get('chars_after', 0):.0f} chars"

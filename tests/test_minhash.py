@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_shard
+from conftest import run_cli, write_shard
 
 from filters.minhash import (
     MinHashDedupV1,
@@ -221,3 +221,139 @@ def test_a_bucket_larger_than_the_all_pairs_limit_forms_the_same_cluster(tmp_pat
     assert {d[k]["survivor_id"] for k in dropped} == {"p000"} and d["o"]["decision"] == "keep"
     assert all(d[k]["scores"]["cluster_size"] == 300 and d[k]["scores"]["survivor_jaccard"] > 0.9 for k in dropped)
     assert manifest["output"]["rows"] == 2
+
+
+# -- containment mode ----------------------------------------------------------------------
+
+def containment_of(a: np.ndarray, b: np.ndarray) -> float:
+    return len(np.intersect1d(a, b, assume_unique=True)) / len(a)
+
+
+def run_local(docs: dict[str, str], **params) -> dict[str, dict]:
+    """The stage through the in-process runner (same steps, fit and lineage as a job), in
+    units of 5 documents; lineage rows by document id."""
+    from workers.local import run_stage
+
+    table = pa.table({"id": list(docs), "text": list(docs.values())})
+    return run_stage(("minhash_dedup_v1", params), table, unit_rows=5).by_id("minhash_dedup_v1")
+
+
+@pytest.fixture
+def pasted():
+    """Per level c, a short document A<c> (104 words: 100 5-grams) and a long one B<c> of
+    its own random filler with A's first 4 + 100·c words pasted in the middle, so
+    C(A ⊆ B) = c; plus an exact copy of B0.95 (a Jaccard duplicate, removed as one)."""
+    rng = random.Random(3)
+
+    def words(n: int) -> list[str]:
+        return [rng.choice(VOCAB) for _ in range(n)]
+
+    docs = {}
+    for c in (0.3, 0.5, 0.7, 0.79, 0.8, 0.85, 0.95, 1.0):
+        a = words(104)
+        docs[f"A{c}"] = " ".join(a)
+        docs[f"B{c}"] = " ".join(words(300) + a[:4 + round(100 * c)] + words(300))
+    docs["B0.95copy"] = docs["B0.95"]
+    sets = dict(zip(docs, sets_of(*docs.values()), strict=True))
+    return docs, sets
+
+
+def test_containment_removes_exactly_the_shorter_document_at_or_above_the_threshold(pasted):
+    docs, sets = pasted
+    levels = {k: containment_of(sets[k], sets["B" + k[1:]]) for k in docs if k.startswith("A")}
+    assert levels["A0.79"] == pytest.approx(0.79) and levels["A0.8"] == pytest.approx(0.8)
+    assert max(jaccard(sets[k], sets["B" + k[1:]]) for k in levels) < 0.2  # invisible to Jaccard
+    d = run_local(docs, containment=0.8)
+    for a, c in levels.items():
+        row = d[a]
+        if c >= 0.8:
+            assert (row["decision"], row["reason"], row["survivor_id"]) == ("drop", "minhash.contained", "B" + a[1:])
+            assert row["scores"]["containment"] == pytest.approx(c)
+        else:
+            assert row["decision"] == "keep" and row["survivor_id"] is None and "containment" not in row["scores"]
+    for b in (k for k in docs if k.startswith("B") and k != "B0.95copy"):  # the longer document is kept
+        assert d[b]["decision"] == "keep" and "containment" not in d[b]["scores"]
+    # the Jaccard duplicate keeps its treatment; its survivor is the container
+    assert (d["B0.95copy"]["reason"], d["B0.95copy"]["survivor_id"]) == ("minhash.duplicate", "B0.95")
+    reasons = [r["reason"] for r in d.values() if r["reason"]]
+    assert sorted(reasons) == ["minhash.contained"] * 4 + ["minhash.duplicate"]
+
+    plain = run_local(docs)  # containment off: only the exact copy goes, as before
+    assert [k for k, r in plain.items() if r["decision"] == "drop"] == ["B0.95copy"]
+    assert all("containment" not in r["scores"] for r in plain.values())
+
+
+def test_containment_chain_and_equal_length_ties():
+    """A ⊂ B ⊂ D: both A and B go, and A's container is D (kept) rather than B (itself
+    contained). E1/E2 have the same number of 5-grams and share 86 of 106 (C = 0.81,
+    J = 0.68): the later one in input order goes."""
+    rng = random.Random(8)
+
+    def words(n: int) -> list[str]:
+        return [rng.choice(VOCAB) for _ in range(n)]
+
+    a = words(60)
+    b = words(70) + a + words(70)
+    x = words(90)
+    docs = {"A": " ".join(a), "B": " ".join(b), "D": " ".join(words(300) + b + words(300)),
+            "E1": " ".join(x + words(20)), "E2": " ".join(x + words(20)), "G": " ".join(words(200))}
+    sets = dict(zip(docs, sets_of(*docs.values()), strict=True))
+    assert len(sets["E1"]) == len(sets["E2"]) and containment_of(sets["E2"], sets["E1"]) == pytest.approx(86 / 106)
+    d = run_local(docs, containment=0.8)
+    assert {k: (r["decision"], r["reason"], r["survivor_id"]) for k, r in d.items()} == {
+        "A": ("drop", "minhash.contained", "D"), "B": ("drop", "minhash.contained", "D"), "D": ("keep", None, None),
+        "E1": ("keep", None, None), "E2": ("drop", "minhash.contained", "E1"), "G": ("keep", None, None)}
+    assert d["A"]["scores"]["containment"] == 1.0 and d["E2"]["scores"]["containment"] == pytest.approx(86 / 106)
+    assert {k for k, r in run_local(docs, containment=0.9).items() if r["decision"] == "drop"} == {"A", "B"}
+
+
+def test_containment_skips_boilerplate_ngrams_in_the_join(monkeypatch):
+    """A header every document carries is above COMMON_NGRAM_DOCS (lowered to 3 here): it
+    leaves the sample join, and A (header + passage) is still found inside B by the rest
+    of its sample, while the documents sharing only the header stay."""
+    import filters.minhash_fit
+
+    monkeypatch.setattr(filters.minhash_fit, "COMMON_NGRAM_DOCS", 3)
+    rng = random.Random(9)
+
+    def words(n: int) -> list[str]:
+        return [rng.choice(VOCAB) for _ in range(n)]
+
+    header, passage = words(40), words(60)
+    docs = {"A": " ".join(header + passage), "B": " ".join(header + words(200) + passage + words(100))}
+    docs |= {f"O{i}": " ".join(header + words(300)) for i in range(5)}
+    d = run_local(docs, containment=0.8, containment_sample=64)
+    assert {k for k, r in d.items() if r["decision"] == "drop"} == {"A"} and d["A"]["survivor_id"] == "B"
+
+
+def test_containment_cutoffs_keep_the_promised_recall():
+    from scipy.stats import binom
+
+    from filters.minhash_fit import CONTAINMENT_RECALL, containment_cutoffs
+
+    for t in (0.5, 0.8, 0.95, 1.0):
+        need = containment_cutoffs(t, 64)
+        for k in range(1, 65):
+            # a pair at C = t passes (a sample too small for that even at one hit needs one) ...
+            assert binom.sf(need[k] - 1, k, t) >= CONTAINMENT_RECALL or need[k] == 1
+            assert binom.sf(need[k], k, t) < CONTAINMENT_RECALL  # ... and it is the largest such cut
+            assert need[k] <= np.ceil(t * k - 1e-9)  # a whole set (|A| ≤ k) at C ≥ t always passes
+    assert containment_cutoffs(0.8, 32)[32] == 19 and containment_cutoffs(1.0, 32)[32] == 32
+    assert not {"containment", "containment_sample"} & MinHashDedupV1.score_params  # a refit, never a rescore
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_curate_why_names_the_containing_document(pasted, tmp_path):
+    import json
+
+    docs, _ = pasted
+    write_shard(tmp_path / "in" / "a.parquet", list(docs.values()), ids=list(docs))
+    spec = tmp_path / "contained.json"
+    spec.write_text(json.dumps({"name": "contained", "inputs": [str(tmp_path / "in" / "*.parquet")],
+                                "output": str(tmp_path / "out"),
+                                "stages": [{"stage": "minhash_dedup_v1", "params": {"containment": 0.8}}]}))
+    assert "minhash.contained" in run_cli("run", str(spec), "--no-progress").stdout
+    why = run_cli("why", "contained", "A0.85").stdout
+    assert "DROPPED at minhash_dedup_v1: minhash.contained" in why and "contained_in=B0.85" in why
+    assert "containment=0.85" in why
+    assert "survivor=B0.95" in run_cli("why", "contained", "B0.95copy").stdout
