@@ -46,6 +46,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from filters import bloom
@@ -72,9 +73,25 @@ INDEX_FILE, BLOOM_NAME, INDEX_FACTS, REPORT_FILE = "ngrams.npy", "bloom", "index
 BATCH = 4096
 
 
+# ASCII letters and digits lowercased, every other ASCII byte a space: for an ASCII text,
+# one bytes.translate gives what WORD finds, ~10x faster than the regex.
+_ASCII_WORDS = bytes((ord(chr(i).lower()) if chr(i).isalnum() else 32) for i in range(128)) + b" " * 128
+
+
+def word_runs(text: str) -> str:
+    """The text's words separated by whitespace (lowercased by ``ngrams_at(lower=True)``)."""
+    if text.isascii():
+        return text.encode("ascii").translate(_ASCII_WORDS).decode("ascii")
+    return " ".join(WORD.findall(text))
+
+
 def spaced_words(text: str) -> str:
-    """The document's words, lowercased, separated by single spaces."""
-    return " ".join(WORD.findall(text)).lower()
+    """The words as the index sees them: lowercased, separated by single spaces."""
+    return " ".join(ngram_words(text))
+
+
+def ngram_words(text: str) -> list[str]:
+    return pc.utf8_lower(pc.utf8_split_whitespace(pa.array([word_runs(text)]))[0].values).to_pylist()
 
 
 def word_spans(text: str) -> list[tuple[int, int]]:
@@ -112,7 +129,7 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
 
 def _item_ngrams(texts: list[str], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct n-gram hashes of each text: (hash, text index) pairs, and words per text."""
-    h, doc, _, counts = ngrams_at([spaced_words(t) for t in texts], n)
+    h, doc, _, counts = ngrams_at([word_runs(t) for t in texts], n, lower=True)
     pairs = np.unique(np.stack([doc.astype(np.uint64), h]), axis=1)
     return pairs[1], pairs[0].astype(np.int64), counts
 
@@ -122,17 +139,25 @@ class _Index:
         facts = json.loads((folder / INDEX_FACTS).read_text())
         self.kind = facts["index"]
         if self.kind == "exact":
-            self.keys = np.load(folder / INDEX_FILE, mmap_mode="r")
+            self.keys = np.load(folder / INDEX_FILE)
+            # A table of which top-``bits`` prefixes occur (~1/16 full): most n-grams of a
+            # clean document miss it, and only the rest pay for a binary search.
+            self.bits = int(np.clip(np.ceil(np.log2(max(len(self.keys), 1) * 16)), 16, 26))
+            self.prefixes = np.zeros(1 << self.bits, bool)
+            self.prefixes[self.keys >> np.uint64(64 - self.bits)] = True
         else:
             self.words, self.shape = bloom.load(folder, BLOOM_NAME)
 
     def contains(self, hashes: np.ndarray) -> np.ndarray:
         if self.kind == "bloom":
             return bloom.contains(self.words, self.shape, hashes)
+        found = np.zeros(len(hashes), bool)
         if len(self.keys) == 0 or len(hashes) == 0:
-            return np.zeros(len(hashes), bool)
-        at = np.minimum(np.searchsorted(self.keys, hashes), len(self.keys) - 1)
-        return np.asarray(self.keys[at] == hashes)
+            return found
+        maybe = np.flatnonzero(self.prefixes[hashes >> np.uint64(64 - self.bits)])
+        at = np.minimum(np.searchsorted(self.keys, hashes[maybe]), len(self.keys) - 1)
+        found[maybe] = self.keys[at] == hashes[maybe]
+        return found
 
 
 def _list_column(values: np.ndarray, groups: np.ndarray, n: int, kind: pa.DataType) -> pa.Array:
@@ -197,7 +222,7 @@ class DecontamV1(TransformStage[DecontamParams]):
     # -- 2: per document ---------------------------------------------------------------------
     def match(self, docs: pa.Table, fitted: Fitted | None = None) -> pa.Table:
         n_docs, n = docs.num_rows, self.params.ngram
-        h, doc, start, counts = ngrams_at([spaced_words(t or "") for t in docs[TEXT].to_pylist()], n)
+        h, doc, start, counts = ngrams_at([word_runs(t or "") for t in docs[TEXT].to_pylist()], n, lower=True)
         hit = self._loaded_index(fitted).contains(h)
         return pa.table({
             "ngrams": pa.array(np.maximum(counts - n + 1, 0), pa.int64()),

@@ -33,17 +33,19 @@ def rolling_ngrams(word_hashes: np.ndarray, n: int) -> np.ndarray:
         return splitmix64(acc)
 
 
-def ngrams_at(spaced: list[str], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def ngrams_at(spaced: list[str], n: int, lower: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every word n-gram of every document: (hashes, document index, start word within the
     document, words per document). ``spaced`` holds each document's words separated by
-    single spaces (an empty string: no words). Hashes are in document order, then position."""
+    whitespace; ``lower`` lowercases the words first (Arrow's ``utf8_lower``). Hashes are
+    in document order, then position."""
     docs = len(spaced)
-    words = pc.split_pattern(pa.array(spaced, pa.large_string()), " ")
+    words = pc.utf8_split_whitespace(pa.array(spaced, pa.large_string()))
     lengths = pc.list_value_length(words).to_numpy(zero_copy_only=False).astype(np.int64)
-    counts = lengths.copy()
-    counts[np.array([not t for t in spaced], dtype=bool)] = 0  # "" splits into [""]: no words
-    flat = pc.list_flatten(words).filter(pa.array(np.repeat(counts > 0, lengths)))
-    encoded = pc.dictionary_encode(flat)
+    flat = pc.list_flatten(words)
+    present = pc.greater(pc.binary_length(flat), 0).to_numpy(zero_copy_only=False)
+    counts = np.bincount(np.repeat(np.arange(docs), lengths)[present], minlength=docs).astype(np.int64)
+    flat = flat.filter(pa.array(present))
+    encoded = pc.dictionary_encode(pc.utf8_lower(flat) if lower else flat)
     vocabulary = encoded.dictionary.to_pylist()
     word_hash = np.fromiter((xxhash.xxh64_intdigest(w.encode()) for w in vocabulary), np.uint64, len(vocabulary))
     hashes = rolling_ngrams(word_hash[encoded.indices.to_numpy(zero_copy_only=False)], n)
