@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from filters.base import Fitted  # noqa: E402
-from filters.decontam import DecontamV1, word_spans  # noqa: E402
+from filters.contamination import word_spans  # noqa: E402
+from filters.decontam import DecontamV1  # noqa: E402
 from workers.local import run_stages  # noqa: E402
 
 SENTENCE = re.compile(r"(?<=[.!?]) (?=[A-Z])")

@@ -37,7 +37,6 @@ Items with fewer than ``ngram`` words cannot match and are counted in the report
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from itertools import islice
@@ -46,7 +45,6 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from filters import bloom
@@ -65,38 +63,12 @@ from filters.base import (
     TransformStage,
     scores_view,
 )
+from filters.contamination import word_runs, word_spans
 from filters.eval_sets import EvalSet, read_items
 from filters.word_ngrams import ngrams_at
 
-WORD = re.compile(r"[^\W_]+")
 INDEX_FILE, BLOOM_NAME, INDEX_FACTS, REPORT_FILE = "ngrams.npy", "bloom", "index.json", "report.json"
 BATCH = 4096
-
-
-# ASCII letters and digits lowercased, every other ASCII byte a space: for an ASCII text,
-# one bytes.translate gives what WORD finds, ~10x faster than the regex.
-_ASCII_WORDS = bytes((ord(chr(i).lower()) if chr(i).isalnum() else 32) for i in range(128)) + b" " * 128
-
-
-def word_runs(text: str) -> str:
-    """The text's words separated by whitespace (lowercased by ``ngrams_at(lower=True)``)."""
-    if text.isascii():
-        return text.encode("ascii").translate(_ASCII_WORDS).decode("ascii")
-    return " ".join(WORD.findall(text))
-
-
-def spaced_words(text: str) -> str:
-    """The words as the index sees them: lowercased, separated by single spaces."""
-    return " ".join(ngram_words(text))
-
-
-def ngram_words(text: str) -> list[str]:
-    return pc.utf8_lower(pc.utf8_split_whitespace(pa.array([word_runs(text)]))[0].values).to_pylist()
-
-
-def word_spans(text: str) -> list[tuple[int, int]]:
-    """Character span of each word, in the order ``spaced_words`` lists them."""
-    return [m.span() for m in WORD.finditer(text)]
 
 
 class DecontamParams(StageParams):

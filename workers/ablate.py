@@ -177,9 +177,8 @@ def _decontaminate(arms: list[Arm], eval_texts: list[str], drop: bool) -> dict[s
     shared_by_text: dict[str, set[int]] = {}  # arms share most texts: hash each one once
     report = {}
     for arm in arms:
-        for text in arm.texts:
-            if text not in shared_by_text:
-                shared_by_text[text] = ngrams.shared(text)
+        todo = list({t for t in arm.texts if t not in shared_by_text})
+        shared_by_text.update(zip(todo, ngrams.shared_all(todo), strict=True))
         shared = [shared_by_text[t] for t in arm.texts]
         overlap = ngrams.overlap(shared)
         report[arm.name] = {"documents": overlap.documents, "contaminated": overlap.contaminated,
