@@ -154,6 +154,11 @@ def main() -> int:
     fitted = Fitted(None, artifacts)
     texts = table["text"].to_pylist()
     ours_s, scores = best_of(lambda: stage.match(table.select(["id", "text"]), fitted))
+    bloom_stage = DecontamV1({"eval_sets": sets, "index": "bloom"})
+    (work / "bloom-index").mkdir()
+    index_s, _ = best_of(lambda: bloom_stage.index(None, work / "bloom-index"), repeats=1)
+    bloom_s, bloom_scores = best_of(lambda: bloom_stage.match(table.select(["id", "text"]),
+                                                              Fitted(None, work / "bloom-index")))
     base_s, base_hits = best_of(lambda: baseline_match([it["text"] for it in items], texts, 13))
     ours_hits = [c > 0 for c in scores["candidates"].to_pylist()]
     mb = sum(len(t.encode()) for t in texts) / 1e6
@@ -169,12 +174,16 @@ def main() -> int:
     print(f"| flag: flagged == planted, nothing removed | {flagged == set(planted)}, "
           f"{results['flag'][0].output.num_rows == len(docs)} |")
     print()
-    print(f"| matching step ({len(docs)} docs, {mb:.1f} MB) | seconds | docs/s | MB/s | same hits |")
+    print(f"| matching step ({len(docs)} docs, {mb:.1f} MB) | seconds | docs/s | MB/s | docs with a hit |")
     print("|---|---:|---:|---:|---:|")
     print(f"| decontam_v1.match (index loaded) | {ours_s:.3f} | {len(docs) / ours_s:,.0f} | {mb / ours_s:.1f} | "
-          f"{ours_hits == base_hits} |")
+          f"{sum(ours_hits)} |")
+    print(f"| decontam_v1.match, Bloom index (1e-6) | {bloom_s:.3f} | {len(docs) / bloom_s:,.0f} | "
+          f"{mb / bloom_s:.1f} | {sum(c > 0 for c in bloom_scores['candidates'].to_pylist())} (false hits are dropped "
+          "by the report fit) |")
     print(f"| Python set of 13-gram strings (baseline, incl. building its set) | {base_s:.3f} | "
-          f"{len(docs) / base_s:,.0f} | {mb / base_s:.1f} | |")
+          f"{len(docs) / base_s:,.0f} | {mb / base_s:.1f} | {sum(base_hits)} |")
+    print(f"\nindex fit (Bloom, {len(items)} items read, hashed and inserted): {index_s:.3f} s")
     print()
     print("| whole job through the in-process runner | seconds |")
     print("|---|---:|")
