@@ -296,6 +296,9 @@ class Stage(Generic[P]):
     score_params: ClassVar[frozenset[str]] = frozenset()
     # Transforms that create documents give outputs ``parent_id`` and ``detail`` columns.
     creates_documents: ClassVar[bool] = False
+    # True when what a stage removes depends on pairs of documents (duplicates): a sample
+    # holds both copies of few pairs, so a plan made on one undercounts the removals.
+    sample_undercounts: ClassVar[bool] = False
     # A folder of this stage in the job folder, kept across reruns of the job (a cache of
     # paid model calls, a budget ledger); set by the runner, None outside a job.
     workspace: Path | None = None

@@ -93,6 +93,7 @@ class ConceptPruneV1(Stage[ConceptPruneParams]):
     phases = (Phase.fit("prepare"), Phase.score("embed"), Phase.fit("cluster"))
     reasons = ("concept.empty", "concept.semantic_duplicate", "concept.pruned_prototypical",
                "concept.pruned_over_quota")
+    sample_undercounts = True  # semantic duplicates are pairs
     score_params = frozenset({"embedder", "k", "niter", "seed", "max_train_points"})
 
     def __init__(self, params=None) -> None:

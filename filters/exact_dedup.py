@@ -45,6 +45,7 @@ class ExactDedupV1(Stage[ExactDedupParams]):
     Params = ExactDedupParams
     phases = (SCORE, FIT)
     reasons = ("exact_dedup.duplicate",)
+    sample_undercounts = True
     score_params = frozenset(ExactDedupParams.model_fields)
 
     def score(self, docs: pa.Table) -> pa.Table:

@@ -1,4 +1,4 @@
-"""The ``curate`` command line: ingest, run, demo, why, jobs, schema, export-scores, contamination, export,
+"""The ``curate`` command line: ingest, run, plan, demo, why, jobs, schema, export-scores, contamination, export,
 publish, ablate, ablations, serve, keys, catalog.
 
 Exit status: 0 success; 1 a runtime failure (bad input data, a failed job, a missing or
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -118,6 +119,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     _register(spec.output, args.catalog)
     print(format_funnel(manifest))
     print("\n" + summary(manifest, Path(spec.output, "data")))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from workers.cost_plan import PlanError, format_plan, plan
+
+    spec = local_paths(load_spec(args.spec))
+    cpus = args.cpus
+    if cpus is None and os.environ.get("RAY_ADDRESS"):  # a cluster: plan for its CPUs
+        from workers.passes import cluster_cpus, connect_ray
+
+        connect_ray()
+        cpus = cluster_cpus()
+    try:
+        result = plan(spec, sample=args.sample, cpus=cpus)
+    except PlanError as exc:
+        raise JobError(str(exc), "stage_failed") from None
+    text = json.dumps(result, indent=1) if args.json else format_plan(result)
+    if args.out:
+        from workers import atomic
+
+        atomic.write_text(text + "\n", Path(args.out))
+    else:
+        print(text)
     return 0
 
 
@@ -592,6 +617,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an output folder that holds another job")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
+
+    pln = sub.add_parser("plan", help="estimate a job's time, disk and memory before launching it",
+                         description="Runs the job's stages on two small samples of its input in this process "
+                                     "(nothing is written to the output folder), fits each step's cost to the "
+                                     "documents it sees, and extrapolates to the whole input: per stage documents, "
+                                     "tokens, CPU and wall time for the cluster's CPUs, fit memory and disk.")
+    pln.add_argument("spec", help="job spec file (YAML, or JSON by .json suffix)")
+    pln.add_argument("--sample", type=int, default=400, help="documents to measure on (default: 400)")
+    pln.add_argument("--cpus", type=int, help="CPUs of the cluster it would run on (default: this machine's)")
+    pln.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pln.add_argument("--out", help="write the plan to this file instead of printing it")
+    pln.set_defaults(func=cmd_plan)
 
     ing = sub.add_parser("ingest", help="JSONL(.gz) / Parquet / WARC / WET / text files → Parquet shards",
                          description="Read documents and write part-NNNNN.parquet shards with id, text and every "

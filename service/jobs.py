@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -31,6 +32,8 @@ from workers.job_folder import JobFolder
 from workers.progress import job_progress, job_stats
 from workers.reselect import ReselectError, preview_selection
 from workers.spec import JobSpec
+
+PLAN_SECONDS = 600  # a dry run that takes longer is stopped
 
 log = logging.getLogger("curate.api")
 
@@ -332,6 +335,33 @@ class JobService:
             return folder.job().get("artifacts", {})
         except FileNotFoundError:
             return {}
+
+    async def plan(self, spec: JobSpec, timeout: float = PLAN_SECONDS) -> dict:
+        """``curate plan`` for a spec, run as a Ray job on the cluster (it loads the stages'
+        models, which the API process must not); nothing is launched or written."""
+        spec = self.confine(spec)
+        submission = f"plan-{spec.job_id()}-{secrets.token_hex(4)}"
+        out = await self.ray.submit_plan(submission, spec.model_dump_json())
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                state, message = await self.ray.state(submission)
+                if state == "succeeded":
+                    return json.loads(await asyncio.to_thread(out.read_text))
+                if state in ("failed", "cancelled", None):
+                    logs = await self.ray.logs(submission) if state else ""
+                    errors = [line for line in logs.splitlines() if line.startswith("error: ")]
+                    why = errors[-1].removeprefix("error: ") if errors else (message or "the planner stopped")
+                    raise ServiceError(422, f"cannot plan this job: {why}", code="plan_failed")
+                if time.monotonic() > deadline:
+                    await self.ray.stop(submission)
+                    raise ServiceError(422, f"planning took longer than {timeout:.0f} s; lower the sample or plan "
+                                       "with `curate plan` on the cluster", code="plan_failed")
+                await asyncio.sleep(0.5)
+        finally:
+            with contextlib.suppress(OSError):
+                out.unlink(missing_ok=True)
+                out.with_name(f"{submission}.json").unlink(missing_ok=True)
 
     def contamination(self, job_id: str) -> dict:
         from workers.contamination_report import NoDecontamination, contamination_reports

@@ -50,6 +50,18 @@ class RayJobs:
         await asyncio.to_thread(self._client.submit_job, entrypoint=entrypoint, submission_id=submission_id,
                                 metadata={"curate_job_id": job_id, "curate_ablation_id": ablation_id})
 
+    async def submit_plan(self, submission_id: str, spec_json: str) -> Path:
+        """``curate plan`` as a Ray job, so it measures on the cluster's head node and counts
+        the cluster's CPUs; returns the file its plan will be written to."""
+        path = self.spec_dir / f"{submission_id}.json"
+        out = self.spec_dir / f"{submission_id}.plan.json"
+        await asyncio.to_thread(_write_spec, path, spec_json)
+        entrypoint = (f"{shlex.quote(self.python)} -m service.cli plan {shlex.quote(str(path))} --json "
+                      f"--out {shlex.quote(str(out))}")
+        await asyncio.to_thread(self._client.submit_job, entrypoint=entrypoint, submission_id=submission_id,
+                                metadata={"curate_plan": "1"})
+        return out
+
     async def state(self, submission_id: str) -> tuple[str | None, str | None]:
         """(queued/running/succeeded/failed/cancelled, Ray's message), or (None, None) when
         the cluster has no record of the submission (e.g. a restarted local head)."""

@@ -19,6 +19,7 @@ from service.schemas import (
     DropRow,
     Health,
     Job,
+    JobPlan,
     JobStats,
     Manifest,
     Page,
@@ -76,16 +77,21 @@ async def readyz(jobs: Jobs):
 
 @router.post("/jobs", response_model=Job, status_code=201, tags=["jobs"],
              responses={**ERRORS, 201: JOB_LINKS,
-                        200: {"model": Job, "description": "a retried POST with the same Idempotency-Key: "
-                              "the job it launched", **JOB_LINKS}})
+                        200: {"model": Job | JobPlan, "description": "a retried POST with the same "
+                              "Idempotency-Key: the job it launched; or, with dry_run, the plan", **JOB_LINKS}})
 async def submit_job(
     jobs: Jobs, _: AdminKey,
     spec: Annotated[JobSpec, Body(examples=[EXAMPLE_SPEC])],
     idempotency_key: Annotated[str | None, Header(max_length=200, description="a retried POST with the same key "
                                                   "returns the first job instead of launching again")] = None,
+    dry_run: Annotated[bool, Query(description="launch nothing: measure the job on a sample of its input and "
+                                   "return the estimated documents, tokens, CPU and wall time, fit memory and "
+                                   "disk per stage (as `curate plan`)")] = False,
 ):
     """Validate the spec, confine its paths, and launch it as a Ray job (201, with the
-    job's URL in ``Location``)."""
+    job's URL in ``Location``). With ``dry_run=true``, plan it instead (200)."""
+    if dry_run:
+        return JSONResponse(JobPlan(**await jobs.plan(spec)).model_dump(), status_code=200)
     view, created = await jobs.submit(spec, idempotency_key)
     return JSONResponse(Job(**view).model_dump(), status_code=201 if created else 200,
                         headers={"Location": f"/jobs/{view['job_id']}"})

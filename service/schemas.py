@@ -190,6 +190,30 @@ class Manifest(_Open):
     completed_at: str
 
 
+class StagePlan(_Open):
+    index: int
+    stage: str
+    kind: str
+    docs_in: int
+    docs_out: int
+    tokens_in: int = Field(description="characters ÷ 4")
+    cpu_hours: float
+    wall_hours: float = Field(description="for the cluster's CPUs; fits run one after another on one node")
+    fit_seconds: float
+    fit_memory_bytes: int = Field(description="the fit's result, held in memory by every worker")
+    disk_bytes: int = Field(description="its scores and lineage files")
+    note: str | None = Field(None, description="a warning, e.g. a fit that would not fit in memory")
+
+
+class JobPlan(_Open):
+    """``POST /jobs?dry_run=true``: the job measured on a sample and extrapolated; nothing ran."""
+
+    input: dict[str, Any]
+    cluster: dict[str, Any]
+    stages: list[StagePlan]
+    total: dict[str, Any]
+
+
 class ContaminationItem(_Open):
     eval_set: str
     item: str

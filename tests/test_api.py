@@ -511,6 +511,25 @@ def test_an_ablation_runs_as_a_ray_job_and_serves_its_result(api, done_job):
     assert_error(api.get(f"/jobs/{job_id}/ablations/abl-000000000000", headers=api.read), 404, "ablation_not_found")
 
 
+def test_a_dry_run_plans_on_the_cluster_and_launches_nothing(api):
+    before = api.get("/jobs", headers=api.read).json()["items"]
+    spec = {**SPEC, "name": "planned", "output": "planned"}
+    resp = api.post("/jobs?dry_run=true", json=spec, headers=api.admin)
+    assert resp.status_code == 200, resp.text
+    plan = resp.json()
+    assert [s["stage"] for s in plan["stages"]] == ["input_v1", "exact_dedup_v1", "quality_rules_v1"]
+    assert plan["input"]["rows"] == 6 and plan["stages"][0]["docs_in"] == 6
+    assert plan["cluster"]["cpus"] >= 1 and plan["total"]["output_rows"] >= 1
+    assert api.get("/jobs", headers=api.read).json()["items"] == before
+    assert not (api.root / "runs" / "planned").exists()
+    assert not list((api.root / "home" / "specs").glob("plan-*"))  # its spec and plan files are gone
+    (api.data / "short.txt").write_text("too short\n")
+    bad = {**spec, "stages": [{"stage": "decontam_v1", "params": {"eval_sets": [{"name": "s", "path": "short.txt"}]}}]}
+    assert_error(api.post("/jobs?dry_run=true", json=bad, headers=api.admin), 422, "plan_failed",
+                 "has no item of 13 words")
+    assert_error(api.post("/jobs?dry_run=true", json=spec, headers=api.read), 403, "forbidden")
+
+
 def test_the_contamination_report_and_a_dropped_document_over_rest(api, done_job):
     items = [{"id": f"e{i}", "question": " ".join(f"tok{i}x{j}" for j in range(15))} for i in range(3)]
     (api.data / "evals").mkdir()

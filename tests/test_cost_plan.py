@@ -1,0 +1,107 @@
+"""`curate plan`: a job measured on a sample and extrapolated, checked against the job
+itself run on the same input."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import run_cli
+
+from workers.cost_plan import PlanError, _line, plan
+from workers.local import run_stages
+from workers.spec import parse_spec
+
+RNG = random.Random(5)
+VOCAB = [f"word{i}" for i in range(4000)]
+STOP = ["the", "and", "of", "to", "that", "with", "have", "be"]
+
+
+def page(words: int) -> str:
+    return " ".join(RNG.choice(STOP) if RNG.random() < 0.3 else RNG.choice(VOCAB) for _ in range(words)) + "."
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """3 shards, 3,000 documents: a third too short for the rules, 1 % exact copies."""
+    root = tmp_path_factory.mktemp("plan")
+    texts = [page(RNG.choice([20, 120, 300])) for _ in range(2970)]
+    texts += RNG.sample(texts, 30)
+    RNG.shuffle(texts)
+    for k in range(3):
+        part = texts[k * 1000:(k + 1) * 1000]
+        pq.write_table(pa.table({"id": [f"s{k}-{i}" for i in range(len(part))], "text": part}),
+                       root / f"s{k}.parquet", row_group_size=250)
+    return root, texts
+
+
+STAGES = [{"stage": "exact_dedup_v1"}, {"stage": "quality_rules_v1", "params": {"min_words": 50}},
+          {"stage": "minhash_dedup_v1"}]
+
+
+def spec_for(root, stages=STAGES):
+    return parse_spec({"name": "planned", "inputs": [str(root / "*.parquet")], "output": str(root / "out"),
+                       "stages": stages})
+
+
+def test_a_cost_line_through_two_measurements():
+    assert _line(1.0, 100, 2.0, 200) == pytest.approx((0.0, 0.01))
+    assert _line(3.0, 100, 4.0, 200) == pytest.approx((2.0, 0.01))  # a fixed part (a model load)
+    assert _line(2.0, 100, 1.5, 200) == pytest.approx((0.0, 0.0075))  # noise: proportional
+
+
+def sampled(estimate: int, truth: int, total: int = 3000, n: int = 400) -> bool:
+    """Within 3 standard errors of a share estimated from n of total documents."""
+    share = truth / total
+    return abs(estimate - truth) <= 3 * (share * (1 - share) / n) ** 0.5 * total + 1
+
+
+def test_the_plan_matches_the_job_it_plans(corpus):
+    root, texts = corpus
+    p = plan(spec_for(root), sample=400, cpus=4)
+    assert p["input"]["rows"] == 3000 and p["input"]["sample"] == 400
+    assert [s["stage"] for s in p["stages"]] == ["input_v1", "exact_dedup_v1", "quality_rules_v1",
+                                                 "minhash_dedup_v1"]
+    real = run_stages([(s["stage"], s.get("params", {})) for s in STAGES],
+                      pa.table({"id": [str(i) for i in range(len(texts))], "text": texts}))
+    funnel = {f["stage"]: f for f in real.funnel}
+    for s in p["stages"]:
+        truth = funnel[s["stage"]]
+        assert sampled(s["docs_in"], truth["docs_in"]) and sampled(s["docs_out"], truth["kept"])
+        assert s["tokens_in"] == pytest.approx(truth["text_bytes_in"] / 4, rel=0.1)
+        assert s["cpu_hours"] >= 0
+        dedup = s["stage"] in ("exact_dedup_v1", "minhash_dedup_v1")
+        assert (s["note"] or "").startswith("removes duplicates: a sample of 400") == dedup
+    assert p["stages"][-1]["disk_bytes"] > p["stages"][1]["disk_bytes"]  # MinHash stores n-gram sets
+    assert p["total"]["output_rows"] == pytest.approx(real.output.num_rows, rel=0.1)
+    assert p["cluster"]["units"] >= 4 and p["total"]["wall_hours"] <= p["total"]["cpu_hours"]
+
+
+def test_a_fit_too_large_for_memory_is_flagged_and_a_failing_stage_is_named(corpus, tmp_path):
+    root, _ = corpus
+    p = plan(spec_for(root), sample=200, cpus=2, memory_bytes=2_000)
+    flagged = {s["stage"]: s["note"] for s in p["stages"] if s["note"] and "held in memory" in s["note"]}
+    assert "exact_dedup_v1" in flagged and "split the input into several jobs" in flagged["exact_dedup_v1"]
+    assert "quality_rules_v1" not in flagged
+    short = tmp_path / "short.txt"
+    short.write_text("too short to match\n")
+    bad = [{"stage": "decontam_v1", "params": {"eval_sets": [{"name": "s", "path": str(short)}]}}]
+    with pytest.raises(PlanError, match=r"sample of 50 documents: .*failed on it .*decontam_v1: eval set 's' .*has no "
+                                         r"item of 13 words"):
+        plan(spec_for(root, bad), sample=50)
+
+
+def test_curate_plan_prints_the_table_and_writes_nothing(corpus, tmp_path):
+    root, _ = corpus
+    spec = tmp_path / "web.json"
+    spec.write_text(json.dumps({"name": "planned", "inputs": [str(root / "*.parquet")],
+                                "output": str(tmp_path / "out"), "stages": STAGES}))
+    out = run_cli("plan", str(spec), "--sample", "200", "--cpus", "8").stdout
+    assert "input: 3,000 documents" in out and "cluster: 8 CPUs" in out and "minhash_dedup_v1" in out
+    assert out.splitlines()[-1].startswith("total: ")
+    as_json = json.loads(run_cli("plan", str(spec), "--sample", "200", "--json").stdout)
+    assert as_json["stages"][0]["docs_in"] == 3000
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,224 @@
+"""``curate plan``: what a job would cost, measured before anything is launched.
+
+The job's own stages run on two nested samples of the input (``sample`` documents and
+half of them, spread evenly over every shard) through the in-process runner: the same
+steps, fits and lineage files as a job. For every step, its seconds on the two samples
+give a line ``seconds = fixed + per_doc × documents`` (a model load or a fit's set-up is
+the fixed part). The sample's funnel says what share of the input reaches each stage.
+Extrapolated to the input's rows:
+
+* CPU time per stage: per-unit steps ``per_doc × documents + fixed × units`` (every work
+  unit of the job pays the fixed part: e.g. a model stage's actors load once each; that
+  is counted per unit, an upper bound), fits ``fixed + per_doc × documents``;
+* wall time for ``cpus`` CPUs: per-unit work spread over ``min(cpus, units)`` workers,
+  fits one after another on one node (as the driver runs them today);
+* disk: bytes per document of the sample's score, lineage and output files;
+* a fit's result held in memory: its table's in-memory bytes per document × documents,
+  flagged when it passes half the node's memory.
+
+What it cannot see: costs that grow faster than linearly (a fit's candidate pairs on a
+corpus with huge duplicate clusters), a GPU (stages are measured on CPU here), and a
+cluster's network. Checked against real runs in ``bench/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from workers.job import JobError, build_stages
+from workers.job_folder import JobFolder
+from workers.local import run_stages
+from workers.planner import stage_steps
+from workers.shards import MAX_UNIT_ROWS, MIN_UNIT_ROWS, discover, open_parquet
+from workers.spec import JobSpec
+
+CHARS_PER_TOKEN = 4  # the estimate the manifest and the dashboard use
+
+
+class PlanError(ValueError):
+    """The job cannot be measured on a sample (a stage failed on it): the message says
+    which stage and why."""
+
+
+@dataclass
+class StageCost:
+    index: int
+    stage: str
+    kind: str
+    docs_in: int
+    docs_out: int
+    tokens_in: int
+    cpu_hours: float
+    wall_hours: float
+    fit_seconds: float
+    fit_memory_bytes: int
+    disk_bytes: int  # its scores and lineage
+    note: str | None = None
+
+
+def _sample(spec: JobSpec, n: int) -> tuple[pa.Table, int, int]:
+    """(``n`` documents spread evenly over the input, the input's rows, its bytes on disk)."""
+    paths = discover(spec.inputs)
+    files = [open_parquet(p) for p in paths]
+    rows = [f.metadata.num_rows for f in files]
+    total = sum(rows)
+    size = sum(os.path.getsize(p) for p in paths if "://" not in p)
+    wanted = np.unique(np.linspace(0, max(total - 1, 0), min(n, total)).astype(np.int64)) if total else []
+    texts: list[str | None] = []
+    ids: list[str] = []
+    start = 0
+    for path, f, count in zip(paths, files, rows, strict=True):
+        local = [int(w) - start for w in wanted if start <= w < start + count]
+        start += count
+        if not local:
+            continue
+        groups, offsets = [], np.cumsum([0] + [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)])
+        for r in local:
+            groups.append(int(np.searchsorted(offsets, r, side="right") - 1))
+        chosen = sorted(set(groups))
+        columns = [spec.columns.text] + ([spec.columns.id] if spec.columns.id in f.schema_arrow.names else [])
+        table = f.read_row_groups(chosen, columns=columns)
+        base = {g: int(sum(f.metadata.row_group(x).num_rows for x in chosen if x < g)) for g in chosen}
+        at = [base[g] + r - int(offsets[g]) for g, r in zip(groups, local, strict=True)]
+        picked = table.take(pa.array(at, pa.int64()))
+        texts += picked[spec.columns.text].to_pylist()
+        if spec.columns.id in picked.column_names:
+            ids += [str(x) for x in picked[spec.columns.id].to_pylist()]
+        else:
+            ids += [f"{Path(path).stem}:{r}" for r in local]
+    return pa.table({"id": ids, "text": pa.array(texts, pa.string())}), total, size
+
+
+def _measure(spec: JobSpec, docs: pa.Table, root: Path) -> tuple[dict, list[dict], dict]:
+    """Seconds per step, the funnel and bytes per stage folder of one sample run."""
+    run_stages([(s.stage, s.params) for s in spec.stages], docs, workdir=root)
+    folder = JobFolder(root / "job")
+    seconds: dict[str, float] = {}
+    for step_dir in (folder.root / "_done").iterdir():
+        if step_dir.is_dir():
+            seconds[step_dir.name] = sum(folder.read_marker(step_dir.name, p.stem).get("seconds", 0.0)
+                                         for p in step_dir.glob("*.json"))
+        elif step_dir.suffix == ".json":
+            seconds[step_dir.stem] = folder.read_marker(step_dir.stem)["seconds"]
+    sizes = {d.name: sum(f.stat().st_size for f in d.rglob("*.parquet") if f.parent.name in ("scores", "decisions")
+                         or f.parent.name.startswith("scores-"))
+             for d in (folder.root / "stages").iterdir()}
+    fit_bytes = {d.name: sum(pq.read_table(f).nbytes for f in d.glob("fit*.parquet"))
+                 for d in (folder.root / "stages").iterdir()}
+    output = sum(f.stat().st_size for f in folder.data_dir.rglob("*.parquet")) \
+        if folder.data_dir.exists() else 0
+    return seconds, folder.funnel(), {"stage": sizes, "fit_table": fit_bytes, "output": output}
+
+
+def _line(t1: float, d1: float, t2: float, d2: float) -> tuple[float, float]:
+    """(fixed, per_doc) through two measurements; a noisy pair falls back to proportional."""
+    if d2 > d1 and t2 >= t1:
+        per_doc = (t2 - t1) / (d2 - d1)
+        return max(t2 - per_doc * d2, 0.0), per_doc
+    return 0.0, t2 / d2 if d2 else 0.0
+
+
+def plan(spec: JobSpec, *, sample: int = 400, cpus: int | None = None, memory_bytes: int | None = None,
+         workdir: Path | None = None) -> dict:
+    cpus = cpus or os.cpu_count() or 1
+    memory_bytes = memory_bytes or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    docs, rows, input_bytes = _sample(spec, sample)
+    if docs.num_rows == 0:
+        raise ValueError("the inputs hold no rows: nothing to plan")
+    small = docs.take(pa.array(range(0, docs.num_rows, 2)))
+    root = Path(tempfile.mkdtemp(prefix="curate-plan-", dir=workdir))
+    started = time.perf_counter()
+    try:
+        s1, f1, _ = _measure(spec, small, root / "half")
+        s2, f2, b2 = _measure(spec, docs, root / "full")
+    except (JobError, ValueError, RuntimeError, OSError) as exc:  # a fit's own error is raised as is
+        stage = exc.where.get("stage") if isinstance(exc, JobError) else None
+        raise PlanError(f"cannot measure the job on a sample of {docs.num_rows} documents: {stage or 'a stage'} "
+                        f"failed on it ({exc}); a larger --sample may help") from None
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    n = docs.num_rows
+    scale = rows / n
+    unit_rows = spec.execution.unit_rows or min(MAX_UNIT_ROWS, max(MIN_UNIT_ROWS, math.ceil(rows / (2 * cpus))))
+    units = max(1, math.ceil(rows / unit_rows))
+    workers = min(cpus, units)
+    stages, total_wall = [], 0.0
+    for i, (stage, a, b) in enumerate(zip(build_stages(spec), f1, f2, strict=True)):
+        docs_full = b["docs_in"] * scale
+        unit_s = fit_s = 0.0
+        for step in stage_steps(i, stage):
+            fixed, per_doc = _line(s1.get(step.name, 0.0), a["docs_in"], s2.get(step.name, 0.0), b["docs_in"])
+            if step.kind == "fit":
+                fit_s += fixed + per_doc * docs_full
+            else:
+                unit_s += per_doc * docs_full + fixed * units
+        folder = f"{i:02d}-{stage.name}"
+        fit_memory = int(b2["fit_table"].get(folder, 0) / max(b["docs_in"], 1) * docs_full)
+        notes = []
+        if stage.sample_undercounts:
+            notes.append(f"removes duplicates: a sample of {n} holds both copies of few pairs, so expect more "
+                         "removals than estimated (and fewer documents for later stages)")
+        if fit_memory > memory_bytes / 2:
+            notes.append(f"its fit result (~{fit_memory / 2**30:.1f} GiB) is held in memory by every worker: more "
+                         f"than half a node's {memory_bytes / 2**30:.0f} GiB; split the input into several jobs")
+        if stage.uses_model() and getattr(stage.params, "num_gpus", 0):
+            notes.append("measured on CPU; its GPU time is not estimated")
+        wall = unit_s / workers + fit_s
+        total_wall += wall
+        stages.append(StageCost(
+            index=i, stage=stage.name, kind=stage.kind, docs_in=round(docs_full), docs_out=round(b["docs_out"] * scale),
+            tokens_in=round(b["text_bytes_in"] * scale / CHARS_PER_TOKEN), cpu_hours=(unit_s + fit_s) / 3600,
+            wall_hours=wall / 3600, fit_seconds=fit_s, fit_memory_bytes=fit_memory,
+            disk_bytes=round(b2["stage"].get(folder, 0) * scale), note="; ".join(notes) or None))
+    write_s = s2.get("write", 0.0) * scale / workers
+    return {
+        "input": {"rows": rows, "bytes": input_bytes, "sample": n, "sampled_seconds": round(time.perf_counter() -
+                                                                                          started, 2)},
+        "cluster": {"cpus": cpus, "memory_bytes": memory_bytes, "units": units, "unit_rows": unit_rows},
+        "stages": [asdict(s) for s in stages],
+        "total": {"cpu_hours": sum(s.cpu_hours for s in stages) + write_s / 3600,
+                  "wall_hours": (total_wall + write_s) / 3600,
+                  "disk_bytes": sum(s.disk_bytes for s in stages) + round(b2["output"] * scale),
+                  "output_bytes": round(b2["output"] * scale), "output_rows": stages[-1].docs_out},
+    }
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _hours(h: float) -> str:
+    return f"{h * 3600:.1f} s" if h < 1 / 60 else f"{h * 60:.1f} min" if h < 1 else f"{h:.1f} h"
+
+
+def format_plan(p: dict) -> str:
+    c, t = p["cluster"], p["total"]
+    lines = [f"input: {p['input']['rows']:,} documents ({_size(p['input']['bytes'])}); measured on a sample of "
+             f"{p['input']['sample']} in {p['input']['sampled_seconds']} s",
+             f"cluster: {c['cpus']} CPUs, {_size(c['memory_bytes'])} per node; {c['units']} work units of "
+             f"{c['unit_rows']:,} rows",
+             f"{'stage':<22} {'docs in':>12} {'kept':>12} {'tokens in':>14} {'CPU':>9} {'wall':>9} {'fit':>9} "
+             f"{'fit memory':>10} {'disk':>10}"]
+    for s in p["stages"]:
+        lines.append(f"{s['stage']:<22} {s['docs_in']:>12,} {s['docs_out']:>12,} {s['tokens_in']:>14,} "
+                     f"{_hours(s['cpu_hours']):>9} {_hours(s['wall_hours']):>9} {_hours(s['fit_seconds'] / 3600):>9} "
+                     f"{_size(s['fit_memory_bytes']):>10} {_size(s['disk_bytes']):>10}")
+        for note in (s["note"] or "").split("; ") if s["note"] else []:
+            lines.append(f"  ! {note}")
+    lines.append(f"total: {_hours(t['wall_hours'])} wall, {_hours(t['cpu_hours'])} CPU, {_size(t['disk_bytes'])} "
+                 f"of disk ({_size(t['output_bytes'])} of outputs, {t['output_rows']:,} documents)")
+    return "\n".join(lines)
