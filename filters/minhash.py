@@ -1,6 +1,8 @@
 """``minhash_dedup_v1``: MinHash near-duplicate removal with LSH banding and verified edges.
 
-Score (per document, vectorised with numpy):
+Score (every document of a unit at once; the loops are compiled with numba, ``@njit(cache=True)``,
+once per machine, and give exactly the values of the per-document definitions ``normalise``,
+``shingle_hashes`` and the numpy formulas below, which the tests compare them with):
   * normalise (``normalise()``, each step switchable): lowercase; numbers → ``0`` (a
     run of Unicode decimal digits with an optional ``.``/``,`` decimal part); accents
     stripped (NFD, drop Mn); every character of Unicode category P* (punctuation) or
@@ -16,19 +18,29 @@ Score (per document, vectorised with numpy):
     marks (€ © ™ ° × → ¿ ¡ ‘ · § । ॥, emoji) become spaces here and stay there
     ("12.50 €" → "0" here, "0 €" there); datatrove also takes ``،`` ``٫`` ``⎖`` ``⎗``
     ``⎘`` as decimal separators ("3٫5" → "0" there, "0 0" here); its MinHash stage
-    splits words with a per-language word tokenizer, not on whitespace;
+    splits words with a per-language word tokenizer, not on whitespace. An ASCII document
+    (most of a web crawl) is normalised in one compiled pass over its bytes (numbers,
+    then one lowercase + punctuation byte table; the word splitter takes any run of
+    whitespace as one separator), with the same words as ``normalise()``; any other
+    document goes through ``normalise()`` itself;
   * word n-grams (default 5) hashed to 64 bits. Deviation from datatrove, documented:
-    instead of xxhash of each n-gram string, each distinct word is hashed once
-    (xxh64) and an n-gram's hash is a splitmix64-finalised polynomial of its word
-    hashes — the same set semantics and 64-bit collision odds, without a Python call
-    per n-gram;
+    instead of xxhash of each n-gram string, each word is hashed (xxh64) and an
+    n-gram's hash is a splitmix64-finalised polynomial of its word hashes — the same
+    set semantics and 64-bit collision odds, without hashing n-gram strings. Splitting
+    and xxh64 (ported, bit-identical to the ``xxhash`` package) are one compiled loop
+    over all documents (``filters/word_ngrams.py``, shared with decontam's
+    ``ngrams_at``), the n-grams and each document's sorted unique set another;
   * ``K = bands × rows`` hash functions ``h_k(x) = ((a_k·x + b_k) mod 2^64) >> 32``
     (multiply-add-shift, Dietzfelbinger et al.; ``a_k`` odd) with ``a, b`` drawn from
     ``np.random.RandomState(seed)``, so every worker gets identical 32-bit signatures.
     Deviation from datatrove/datasketch, documented: they compute ``(a·x + b) mod
     (2^61 − 1)``; the Mersenne reduction costs ~5× more in numpy than a shift, and a
-    32-bit minimum is all a MinHash slot needs (collisions 2^-32);
-  * one 64-bit key per band (xxh64 of the band's ``rows`` values).
+    32-bit minimum is all a MinHash slot needs (collisions 2^-32). Computed in a compiled
+    loop over shingles × hash functions that keeps the running minima (it vectorises over
+    the K functions), with numpy's uint64 wrap-around: the same values as the numpy
+    formula ``((x[:, None] * a + b) >> 32).min(axis=0)``;
+  * one 64-bit key per band (xxh64, seeded with the band's index, of the band's ``rows``
+    values as little-endian uint32 bytes).
 Documents with fewer words than the n-gram size get no signature and the score flag
 ``too_short_to_compare`` (never a duplicate, never a drop).
 
@@ -83,14 +95,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+import numba
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import xxhash
 from pydantic import Field, model_validator
 
 from filters.base import FIT, ID, SCORE, TEXT, Fitted, ScoreView, Selection, Stage, StageParams, scores_view
 from filters.minhash_fit import fit_minhash
+from filters.word_ngrams import ngram_hash, rolling_ngrams, utf8_buffers, word_hashes, xxh64
 
 _NUMBERS = re.compile(r"\d+(?:[.,]\d+)?")
 
@@ -150,6 +163,8 @@ _ASCII_PUNCT = bytes(
 
 
 def normalise(text: str, p: MinHashParams) -> str:
+    """One document's normalised text, its words separated by single spaces: the
+    definition. ``normalised_buffers`` gives the same words for many documents at once."""
     if p.lowercase:
         text = text.lower()
     if p.numbers_to_zero:
@@ -166,64 +181,172 @@ def normalise(text: str, p: MinHashParams) -> str:
     return " ".join(text.split())
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+@lru_cache(maxsize=4)
+def _ascii_table(lowercase: bool, strip_punctuation: bool) -> np.ndarray:
+    """Lowercasing and punctuation → space as one byte table (ASCII: lowercasing is A-Z → a-z)."""
+    table = np.frombuffer(_ASCII_PUNCT if strip_punctuation else bytes(range(256)), np.uint8).copy()
+    if lowercase:
+        table[ord("A"):ord("Z") + 1] += 32
+    return table
+
+
+@numba.njit(cache=True)
+def _normalise_ascii(data, offsets, ascii, table, numbers):
+    """``normalise`` of the ASCII documents in one pass over their bytes: numbers → ``0``
+    (the regex ``\\d+(?:[.,]\\d+)?`` as a scanner: leftmost, greedy; lowercasing does not
+    touch digits, so it may come after), then each other byte through ``table``. Whitespace
+    is left as it is: the word splitter takes any run of it as one separator, as
+    ``" ".join(text.split())`` does. Non-ASCII documents (already normalised) are copied."""
+    out = np.empty(len(data), np.uint8)  # numbers only shrink
+    out_offsets = np.zeros(len(offsets), np.int64)
+    k = 0
+    for d in range(len(offsets) - 1):
+        i, end = offsets[d], offsets[d + 1]
+        if not ascii[d]:
+            out[k:k + end - i] = data[i:end]
+            k += end - i
+            out_offsets[d + 1] = k
+            continue
+        while i < end:
+            c = data[i]
+            if numbers and 48 <= c <= 57:
+                i += 1
+                while i < end and 48 <= data[i] <= 57:
+                    i += 1
+                if i + 1 < end and (data[i] == 46 or data[i] == 44) and 48 <= data[i + 1] <= 57:
+                    i += 2
+                    while i < end and 48 <= data[i] <= 57:
+                        i += 1
+                out[k] = 48
+            else:
+                out[k] = table[c]
+                i += 1
+            k += 1
+        out_offsets[d + 1] = k
+    return out[:k], out_offsets
+
+
+def normalised_buffers(texts: list[str], p: MinHashParams) -> tuple[np.ndarray, np.ndarray]:
+    """The UTF-8 bytes (uint8) and offsets (int64, ``len(texts) + 1``) of every document
+    normalised: the words of each are exactly ``normalise()``'s, but separated by runs of
+    any whitespace. An ASCII document (``str.isascii`` is O(1)) stays ASCII through
+    lowercasing and numbers, so ``normalise()`` would take its byte-table branch for it;
+    ``_normalise_ascii`` does those steps on the bytes of all such documents in one
+    compiled pass (``normalise()`` spent most of its time collapsing whitespace and in the
+    numbers regex). Any other document goes through ``normalise()`` itself, a non-ASCII text
+    that lowercases to ASCII (the Kelvin sign) included."""
+    ascii = np.fromiter((t.isascii() for t in texts), bool, len(texts))
+    parts = [t.encode() if a else normalise(t, p).encode() for t, a in zip(texts, ascii, strict=True)]
+    offsets = np.zeros(len(texts) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, parts), np.int64, len(parts)), out=offsets[1:])
+    data = np.frombuffer(b"".join(parts), np.uint8)
+    return _normalise_ascii(data, offsets, ascii, _ascii_table(p.lowercase, p.strip_punctuation), p.numbers_to_zero)
 
 
 def shingle_hashes(words: list[str], n: int, cache: dict[str, int]) -> np.ndarray:
-    """Sorted unique 64-bit hashes of the word n-grams."""
-    if len(words) < n:
-        return np.empty(0, np.uint64)
+    """Sorted unique 64-bit hashes of the word n-grams of one document (the definition:
+    xxh64 of each word, ``rolling_ngrams``)."""
     for word in set(words).difference(cache):
         cache[word] = xxhash.xxh64_intdigest(word.encode())
-    w = np.fromiter(map(cache.__getitem__, words), np.uint64, len(words))
-    m = len(w) - n + 1
-    acc = np.zeros(m, np.uint64)
-    with np.errstate(over="ignore"):
-        for i in range(n):
-            acc = acc * np.uint64(0x100000001B3) + w[i : i + m]
-        return np.unique(_splitmix64(acc))
+    return np.unique(rolling_ngrams(np.fromiter(map(cache.__getitem__, words), np.uint64, len(words)), n))
+
+
+@numba.njit(inline="always")
+def _insertion_sort(a, lo, hi):
+    for i in range(lo + 1, hi):
+        x = a[i]
+        j = i - 1
+        while j >= lo and a[j] > x:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = x
+
+
+@numba.njit(cache=True)
+def _sort_unique(seg, tmp, hist):
+    """Sorts ``seg`` and moves its distinct values to the front; returns how many there are.
+    ``tmp`` holds ≥ m values, ``hist`` ≥ 2m + 2.
+
+    The n-gram hashes are uniformly random 64-bit values, so one counting pass on their top
+    ⌈log2 m⌉ bits leaves about one value per bucket and a final insertion sort has almost
+    nothing to move: 3-4× faster than numba's quicksort (``ndarray.sort``) on documents of a
+    few hundred n-grams. Any input still comes out sorted; only the speed depends on the
+    spread, so a bucket of more than 32 values (an adversarial document), a document over
+    65,536 n-grams, or one of at most 16 go to ``ndarray.sort`` or a plain insertion sort."""
+    m = len(seg)
+    if m == 0:
+        return 0
+    if m <= 16:
+        _insertion_sort(seg, 0, m)
+        src = seg
+    elif m > 1 << 16:
+        seg.sort()
+        src = seg
+    else:
+        bits = 0
+        while (1 << bits) < m:
+            bits += 1
+        shift = np.uint64(64 - bits)
+        buckets = 1 << bits
+        hist[:buckets + 1] = 0
+        for x in seg:
+            hist[(x >> shift) + np.uint64(1)] += 1
+        largest = 0
+        for b in range(buckets):
+            largest = max(largest, hist[b + 1])
+            hist[b + 1] += hist[b]
+        for x in seg:
+            b = x >> shift
+            tmp[hist[b]] = x
+            hist[b] += 1
+        if largest <= 32:
+            _insertion_sort(tmp, 0, m)
+        else:
+            tmp[:m].sort()
+        src = tmp
+    seg[0] = src[0]
+    u = 1
+    for j in range(1, m):
+        if src[j] != seg[u - 1]:
+            seg[u] = src[j]
+            u += 1
+    return u
+
+
+@numba.njit(cache=True)
+def _unique_ngrams(words, counts, n):
+    """Per document, its n-gram hashes (``ngrams_at``'s, from the word hashes) sorted and
+    unique: (all documents' concatenated, offsets)."""
+    total = 0
+    longest = 1
+    for c in counts:
+        total += max(c - n + 1, 0)
+        longest = max(longest, c - n + 1)
+    out = np.empty(total, np.uint64)
+    tmp = np.empty(longest, np.uint64)
+    hist = np.empty(2 * longest + 2, np.int64)
+    offsets = np.zeros(len(counts) + 1, np.int64)
+    k = 0
+    first = 0
+    for d in range(len(counts)):
+        m = counts[d] - n + 1
+        if m > 0:
+            seg = out[k:k + m]
+            for j in range(m):
+                seg[j] = ngram_hash(words, first + j, n)
+            k += _sort_unique(seg, tmp, hist)
+        offsets[d + 1] = k
+        first += counts[d]
+    return out[:k], offsets
 
 
 def shingle_sets(normalised: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
     """``shingle_hashes`` of every document at once: (the sorted unique hashes of all
-    documents, concatenated; offsets, ``len(normalised) + 1``). ``normalised`` is
-    ``normalise()``'s output, whose words are separated by single spaces. Arrow splits
-    and dictionary-encodes the words, so each distinct word is hashed once per call and
-    no Python runs per word or per document; the hashes are those of ``shingle_hashes``."""
-    docs = len(normalised)
-    words = pc.split_pattern(pa.array(normalised, pa.large_string()), " ")
-    counts = pc.list_value_length(words).to_numpy(zero_copy_only=False).astype(np.int64)
-    counts[np.array([not t for t in normalised], dtype=bool)] = 0  # "" splits into [""]: no words
-    flat = pc.list_flatten(words)
-    keep_word = np.repeat(counts > 0, pc.list_value_length(words).to_numpy(zero_copy_only=False))
-    encoded = pc.dictionary_encode(flat.filter(pa.array(keep_word)))
-    vocabulary = encoded.dictionary.to_pylist()
-    word_hash = np.fromiter((xxhash.xxh64_intdigest(w.encode()) for w in vocabulary), np.uint64, len(vocabulary))
-    w = word_hash[encoded.indices.to_numpy(zero_copy_only=False)]
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    m = len(w) - n + 1
-    if m <= 0:
-        return np.empty(0, np.uint64), np.zeros(docs + 1, np.int64)
-    acc = np.zeros(m, np.uint64)
-    with np.errstate(over="ignore"):
-        for i in range(n):
-            acc = acc * np.uint64(0x100000001B3) + w[i : i + m]
-        hashes = _splitmix64(acc)
-    # The n-gram starting at word j belongs to its document if it ends inside it.
-    doc = np.repeat(np.arange(docs), counts)[:m]
-    valid = np.arange(m) + n <= starts[doc + 1]
-    hashes = hashes[valid]
-    bounds = np.zeros(docs + 1, np.int64)
-    np.cumsum(np.bincount(doc[valid], minlength=docs), out=bounds[1:])
-    # Sorted and unique per document: a sort per segment is cheaper than one lexsort of all.
-    per_doc = [np.unique(hashes[bounds[i]:bounds[i + 1]]) for i in range(docs)]
-    offsets = np.zeros(docs + 1, np.int64)
-    np.cumsum([len(u) for u in per_doc], out=offsets[1:])
-    return (np.concatenate(per_doc) if docs else np.empty(0, np.uint64)), offsets
+    documents, concatenated; offsets, ``len(normalised) + 1``). ``normalised`` holds each
+    document's words separated by whitespace (``normalise()``'s output). The n-grams are
+    ``ngrams_at``'s (one compiled pass over all documents), made unique per document."""
+    data, offsets = utf8_buffers(pa.array(normalised, pa.large_string()))
+    return _unique_ngrams(*word_hashes(data, offsets), n)
 
 
 @lru_cache(maxsize=8)
@@ -234,46 +357,51 @@ def permutations(k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def _permute(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``((a·x + b) mod 2^64) >> 32`` for every shingle × hash function (uint64 wrap)."""
-    h = x[:, None] * a[None, :]
-    h += b[None, :]
-    h >>= np.uint64(32)
-    return h
-
-
-def signatures(sets: list[np.ndarray], k: int, seed: int, chunk: int = 4096) -> np.ndarray:
-    """MinHash signatures (len(sets) × k, uint32) of non-empty sets, all in numpy."""
-    a, b = permutations(k, seed)
-    lengths = np.array([len(s) for s in sets], dtype=np.int64)
-    if len(sets) == 0:
-        return np.empty((0, k), np.uint32)
-    flat = np.concatenate(sets)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    out = np.empty((len(sets), k), np.uint32)
-    # Whole documents in chunks of ~`chunk` shingles: chunk × k × 8 bytes stays in cache.
-    doc = 0
-    with np.errstate(over="ignore"):
-        while doc < len(sets):
-            end = doc
-            total = 0
-            while end < len(sets) and (total == 0 or total + lengths[end] <= chunk):
-                total += lengths[end]
-                end += 1
-            lo, hi = starts[doc], starts[end - 1] + lengths[end - 1]
-            h = _permute(flat[lo:hi], a, b)
-            out[doc:end] = np.minimum.reduceat(h, starts[doc:end] - lo, axis=0)
-            doc = end
+@numba.njit(cache=True)
+def _signatures(flat, offsets, a, b):
+    """Row d: min over document d's hashes x of ``((a_k·x + b_k) mod 2^64) >> 32`` for each
+    k (uint64 wrap-around, as numpy's); all ones for an empty document. The inner loop runs
+    over k with the running minima in registers and vectorises (AVX-512 multiplies 8 uint64
+    lanes at once); numpy's version had to write shingles × k uint64 to memory first."""
+    k = len(a)
+    out = np.empty((len(offsets) - 1, k), np.uint32)
+    mins = np.empty(k, np.uint64)
+    for d in range(len(offsets) - 1):
+        mins[:] = np.uint64(0xFFFFFFFF)
+        for i in range(offsets[d], offsets[d + 1]):
+            x = flat[i]
+            for j in range(k):
+                h = (a[j] * x + b[j]) >> np.uint64(32)
+                if h < mins[j]:
+                    mins[j] = h
+        for j in range(k):
+            out[d, j] = mins[j]
     return out
 
 
-def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """One 64-bit key per band (docs × bands)."""
-    keys = np.empty((len(sig), bands), np.uint64)
-    for j in range(bands):
-        part = np.ascontiguousarray(sig[:, j * rows : (j + 1) * rows])
-        keys[:, j] = [xxhash.xxh64_intdigest(row.tobytes(), seed=j) for row in part]
+def signatures(sets: list[np.ndarray], k: int, seed: int) -> np.ndarray:
+    """MinHash signatures (len(sets) × k, uint32) of non-empty sets, in one compiled loop."""
+    a, b = permutations(k, seed)
+    offsets = np.zeros(len(sets) + 1, np.int64)
+    np.cumsum([len(s) for s in sets], out=offsets[1:])
+    flat = np.concatenate(sets) if sets else np.empty(0, np.uint64)
+    return _signatures(flat.astype(np.uint64, copy=False), offsets, a, b)
+
+
+@numba.njit(cache=True)
+def _band_keys(sig, bands, rows):
+    keys = np.empty((sig.shape[0], bands), np.uint64)
+    raw = sig.view(np.uint8).reshape(sig.shape[0], sig.shape[1] * 4)
+    for d in range(sig.shape[0]):
+        for j in range(bands):
+            keys[d, j] = xxh64(raw[d], j * rows * 4, (j + 1) * rows * 4, np.uint64(j))
     return keys
+
+
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """One 64-bit key per band (docs × bands): xxh64, seeded with the band's index, of the
+    band's ``rows`` signature values as little-endian uint32 bytes."""
+    return _band_keys(np.ascontiguousarray(sig, dtype="<u4"), bands, rows)
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -289,36 +417,40 @@ def collision_probability(s: float, bands: int, rows: int) -> float:
     return 1 - (1 - s**rows) ** bands
 
 
+def _rows_or_null(rows: np.ndarray, present: np.ndarray, type_: pa.DataType) -> pa.ListArray:
+    """A list column: the next row of ``rows`` where ``present``, null elsewhere (no Python per row)."""
+    offsets = np.zeros(len(present) + 1, np.int32)
+    np.cumsum(present * rows.shape[1], out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(rows.ravel(), type_), mask=pa.array(~present))
+
+
 class MinHashDedupV1(Stage[MinHashParams]):
     name = "minhash_dedup_v1"
     Params = MinHashParams
     phases = (SCORE, FIT)
     reasons = ("minhash.duplicate", "minhash.contained")
+    sample_undercounts = True
     score_params = frozenset({"ngram", "bands", "rows", "seed", "lowercase", "numbers_to_zero",
                               "strip_punctuation", "strip_accents"})
 
     def score(self, docs: pa.Table) -> pa.Table:
         p = self.params
         texts = [t or "" for t in docs[TEXT].to_pylist()]
-        flat, offsets = shingle_sets([normalise(t, p) for t in texts], p.ngram)
-        sets = np.split(flat, offsets[1:-1]) if len(texts) else []
-        comparable = [i for i, s in enumerate(sets) if len(s)]
+        # Each part runs once over the whole unit in a compiled loop (see the module docstring),
+        # and the list columns are built from flat arrays and offsets, not a Python list per row.
+        flat, offsets = _unique_ngrams(*word_hashes(*normalised_buffers(texts, p)), p.ngram)
+        n_shingles = np.diff(offsets)
+        comparable = n_shingles > 0
         k = p.bands * p.rows
-        sig = signatures([sets[i] for i in comparable], k, p.seed)
+        sig = _signatures(flat, offsets, *permutations(k, p.seed))[comparable]
         keys = band_keys(sig, p.bands, p.rows)
-        n = len(texts)
-        sig_col: list = [None] * n
-        key_col: list = [None] * n
-        for j, i in enumerate(comparable):
-            sig_col[i] = sig[j]
-            key_col[i] = keys[j]
         return pa.table({
-            "too_short_to_compare": pa.array([len(s) == 0 for s in sets], pa.bool_()),
-            "n_shingles": pa.array([len(s) for s in sets], pa.int64()),
+            "too_short_to_compare": pa.array(~comparable),
+            "n_shingles": pa.array(n_shingles, pa.int64()),
             "chars": pa.array([len(t) for t in texts], pa.int64()),
             "shingles": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat)),
-            "signature": pa.array(sig_col, pa.list_(pa.uint32())),
-            "band_keys": pa.array(key_col, pa.list_(pa.uint64())),
+            "signature": _rows_or_null(sig, comparable, pa.uint32()),
+            "band_keys": _rows_or_null(keys, comparable, pa.uint64()),
         })
 
     @classmethod

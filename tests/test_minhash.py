@@ -4,24 +4,33 @@ hand-made duplicate structure (chain, cross-shard cluster, short docs)."""
 from __future__ import annotations
 
 import random
+import sys
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import xxhash
 from conftest import run_cli, write_shard
 
 from filters.minhash import (
     MinHashDedupV1,
     MinHashParams,
+    _signatures,
+    _sort_unique,
+    band_keys,
     collision_probability,
     jaccard,
     normalise,
+    normalised_buffers,
+    permutations,
     shingle_hashes,
     shingle_sets,
     signatures,
 )
 from filters.minhash_fit import _components
+from filters.word_ngrams import utf8_buffers, word_hashes, xxh64
 from workers.job import run_job
 from workers.minhash_clusters import cluster_members
 from workers.spec import parse_spec
@@ -121,6 +130,145 @@ def test_signatures_are_deterministic_and_estimate_jaccard():
     assert np.array_equal(sig[0], again[1]) and np.array_equal(sig[1], again[0])  # order-independent
     assert abs(np.mean(sig[0] == sig[1]) - exact) < 0.08
     assert not np.array_equal(signatures([a], 256, seed=2)[0], sig[0])
+
+
+def reference_signatures(sets: list[np.ndarray], k: int, seed: int) -> np.ndarray:
+    """The numpy formula: min over x of ((a·x + b) mod 2^64) >> 32, uint64 wrap-around."""
+    a, b = permutations(k, seed)
+    with np.errstate(over="ignore"):
+        return np.array([((s[:, None] * a[None, :] + b[None, :]) >> np.uint64(32)).min(axis=0) for s in sets],
+                        np.uint32).reshape(len(sets), k)
+
+
+def test_compiled_signatures_equal_the_numpy_formula():
+    """Random sets, including hashes near 0 and 2^64 (a·x + b wraps around), singletons and
+    repeats; every permutation count the stage allows a row to have; empty rows are all ones."""
+    rng = np.random.default_rng(3)
+    top = np.iinfo(np.uint64).max
+    sets = [rng.integers(0, top, size=int(rng.integers(1, 400)), dtype=np.uint64, endpoint=True) for _ in range(60)]
+    sets += [np.array([0], np.uint64), np.array([top], np.uint64), np.array([top - 1, 1, top, 0, 1 << 63], np.uint64),
+             np.repeat(np.uint64(12345), 7)]
+    for k, seed in ((120, 1), (1, 7), (7, 2), (256, 99)):
+        assert np.array_equal(signatures(sets, k, seed), reference_signatures(sets, k, seed)), (k, seed)
+    a, b = permutations(120, 1)
+    offsets = np.array([0, 0, 3, 3], np.int64)
+    out = _signatures(np.array([5, 6, 7], np.uint64), offsets, a, b)
+    assert (out[0] == 0xFFFFFFFF).all() and (out[2] == 0xFFFFFFFF).all()
+    assert np.array_equal(out[1], reference_signatures([np.array([5, 6, 7], np.uint64)], 120, 1)[0])
+    assert signatures([], 120, 1).shape == (0, 120)
+
+
+def test_xxh64_port_and_band_keys_equal_the_xxhash_package():
+    rng = random.Random(4)
+    buf = np.frombuffer(bytes(rng.randrange(256) for _ in range(300)), np.uint8)
+    for length in range(0, 100):
+        for seed in (0, 1, 511, 2**64 - 1, rng.randrange(2**64)):
+            start = rng.randrange(0, 300 - length + 1)
+            expected = xxhash.xxh64_intdigest(bytes(buf[start:start + length]), seed=seed)
+            assert int(xxh64(buf, start, start + length, np.uint64(seed))) == expected, (length, seed)
+    sig = np.random.default_rng(5).integers(0, 2**32, size=(50, 120), dtype=np.uint32)
+    for bands, rows in ((20, 6), (9, 13), (120, 1), (1, 120)):
+        expected = np.array([[xxhash.xxh64_intdigest(row[j * rows:(j + 1) * rows].tobytes(), seed=j)
+                              for j in range(bands)] for row in sig], np.uint64)
+        assert np.array_equal(band_keys(sig, bands, rows), expected)
+
+
+def test_words_split_on_exactly_python_and_arrow_whitespace():
+    """The compiled splitter's whitespace is str.isspace's, which is Arrow's
+    utf8_split_whitespace's: "a<c>b" is two words exactly for those code points."""
+    cps = [c for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF]
+    arr = pa.array(["a" + chr(c) + "b" for c in cps], pa.large_string())
+    _, counts = word_hashes(*utf8_buffers(arr))
+    arrow = pc.list_value_length(pc.utf8_split_whitespace(arr)).to_numpy()
+    python = np.array([chr(c).isspace() for c in cps]) + 1
+    assert np.array_equal(counts, python) and np.array_equal(arrow, python)
+    assert int((python == 2).sum()) == 29
+
+
+def test_sort_unique_sorts_any_input():
+    """The bucket sort's speed depends on the hashes being spread; its result never does:
+    values sharing their top bits (one bucket), all equal, few distinct, every size class."""
+    rng = np.random.default_rng(6)
+    cases = [rng.integers(0, 2**64, size=m, dtype=np.uint64) for m in (1, 2, 16, 17, 33, 300, 5000, 70000)]
+    cases += [rng.integers(0, 1000, size=m, dtype=np.uint64) for m in (17, 300, 5000)]  # one bucket
+    cases += [np.full(500, 7, np.uint64), rng.choice(np.array([3, 2**63, 2**64 - 1], np.uint64), size=2000)]
+    cases += [np.sort(rng.integers(0, 2**64, size=400, dtype=np.uint64))[::-1].copy()]
+    for values in cases:
+        seg = values.copy()
+        tmp = np.empty(len(seg), np.uint64)
+        hist = np.empty(2 * len(seg) + 2, np.int64)
+        u = _sort_unique(seg, tmp, hist)
+        assert np.array_equal(seg[:u], np.unique(values)), len(values)
+
+
+ASCII_CASES = ["", "   ", "x", "1.5 1..2 1,2,3 12. .5 a1b 3.14159x 007 1,5,", "A-b C_d E'f \x00g\x1ch\x7fi\tj",
+               "Hello, WORLD! Price: 12.50 in 2024...", "tab\tand\nnewline\x0bvt\x0cff\rcr\x1d\x1e\x1f end",
+               "x" * 40 + " " + "Y9,9.9" * 5]
+OTHER_CASES = ["\u212a", "\u212a1.5", "Café naïve — déjà vu 3٫5", "١٢٣ and 4,5", "emoji 😀 here", "x\u200by z"]
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+@pytest.mark.parametrize("numbers", [True, False])
+@pytest.mark.parametrize("punctuation", [True, False])
+@pytest.mark.parametrize("accents", [True, False])
+def test_all_documents_normalised_at_once_have_normalises_words(lowercase, numbers, punctuation, accents):
+    """``normalised_buffers`` (ASCII documents in one compiled pass) gives every document
+    the words of ``normalise()``, for every switch; random ASCII texts included."""
+    p = MinHashParams(lowercase=lowercase, numbers_to_zero=numbers, strip_punctuation=punctuation,
+                      strip_accents=accents)
+    rng = random.Random(12)
+    alphabet = "".join(map(chr, range(128))) + "0123456789" * 3 + ".,.," + "aZ " * 5
+    texts = ASCII_CASES + OTHER_CASES + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+                                         for _ in range(300)]
+    data, offsets = normalised_buffers(texts, p)
+    assert len(offsets) == len(texts) + 1
+    for i, text in enumerate(texts):
+        assert bytes(data[offsets[i]:offsets[i + 1]]).decode().split() == normalise(text, p).split(), text
+
+
+def reference_score(texts: list[str | None], p: MinHashParams) -> pa.Table:
+    """The score table as the per-document definitions make it: ``normalise``, ``shingle_hashes``,
+    the numpy signature formula, xxhash band keys, one Python list per row."""
+    texts = [t or "" for t in texts]
+    sets = [shingle_hashes(normalise(t, p).split(), p.ngram, {}) for t in texts]
+    k = p.bands * p.rows
+    sig = reference_signatures([s for s in sets if len(s)], k, p.seed)
+    rows = iter(range(len(sig)))
+    sig_col, key_col = [], []
+    for s in sets:
+        if len(s) == 0:
+            sig_col.append(None)
+            key_col.append(None)
+            continue
+        row = sig[next(rows)]
+        sig_col.append(row)
+        key_col.append([xxhash.xxh64_intdigest(row[j * p.rows:(j + 1) * p.rows].tobytes(), seed=j)
+                        for j in range(p.bands)])
+    offsets = np.cumsum([0] + [len(s) for s in sets]).astype(np.int32)
+    return pa.table({
+        "too_short_to_compare": pa.array([len(s) == 0 for s in sets], pa.bool_()),
+        "n_shingles": pa.array([len(s) for s in sets], pa.int64()),
+        "chars": pa.array([len(t) for t in texts], pa.int64()),
+        "shingles": pa.ListArray.from_arrays(pa.array(offsets),
+                                             pa.array(np.concatenate(sets) if sets else [], pa.uint64())),
+        "signature": pa.array(sig_col, pa.list_(pa.uint32())),
+        "band_keys": pa.array(key_col, pa.list_(pa.uint64())),
+    })
+
+
+@pytest.mark.parametrize("params", [{}, {"ngram": 3, "bands": 9, "rows": 13, "seed": 7},
+                                    {"strip_punctuation": False, "numbers_to_zero": False}])
+def test_score_table_equals_the_per_document_definitions(params):
+    p = MinHashParams(**params)
+    rng = random.Random(13)
+    texts: list[str | None] = ASCII_CASES + OTHER_CASES + [None, "one two three four five"]
+    texts += [" ".join(rng.choice(VOCAB[:80]) for _ in range(rng.randint(0, 120))) for _ in range(200)]
+    texts += ["Über " + " ".join(rng.choice(VOCAB) for _ in range(rng.randint(0, 50))) for _ in range(20)]
+    ids = [str(i) for i in range(len(texts))]
+    scores = MinHashDedupV1(p).score(pa.table({"id": ids, "text": pa.array(texts, pa.string())}))
+    assert scores.equals(reference_score(texts, p))
+    empty = MinHashDedupV1(p).score(pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())}))
+    assert empty.num_rows == 0 and empty.schema.equals(scores.schema)
 
 
 def test_default_banding_recalls_at_least_90_percent_at_08():
