@@ -83,10 +83,25 @@ that is contained goes too (its duplicates keep pointing at it as their survivor
 Containment is not symmetric, so this is no replacement for Jaccard (an index such as
 datasketch's MinHashLSHEnsemble estimates it from signatures, approximately and in
 memory; the join here is exact after verification and runs out of core).
+
+Against an index (``against = INDEX_DIR``, a fit parameter; ``curate index add`` publishes
+a finished job's survivors, ``filters/minhash_index.py``): its hashing params (ngram,
+bands, rows, seed, the normalisation switches) must equal the stage's (else ValueError
+naming the param). DuckDB reads the live version's Parquet parts; a new document and an
+indexed one sharing a band key at the same band position are a candidate, verified as
+Jaccard pairs are (≥ max(``threshold``, ``min_survivor_jaccard``)). A new document with a
+verified match is removed first, reason ``minhash.indexed_duplicate``, ``survivor_id`` the
+most similar indexed document, ``cluster_id`` ``<job_id>:<its id>`` (job ids hold no
+``:``); it then takes no part in the new documents' own clustering (nor containment), so
+the rest of its cluster gets a survivor among the new documents. With ``min_id`` and the
+index holding the lower ids, this removes exactly what one job over everything removes
+among the new documents unless a chain links them (a new document within the threshold
+of an indexed one only through a document of neither, or one the old job removed).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import string
 import sys
@@ -101,8 +116,21 @@ import pyarrow as pa
 import xxhash
 from pydantic import Field, model_validator
 
-from filters.base import FIT, ID, SCORE, TEXT, Fitted, ScoreView, Selection, Stage, StageParams, scores_view
+from filters.base import (
+    FIT,
+    ID,
+    SCORE,
+    TEXT,
+    Fitted,
+    OptionalInputPath,
+    ScoreView,
+    Selection,
+    Stage,
+    StageParams,
+    scores_view,
+)
 from filters.minhash_fit import fit_minhash
+from filters.minhash_index import MinHashIndexError, check_params, current_version
 from filters.word_ngrams import ngram_hash, rolling_ngrams, utf8_buffers, word_hashes, xxh64
 
 _NUMBERS = re.compile(r"\d+(?:[.,]\d+)?")
@@ -143,6 +171,9 @@ class MinHashParams(StageParams):
     containment_sample: int = Field(32, ge=4, le=256, description="n-gram hashes sampled per document to find "
                                     "containment candidates (bottom-k)")
     survivor: str = Field("min_id", description="min_id | longest | best_score:<stage>.<score>")
+    against: OptionalInputPath = Field(
+        None, description="a MinHash index folder (`curate index add`): also remove new documents that duplicate "
+        "a document in it (reason minhash.indexed_duplicate); its ngram/bands/rows/seed/normalisation must match")
     lowercase: bool = True
     numbers_to_zero: bool = True
     strip_punctuation: bool = True
@@ -428,7 +459,7 @@ class MinHashDedupV1(Stage[MinHashParams]):
     name = "minhash_dedup_v1"
     Params = MinHashParams
     phases = (SCORE, FIT)
-    reasons = ("minhash.duplicate", "minhash.contained")
+    reasons = ("minhash.duplicate", "minhash.contained", "minhash.indexed_duplicate")
     sample_undercounts = True
     score_params = frozenset({"ngram", "bands", "rows", "seed", "lowercase", "numbers_to_zero",
                               "strip_punctuation", "strip_accents"})
@@ -464,8 +495,21 @@ class MinHashDedupV1(Stage[MinHashParams]):
 
     def fit(self, view: ScoreView | None, artifacts: Path) -> pa.Table:
         p = self.params
+        parts = None
+        if p.against is not None:
+            index = current_version(p.against)
+            if index is None:
+                raise MinHashIndexError(f"params.against: {p.against} is not a MinHash index (no CURRENT); publish "
+                                        "a finished job to it with `curate index add` first")
+            check_params(index.info["params"], p.model_dump(), "params.against")
+            parts = index.parts
+            # What the fit was made against, hashed with the job's artifacts (the index moves on).
+            (artifacts / "against.json").write_text(json.dumps(
+                {"index": str(p.against), "version": index.version, "rows": index.rows,
+                 "jobs": [j["job_id"] for j in index.info["jobs"]],
+                 "parts": {x["file"]: x["sha256"] for x in index.info["parts"]}}, indent=2, sort_keys=True) + "\n")
         return fit_minhash(scores_view(view, self.name), p.threshold, p.min_survivor_jaccard, p.verify, p.survivor,
-                           p.bands * p.rows, p.containment, p.containment_sample)
+                           p.bands * p.rows, p.containment, p.containment_sample, parts)
 
     def select(self, scores: pa.Table, fitted: Fitted | None) -> Selection:
         if fitted is None or fitted.table is None:
@@ -480,9 +524,11 @@ class MinHashDedupV1(Stage[MinHashParams]):
         for doc_id in scores[ID].to_pylist():
             c = clusters.get(doc_id)
             container = c.get("contained_in") if c and containment else None
+            indexed = c is not None and c.get("indexed_job") is not None
             duplicate = c is not None and c["survivor_id"] is not None and c["survivor_id"] != doc_id
             keep.append(not (duplicate or container))
-            reason.append("minhash.duplicate" if duplicate else "minhash.contained" if container else None)
+            reason.append("minhash.indexed_duplicate" if indexed else "minhash.duplicate" if duplicate
+                          else "minhash.contained" if container else None)
             cluster.append(c["cluster_id"] if c else None)
             survivor.append(container or (c["survivor_id"] if c else None))
             extra["cluster_size"].append(float(c["cluster_size"]) if c and c["cluster_size"] else 1.0)

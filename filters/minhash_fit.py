@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -65,9 +66,10 @@ class _Endpoints:
     """Signatures and n-gram sets of the documents in at least one candidate pair: the
     only per-document data that comes into memory (duplicates, not the corpus)."""
 
-    def __init__(self, view: ScoreView, k: int | None, pairs: str = "pairs") -> None:
-        """``k`` None: n-gram sets only (for containment, which has no signature estimate)."""
-        t = view.sql(f"""
+    def __init__(self, view: ScoreView, k: int | None, pairs: str = "pairs", query: str | None = None) -> None:
+        """``k`` None: n-gram sets only (for containment, which has no signature estimate).
+        ``query``: another source of the rows (``ord, shingles, signature``, sorted by ord)."""
+        t = view.sql(query or f"""
             SELECT ord, shingles{", signature" if k else ""} FROM docs
             WHERE ord IN (SELECT a FROM {pairs} UNION SELECT b FROM {pairs}) ORDER BY ord
         """)
@@ -109,13 +111,14 @@ class _Endpoints:
         return self.estimate(a, b) if verify == "signature" else self.exact(a, b)
 
 
-def _verified_edges(view: ScoreView, ends: _Endpoints, threshold: float, k: int, verify: str):
+def _verified_edges(view: ScoreView, ends: _Endpoints, threshold: float, k: int, verify: str,
+                    pairs_table: str = "pairs"):
     """Candidate pairs at or above the threshold, with their similarity.
 
     The signature estimate of J has standard deviation sqrt(J(1 − J)/k) (0.037 at
     J = 0.8, k = 120): pairs estimated more than 5 of those below the threshold are
     rejected without the dearer exact n-gram intersection."""
-    pairs = view.sql("SELECT a, b FROM pairs")
+    pairs = view.sql(f"SELECT a, b FROM {pairs_table}")
     a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
     est = ends.estimate(a, b)
     floor = threshold - 5 * (threshold * (1 - threshold) / k) ** 0.5 if verify == "exact" else threshold
@@ -166,13 +169,65 @@ def _survivor_order(view: ScoreView, rule: str, members: list[int]) -> dict:
     return {r["ord"]: (-(r["v"] if r["v"] is not None else float("-inf")), r["id"]) for r in rows}
 
 
+def _sql_list(paths: list[Path]) -> str:
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _indexed_duplicates(view: ScoreView, parts: list[Path], threshold: float, k: int,
+                        verify: str) -> dict[int, tuple[int, float]]:
+    """New document ord → (the index document's key, the similarity) for every new document
+    with a verified edge to a document of the index (``filters/minhash_index.py``): a band
+    key shared at the same band position gives a candidate pair, verified exactly as the
+    Jaccard pairs are. Its match is the most similar index document (ties: the earliest
+    added). DuckDB reads the index's Parquet parts itself; only the candidates' endpoints
+    come into memory. An index document's key is negative, ``-1 - (part << 40 | ord)``, so
+    it never meets a new document's ord."""
+    view.execute("CREATE OR REPLACE TEMP VIEW idx AS " + " UNION ALL ".join(
+        f"SELECT -1 - ({i}::BIGINT << 40 | ord) AS xord, id, job_id, shingles, signature, band_keys "
+        f"FROM read_parquet({_sql_list([p])})" for i, p in enumerate(parts)))
+    view.execute("""
+        CREATE OR REPLACE TEMP TABLE new_keys AS
+        SELECT ord, unnest(band_keys) AS key, generate_subscripts(band_keys, 1) AS band FROM docs
+    """)
+    view.execute("""
+        CREATE OR REPLACE TEMP TABLE xpairs AS
+        SELECT DISTINCT n.ord AS a, i.xord AS b FROM new_keys n JOIN (
+            SELECT xord, key, band FROM (
+                SELECT xord, unnest(band_keys) AS key, generate_subscripts(band_keys, 1) AS band FROM idx
+            ) WHERE key IN (SELECT key FROM new_keys)
+        ) i USING (band, key)
+    """)
+    if view.sql("SELECT count(*) AS n FROM xpairs")["n"][0].as_py() == 0:
+        return {}
+    ends = _Endpoints(view, k, query="""
+        SELECT ord, shingles, signature FROM docs WHERE ord IN (SELECT a FROM xpairs)
+        UNION ALL
+        SELECT xord AS ord, shingles, signature FROM idx WHERE xord IN (SELECT b FROM xpairs)
+        ORDER BY ord
+    """)
+    a, b, sim = _verified_edges(view, ends, threshold, k, verify, "xpairs")
+    best: dict[int, tuple[int, float]] = {}
+    for u, v, s in zip(a.tolist(), b.tolist(), sim.tolist(), strict=True):
+        if u not in best or (s, v) > (best[u][1], best[u][0]):  # larger xord: an earlier part/row
+            best[u] = (v, s)
+    return best
+
+
 def fit_minhash(view: ScoreView, threshold: float, min_survivor_jaccard: float, verify: str, survivor: str,
-                k: int, containment: float | None = None, containment_sample: int = 32) -> pa.Table:
+                k: int, containment: float | None = None, containment_sample: int = 32,
+                against: list[Path] | None = None) -> pa.Table:
     """Duplicate clusters: one row per member of a cluster of two or more (survivor included).
     With ``containment``, also one row per document contained in a longer one (columns
-    ``contained_in`` and ``containment``; null for the other rows)."""
+    ``contained_in`` and ``containment``; null for the other rows). With ``against`` (the
+    Parquet parts of an index's live version), first one row per new document that
+    duplicates an indexed one (``indexed_job`` set; ``survivor_id`` the indexed id,
+    ``cluster_id`` ``<job_id>:<id>``); those leave the new documents' own clustering."""
     _load_docs(view)
     _candidate_pairs(view)
+    indexed = _indexed_duplicates(view, against, max(threshold, min_survivor_jaccard), k, verify) if against else {}
+    if indexed:
+        view.register("indexed_new", pa.table({"ord": pa.array(list(indexed), pa.int64())}))
+        view.execute("DELETE FROM pairs WHERE a IN (SELECT ord FROM indexed_new) OR b IN (SELECT ord FROM indexed_new)")
     ends = _Endpoints(view, k)
     a, b, j = _verified_edges(view, ends, threshold, k, verify)
     best: dict[int, float] = defaultdict(float)
@@ -187,20 +242,36 @@ def fit_minhash(view: ScoreView, threshold: float, min_survivor_jaccard: float, 
         sizes[surv] += 1
     rows = {m: (s, sj) for m, (s, sj) in assigned.items() if sizes[s] > 1}
     contained = {} if containment is None else _contained(
-        view, [m for m, (s, _) in rows.items() if s != m], containment, containment_sample)
-    rows_at = [*rows, *(m for m in contained if m not in rows)]
+        view, [*(m for m, (s, _) in rows.items() if s != m), *indexed], containment, containment_sample)
+    rows_at = [*indexed, *rows, *(m for m in contained if m not in rows)]
     view.register("named", pa.table({"ord": pa.array(
         [*rows_at, *(s for s, _ in rows.values()), *(c for c, _ in contained.values())], pa.int64())}))
     ids = {r["ord"]: r["id"] for r in view.sql(
         "SELECT ord, id FROM docs WHERE ord IN (SELECT ord FROM named)").to_pylist()}
+    jobs: dict[int, str] = {}  # index document key → the job that added it
+    if indexed:
+        view.register("named_idx", pa.table({"xord": pa.array([x for x, _ in indexed.values()], pa.int64())}))
+        for r in view.sql("SELECT xord, id, job_id FROM idx WHERE xord IN (SELECT xord FROM named_idx)").to_pylist():
+            ids[r["xord"]] = r["id"]
+            jobs[r["xord"]] = r["job_id"]
+
+    def survivor_of(m: int) -> str | None:
+        return ids[indexed[m][0]] if m in indexed else ids[rows[m][0]] if m in rows else None
+
     cols = {
         ID: pa.array([ids[m] for m in rows_at], pa.string()),
-        "cluster_id": pa.array([ids[rows[m][0]] if m in rows else None for m in rows_at], pa.string()),
+        "cluster_id": pa.array([f"{jobs[indexed[m][0]]}:{ids[indexed[m][0]]}" if m in indexed
+                                else survivor_of(m) for m in rows_at], pa.string()),
         "cluster_size": pa.array([sizes[rows[m][0]] if m in rows else None for m in rows_at], pa.int64()),
-        "survivor_id": pa.array([ids[rows[m][0]] if m in rows else None for m in rows_at], pa.string()),
-        "survivor_jaccard": pa.array([rows[m][1] if m in rows else None for m in rows_at], pa.float64()),
-        "max_jaccard": pa.array([best.get(m, 0.0) if m in rows else None for m in rows_at], pa.float64()),
+        "survivor_id": pa.array([survivor_of(m) for m in rows_at], pa.string()),
+        "survivor_jaccard": pa.array([indexed[m][1] if m in indexed else rows[m][1] if m in rows else None
+                                      for m in rows_at], pa.float64()),
+        "max_jaccard": pa.array([indexed[m][1] if m in indexed else best.get(m, 0.0) if m in rows else None
+                                 for m in rows_at], pa.float64()),
     }
+    if against:
+        cols["indexed_job"] = pa.array([jobs[indexed[m][0]] if m in indexed else None for m in rows_at],
+                                       pa.string())
     if containment is not None:
         cols["contained_in"] = pa.array([ids[contained[m][0]] if m in contained else None for m in rows_at],
                                         pa.string())

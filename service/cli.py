@@ -1,5 +1,5 @@
-"""The ``curate`` command line: ingest, run, plan, demo, why, jobs, schema, export-scores, contamination, export,
-publish, ablate, ablations, serve, keys, catalog.
+"""The ``curate`` command line: ingest, run, plan, demo, why, jobs, schema, export-scores, contamination, index,
+export, publish, ablate, ablations, serve, keys, catalog.
 
 Exit status: 0 success; 1 a runtime failure (bad input data, a failed job, a missing or
 locked catalog, an unknown job, document, stage or key); 2 a usage error (argparse's, or a
@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from filters.lm.family import FamilyError
+from filters.minhash_index import MinHashIndexError
 from filters.text_files import TextFileError
 from service.catalog import Catalog, CatalogError, default_path
 from workers.ablate import AblationError
@@ -277,7 +278,9 @@ def _print_stages(stages: list[dict], indent: str) -> None:
         if s["cluster_id"]:
             cid = s["cluster_id"]
             extra = f"  cluster={cid if len(cid) <= 16 else cid[:12]}"  # a hash is shortened, a name is not
-        if s["survivor_id"]:  # a duplicate names the document it duplicates, a partial copy its container
+        if s["reason"] == "minhash.indexed_duplicate" and s["survivor_id"]:  # cluster_id is "<job_id>:<doc id>"
+            extra = f"  duplicate of {s['survivor_id']} in job {(s['cluster_id'] or '?').split(':', 1)[0]}"
+        elif s["survivor_id"]:  # a duplicate names the document it duplicates, a partial copy its container
             label = "contained_in" if s["reason"] == "minhash.contained" else "survivor"
             extra += f" {label}={s['survivor_id']}"
         scores = dict(s["scores"] or {})
@@ -346,6 +349,17 @@ def cmd_contamination(args: argparse.Namespace) -> int:
     except NoDecontamination as exc:
         raise ExportError(f"{exc}: add one to the spec to check training text against eval sets") from None
     print(json.dumps(reports, indent=1) if args.json else format_reports(reports, args.limit))
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from workers.dedup_index import add_job, format_index
+
+    if args.action == "add":
+        result = add_job(args.index, _job_folder(args.job, args.catalog))
+        print(result.message)
+    else:
+        print(format_index(args.index))
     return 0
 
 
@@ -689,6 +703,23 @@ def build_parser() -> argparse.ArgumentParser:
     con.add_argument("--limit", type=int, default=50, help="items to list per stage (default: 50)")
     con.set_defaults(func=cmd_contamination)
 
+    idx = sub.add_parser("index", help="publish finished jobs' MinHash survivors to an index (minhash `against:`)",
+                         description="add: publish the documents a finished job kept, with its minhash_dedup_v1 "
+                                     "scores, as a new version of INDEX_DIR (refused when its MinHash params differ; "
+                                     "a job already in it is not added twice). show: versions, jobs and rows. A "
+                                     "later job removes its near-duplicates of them with minhash_dedup_v1 "
+                                     "`against: INDEX_DIR` (reason minhash.indexed_duplicate).")
+    idx_sub = idx.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions",
+                                 help="`curate index ACTION --help` shows its arguments")
+    idx_add = idx_sub.add_parser("add", help="add a finished job's survivors as a new version",
+                                 description="Add a finished job's survivors as a new index version.")
+    idx_add.add_argument("index", metavar="INDEX_DIR", help="the index folder (created if absent)")
+    idx_add.add_argument("job", metavar="JOB", help="job id, job name (latest run) or output folder")
+    idx_show = idx_sub.add_parser("show", help="print versions, jobs and rows",
+                                  description="Print an index's versions, jobs and rows.")
+    idx_show.add_argument("index", metavar="INDEX_DIR", help="the index folder")
+    idx.set_defaults(func=cmd_index)
+
     cat = sub.add_parser("catalog", help="maintain the DuckDB catalog",
                          description="Maintain the DuckDB lineage catalog.")
     cat_sub = cat.add_subparsers(dest="catalog_command", required=True, metavar="ACTION", help="what to do")
@@ -839,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (InputError, JobError, CatalogError, ExportError, AblationError, ArmError, FamilyError,
-            TextFileError) as exc:
+            TextFileError, MinHashIndexError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt as exc:

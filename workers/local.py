@@ -57,15 +57,16 @@ def _stage(item: StageLike) -> Stage:
 
 
 def run_stages(stages: list[StageLike], docs: pa.Table, *, unit_rows: int | None = None, text_column: str = "text",
-               id_column: str = "id", workdir: str | Path | None = None) -> LocalRun:
+               id_column: str = "id", workdir: str | Path | None = None, job_id: str = "local") -> LocalRun:
     """Apply ``stages`` (instances, names or ``(name, params)``) in order to ``docs`` (a text
     column and, optionally, an id column; ids are ``docs:<row>`` when absent). The
     built-in input check runs first, as in every job. ``unit_rows`` splits the table
-    into work units as a job would; ``workdir`` keeps the job folder there."""
+    into work units as a job would; ``workdir`` keeps the job folder there (``<workdir>/job``);
+    ``job_id`` names the job in lineage and job.json (e.g. for ``curate index add``)."""
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="curate-local-"))
     try:
         return _run([get_stage(BUILTIN_FIRST_STAGE)()] + [_stage(s) for s in stages], docs, root, unit_rows,
-                    text_column, id_column)
+                    text_column, id_column, job_id)
     finally:
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
@@ -76,7 +77,7 @@ def run_stage(stage: StageLike, docs: pa.Table, **kwargs) -> LocalRun:
 
 
 def _run(stages: list[Stage], docs: pa.Table, root: Path, unit_rows: int | None, text_column: str,
-         id_column: str) -> LocalRun:
+         id_column: str, job_id: str = "local") -> LocalRun:
     source = root / "input" / "docs.parquet"
     source.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(docs, source)
@@ -84,10 +85,10 @@ def _run(stages: list[Stage], docs: pa.Table, root: Path, unit_rows: int | None,
     units = plan_units([shard], unit_rows or max(1, docs.num_rows), 1)
     folder = JobFolder(root / "job")
     folder.root.mkdir(parents=True, exist_ok=True)
-    folder.update_job(job_id="local", name="local", steps=step_names(stages), units=[u.record() for u in units],
+    folder.update_job(job_id=job_id, name=job_id, steps=step_names(stages), units=[u.record() for u in units],
                       stages=[{"index": i, "name": s.name, "kind": s.kind,
                                "params": s.params.model_dump(mode="json")} for i, s in enumerate(stages)])
-    runner = UnitRunner(RunContext("local", folder, text_column, id_column, stages))
+    runner = UnitRunner(RunContext(job_id, folder, text_column, id_column, stages))
     for plan in plan_passes(stages):
         for unit in units:
             error = runner.run(unit, list(plan.steps))

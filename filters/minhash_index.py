@@ -1,0 +1,79 @@
+"""The read side of a persistent MinHash index (``minhash_dedup_v1``'s ``against:``).
+
+An index folder holds the curated survivors of finished jobs, as ``curate index add``
+(``workers/dedup_index.py``, the only writer) publishes them::
+
+    INDEX_DIR/CURRENT                 the live version's folder name (``v000003``), replaced atomically
+    INDEX_DIR/v000003/index.json      version, parent, params, jobs, parts (file, job, rows, sha256)
+    INDEX_DIR/v000003/<part>.parquet  one part per added job (hard links to the parent's parts)
+    INDEX_DIR/.lock                   flock'd by an adder
+
+A part's columns: ``ord`` (row in the part), ``id``, ``job_id``, ``n_shingles``,
+``shingles``, ``signature``, ``band_keys``: the stage's stored scores of the documents the
+whole job kept (too-short documents are left out: they never match). A version folder
+is complete once it has its name (it is written as ``.v000003.tmp-*`` and renamed), so a
+reader that follows CURRENT never sees a torn version.
+
+Pure (json + pathlib): a stage's fit reads it; it opens no Parquet file itself.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+CURRENT = "CURRENT"
+INDEX_JSON = "index.json"
+# The params of minhash_dedup_v1 that make two jobs' band keys and n-gram sets comparable:
+# an index and every job added to it or deduplicated against it agree on all of them.
+MATCH_PARAMS = ("ngram", "bands", "rows", "seed", "lowercase", "numbers_to_zero", "strip_punctuation",
+                "strip_accents")
+
+
+class MinHashIndexError(ValueError):
+    """An index folder that cannot be used (missing, not an index, params that differ)."""
+
+
+@dataclass(frozen=True)
+class IndexVersion:
+    root: Path
+    version: str
+    info: dict
+
+    @property
+    def parts(self) -> list[Path]:
+        return [self.root / self.version / p["file"] for p in self.info["parts"]]
+
+    @property
+    def rows(self) -> int:
+        return sum(p["rows"] for p in self.info["parts"])
+
+
+def version_name(n: int) -> str:
+    return f"v{n:06d}"
+
+
+def current_version(root: str | Path) -> IndexVersion | None:
+    """The live version of an index folder; None for an empty (new) index."""
+    root = Path(root)
+    pointer = root / CURRENT
+    if not pointer.exists():
+        if root.exists() and not root.is_dir():
+            raise MinHashIndexError(f"{root} is not a MinHash index folder")
+        return None
+    version = pointer.read_text().strip()
+    info_path = root / version / INDEX_JSON
+    if not info_path.exists():
+        raise MinHashIndexError(f"{root}: CURRENT names {version!r}, which has no {INDEX_JSON}")
+    return IndexVersion(root, version, json.loads(info_path.read_text()))
+
+
+def check_params(index_params: dict, params: dict, what: str) -> None:
+    """ValueError naming the first param of ``MATCH_PARAMS`` on which ``params`` (a stage's
+    or a job's) differ from the index's."""
+    for name in MATCH_PARAMS:
+        if index_params.get(name) != params.get(name):
+            raise MinHashIndexError(
+                f"{what}: minhash_dedup_v1 param {name!r} is {params.get(name)!r}, the index was built with "
+                f"{name}={index_params.get(name)!r}; every job of an index must hash alike ({', '.join(MATCH_PARAMS)})")

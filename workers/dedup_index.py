@@ -1,0 +1,235 @@
+"""``curate index add|show``: publish the survivors of finished jobs' ``minhash_dedup_v1``
+stage to a versioned MinHash index, which a later job names in ``against:`` to remove its
+near-duplicates of already curated documents without deduplicating everything again.
+
+The layout (and its reader) is in ``filters/minhash_index.py``; this module is its only
+writer. Adding is explicit, never automatic, so an index only ever holds curated data:
+the documents the *whole* job kept (a row with decision ``keep`` at the job's last
+stage), with the stage's stored scores (``band_keys``, ``shingles``, ``signature``,
+``n_shingles``).
+
+A new version is the parent's parts (hard links; a copy where links fail) plus one new
+part, written in ``.vNNNNNN.tmp-*`` and renamed into place, then ``CURRENT`` is replaced
+(temp file + ``os.replace``). Adders serialise on ``INDEX_DIR/.lock`` (``flock``): each
+reads CURRENT under the lock, so two adds of different jobs give two versions, the second
+holding both jobs (no lost update). Under the lock, temporaries of a killed add and
+versions newer than CURRENT (renamed, but CURRENT never pointed at them) are removed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from filters.minhash_index import (
+    CURRENT,
+    INDEX_JSON,
+    MATCH_PARAMS,
+    MinHashIndexError,
+    check_params,
+    current_version,
+    version_name,
+)
+from workers import atomic
+from workers.job_folder import WRITE_STEP, JobFolder
+
+STAGE = "minhash_dedup_v1"
+LOCK = ".lock"
+TMP_MARK = ".tmp-"
+PART_SCHEMA = pa.schema([
+    ("ord", pa.int64()), ("id", pa.string()), ("job_id", pa.string()), ("n_shingles", pa.int64()),
+    ("shingles", pa.list_(pa.uint64())), ("signature", pa.list_(pa.uint32())), ("band_keys", pa.list_(pa.uint64())),
+])
+
+
+@dataclass(frozen=True)
+class AddResult:
+    added: bool
+    version: str
+    job_id: str
+    rows: int  # documents of this job in the index
+    message: str
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # blocks: adders queue, they never interleave
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _version_number(name: str) -> int | None:
+    return int(name[1:]) if len(name) == 7 and name[0] == "v" and name[1:].isdigit() else None
+
+
+def clean(root: Path) -> list[str]:
+    """Under the lock: remove what a killed add left (``.vNNNNNN.tmp-*`` folders, and version
+    folders newer than CURRENT, which no reader was ever pointed at). Returns their names."""
+    cur = current_version(root)
+    live = (_version_number(cur.version) or 0) if cur else 0
+    removed = []
+    for p in sorted(root.iterdir()):
+        n = _version_number(p.name)
+        torn = p.name.startswith((".v", f".{CURRENT}")) and TMP_MARK in p.name
+        if torn or (n is not None and p.is_dir() and n > live):
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p.name)
+    return removed
+
+
+def _finished(folder: JobFolder) -> bool:
+    """A job with a manifest, or (a local ``run_stages`` job) every output shard written."""
+    if folder.complete():
+        return True
+    shards = {u["key"].rsplit(".", 1)[0] for u in folder.units()}
+    return bool(shards) and all(folder.done(WRITE_STEP, s) for s in shards)
+
+
+def _minhash_stage(folder: JobFolder) -> dict:
+    found = [st for st in folder.stages() if st["name"] == STAGE]
+    if not found:
+        raise MinHashIndexError(f"job {folder.job()['job_id']} has no {STAGE} stage: nothing to add")
+    if len(found) > 1:
+        raise MinHashIndexError(f"job {folder.job()['job_id']} runs {STAGE} {len(found)} times; which survivors "
+                                "to index is ambiguous")
+    return found[0]
+
+
+def _survivor_rows(folder: JobFolder, stage: dict, job_id: str) -> Iterator[pa.Table]:
+    """Per work unit, the stage's scores of the documents the whole job kept."""
+    last = folder.stages()[-1]
+    for unit in folder.units():
+        scores_path = folder.scores(stage["index"], stage["name"], unit["key"])
+        decisions_path = folder.decisions(last["index"], last["name"], unit["key"])
+        if not scores_path.exists() or not decisions_path.exists():
+            continue
+        decisions = pq.read_table(decisions_path, columns=["doc_id", "decision"])
+        kept = decisions.filter(pc.equal(decisions["decision"], "keep"))["doc_id"]
+        scores = pq.read_table(scores_path)
+        if scores.num_rows == 0:
+            continue
+        mask = pc.and_(pc.is_in(scores["id"], value_set=kept.combine_chunks()),
+                       pc.invert(scores["too_short_to_compare"]))
+        rows = scores.filter(mask)
+        if rows.num_rows:
+            yield pa.table({
+                "id": rows["id"].cast(pa.string()),
+                "job_id": pa.array([job_id] * rows.num_rows, pa.string()),
+                "n_shingles": rows["n_shingles"].cast(pa.int64()),
+                "shingles": rows["shingles"].cast(pa.list_(pa.uint64())),
+                "signature": rows["signature"].cast(pa.list_(pa.uint32())),
+                "band_keys": rows["band_keys"].cast(pa.list_(pa.uint64())),
+            })
+
+
+def _write_part(path: Path, tables: Iterator[pa.Table]) -> int:
+    rows = 0
+    with pq.ParquetWriter(path, PART_SCHEMA, compression="zstd") as writer:
+        for t in tables:
+            ords = pa.array(range(rows, rows + t.num_rows), pa.int64())
+            writer.write_table(pa.table([ords, *t.columns], schema=PART_SCHEMA), row_group_size=64_000)
+            rows += t.num_rows
+    return rows
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not supported: a copy is as good
+        shutil.copy2(src, dst)
+
+
+def add_job(index_dir: str | Path, job_dir: str | Path) -> AddResult:
+    """Add the survivors of the finished job in ``job_dir`` to the index (a new version).
+    A job already in the index is not added again (``added`` False, with a message)."""
+    root, folder = Path(index_dir), JobFolder(job_dir)
+    if not folder.started():
+        raise MinHashIndexError(f"{folder.root} is not a curate job folder (no job.json)")
+    job = folder.job()
+    job_id = job["job_id"]
+    if not _finished(folder):
+        raise MinHashIndexError(f"job {job_id} has not finished; only a finished job's survivors can be indexed")
+    stage = _minhash_stage(folder)
+    params = stage["params"]
+    with _locked(root):
+        clean(root)
+        cur = current_version(root)
+        if cur is not None:
+            check_params(cur.info["params"], params, f"job {job_id}")
+            if job_id in {j["job_id"] for j in cur.info["jobs"]}:
+                rows = next(j["rows"] for j in cur.info["jobs"] if j["job_id"] == job_id)
+                return AddResult(False, cur.version, job_id, rows,
+                                 f"job {job_id} is already in {root} ({cur.version}); nothing added")
+        number = (_version_number(cur.version) or 0) + 1 if cur else 1
+        name = version_name(number)
+        tmp = root / f".{name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            parts = list(cur.info["parts"]) if cur else []
+            for p in parts:
+                _link(root / cur.version / p["file"], tmp / p["file"])  # type: ignore[union-attr]
+            part_file = f"part-{number:06d}.parquet"
+            rows = _write_part(tmp / part_file, _survivor_rows(folder, stage, job_id))
+            parts.append({"file": part_file, "job_id": job_id, "rows": rows,
+                          "sha256": atomic.sha256_file(tmp / part_file)})
+            now = datetime.now(UTC).isoformat(timespec="seconds")
+            jobs = [*(cur.info["jobs"] if cur else []),
+                    {"job_id": job_id, "name": job.get("name"), "output": str(folder.root.resolve()), "rows": rows,
+                     "stage_index": stage["index"], "added_in": name, "added_at": now}]
+            info = {"version": name, "parent": cur.version if cur else None, "created_at": now,
+                    "params": {k: params.get(k) for k in MATCH_PARAMS}, "jobs": jobs, "parts": parts,
+                    "rows": sum(p["rows"] for p in parts)}
+            atomic.write_json(info, tmp / INDEX_JSON)
+            os.rename(tmp, root / name)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        atomic.write_text(name + "\n", root / CURRENT)
+    return AddResult(True, name, job_id, rows, f"added {rows} documents of job {job_id} to {root} as {name}")
+
+
+def versions(index_dir: str | Path) -> list[dict]:
+    """index.json of every version from CURRENT back to the first, newest first."""
+    root = Path(index_dir)
+    cur = current_version(root)
+    if cur is None:
+        raise MinHashIndexError(f"{root} is not a MinHash index (no {CURRENT}); create one with `curate index add`")
+    out, info = [], cur.info
+    while True:
+        out.append(info)
+        if not info.get("parent") or not (root / info["parent"] / INDEX_JSON).exists():
+            return out
+        info = atomic.read_json(root / info["parent"] / INDEX_JSON)
+
+
+def format_index(index_dir: str | Path) -> str:
+    found = versions(index_dir)
+    live = found[0]
+    lines = [f"index {Path(index_dir)}: current {live['version']}, {len(live['jobs'])} jobs, {live['rows']} documents",
+             "params: " + " ".join(f"{k}={live['params'][k]}" for k in MATCH_PARAMS),
+             f"{'version':<9} {'parent':<9} {'jobs':>4} {'rows':>10}  added"]
+    for v in found:
+        new = [j for j in v["jobs"] if j.get("added_in") == v["version"]]
+        added = ", ".join(f"{j['job_id']} ({j['rows']} rows)" for j in new)
+        lines.append(f"{v['version']:<9} {v['parent'] or '-':<9} {len(v['jobs']):>4} {v['rows']:>10}  {added}")
+    lines.append("jobs:")
+    lines += [f"  {j['job_id']:<32} {j['rows']:>10} rows  {j['output']}" for j in live["jobs"]]
+    return "\n".join(lines)
