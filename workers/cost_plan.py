@@ -220,5 +220,6 @@ def format_plan(p: dict) -> str:
         for note in (s["note"] or "").split("; ") if s["note"] else []:
             lines.append(f"  ! {note}")
     lines.append(f"total: {_hours(t['wall_hours'])} wall, {_hours(t['cpu_hours'])} CPU, {_size(t['disk_bytes'])} "
-                 f"of disk ({_size(t['output_bytes'])} of outputs, {t['output_rows']:,} documents)")
+                 f"of disk ({_size(t['output_bytes'])} of outputs, {t['output_rows']:,} documents); wall time "
+                 "leaves out Ray's start-up and scheduling")
     return "\n".join(lines)
