@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import secrets
@@ -31,9 +32,22 @@ from workers import atomic
 from workers.job_folder import JobFolder
 from workers.progress import job_progress, job_stats
 from workers.reselect import ReselectError, preview_selection
+from workers.shards import InputError, discover
 from workers.spec import JobSpec
 
 PLAN_SECONDS = 600  # a dry run that takes longer is stopped
+PLAN_REUSE_SECONDS = 600
+
+
+def _plan_key(spec: JobSpec) -> str:
+    """What a plan depends on: the stages, columns and execution, and the input files as
+    they are now (path, size, modification time); not the job's name or output folder."""
+    files = []
+    for path in discover(spec.inputs):
+        st = Path(path).stat() if "://" not in path else None
+        files.append([path, st.st_size if st else None, st.st_mtime_ns if st else None])
+    data = spec.model_dump(mode="json", include={"stages", "columns", "execution"})
+    return hashlib.sha256(json.dumps([data, files], sort_keys=True).encode()).hexdigest()
 
 log = logging.getLogger("curate.api")
 
@@ -46,6 +60,10 @@ class JobService:
         self.live: dict[str, dict] = {}  # job_id -> {"state", "progress", "checked_at"}: Ray's view, cached
         self._poller: asyncio.Task | None = None
         self.events = JobEvents()
+        # Dry runs: one planner at a time (each runs the stages, models included), and a plan
+        # reused for the same stages over the same unchanged input files for PLAN_REUSE_SECONDS.
+        self._planning = asyncio.Semaphore(1)
+        self._plans: dict[str, tuple[float, dict]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -340,6 +358,20 @@ class JobService:
         """``curate plan`` for a spec, run as a Ray job on the cluster (it loads the stages'
         models, which the API process must not); nothing is launched or written."""
         spec = self.confine(spec)
+        try:
+            key = await asyncio.to_thread(_plan_key, spec)
+        except (InputError, OSError) as exc:
+            raise ServiceError(422, f"cannot plan this job: {exc}", code="plan_failed") from None
+        async with self._planning:
+            cached = self._plans.get(key)
+            if cached and time.monotonic() - cached[0] < PLAN_REUSE_SECONDS:
+                return cached[1]
+            plan = await self._plan_on_cluster(spec, timeout)
+            self._plans = {k: v for k, v in self._plans.items() if time.monotonic() - v[0] < PLAN_REUSE_SECONDS}
+            self._plans[key] = (time.monotonic(), plan)
+            return plan
+
+    async def _plan_on_cluster(self, spec: JobSpec, timeout: float) -> dict:
         submission = f"plan-{spec.job_id()}-{secrets.token_hex(4)}"
         out = await self.ray.submit_plan(submission, spec.model_dump_json())
         deadline = time.monotonic() + timeout

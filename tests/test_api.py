@@ -522,6 +522,11 @@ def test_a_dry_run_plans_on_the_cluster_and_launches_nothing(api):
     assert plan["cluster"]["cpus"] >= 1 and plan["total"]["output_rows"] >= 1
     assert api.get("/jobs", headers=api.read).json()["items"] == before
     assert not (api.root / "runs" / "planned").exists()
+    # The same stages over the same unchanged files: the plan is reused, whatever the name.
+    again = api.post("/jobs?dry_run=true", json={**spec, "name": "other", "output": "other"}, headers=api.admin)
+    assert again.status_code == 200 and again.json() == plan
+    assert_error(api.post("/jobs?dry_run=true", json={**spec, "inputs": ["nothing/*.parquet"]}, headers=api.admin),
+                 422, "plan_failed", "matches no file")
     assert not list((api.root / "home" / "specs").glob("plan-*"))  # its spec and plan files are gone
     (api.data / "short.txt").write_text("too short\n")
     bad = {**spec, "stages": [{"stage": "decontam_v1", "params": {"eval_sets": [{"name": "s", "path": "short.txt"}]}}]}
