@@ -186,18 +186,24 @@ def cmd_preselect_family(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from workers.demo_corpus import build_demo_corpus
+    from workers.demo_corpus import build_demo_corpus, build_demo_eval_set
     from workers.ingest import ingest
 
     root = Path(args.out).resolve()
     raw, n = build_demo_corpus(root / "raw" / "demo.jsonl", max_docs=args.max_docs)
+    eval_set = build_demo_eval_set(raw, root / "evals" / "held_out.jsonl")
     shards = ingest([str(raw)], root / "shards", shard_rows=args.shard_rows, overwrite=True)
     print(f"demo corpus: {n} docs (stdlib docstrings, installed package licences/readmes, planted faults) "
           f"→ {len(shards.files)} shards in {root / 'shards'}")
     spec_data = {
         "name": "demo", "inputs": [str(root / "shards" / "*.parquet")], "output": str(root / "run"),
         "stages": [
-            {"stage": "exact_dedup_v1"}, {"stage": "minhash_dedup_v1"},
+            {"stage": "exact_dedup_v1"},
+            # A held-out "benchmark" made of a few docstrings' openings: the documents that
+            # hold one are dropped (`curate contamination` prints which items were found).
+            {"stage": "decontam_v1", "params": {"eval_sets": [
+                {"name": "held_out_docs", "path": str(eval_set), "fields": ["question"], "id_field": "id"}]}},
+            {"stage": "minhash_dedup_v1"},
             # C4's line cleaning; 3 sentences (TFDS's minimum, not datatrove's 5): docstrings are short.
             {"stage": "c4_lines_v1", "params": {"min_sentences": 3}},
             {"stage": "quality_rules_v1"},
@@ -231,6 +237,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"lineage:  {root / 'run' / 'stages'} (decision Parquet per stage) and the catalog "
           f"{args.catalog or default_path()}")
     print(f"spec:     {spec_path} (rerun with: curate run {spec_path})")
+    print(f"eval set: {eval_set} (what the job held of it: curate contamination {manifest['job_id']})")
     _print_examples(manifest["job_id"], args.catalog)
     return 0
 

@@ -28,13 +28,16 @@ def test_demo_runs_end_to_end_and_why_explains_its_examples(tmp_path):
     res = curate("demo", "--out", str(tmp_path / "demo"), "--max-docs", "400", "--no-progress")
     out = res.stdout
     assert re.search(r"demo corpus: \d+ docs", out)
-    for stage in ("input_v1", "exact_dedup_v1", "minhash_dedup_v1", "c4_lines_v1", "quality_rules_v1",
+    for stage in ("input_v1", "exact_dedup_v1", "decontam_v1", "minhash_dedup_v1", "c4_lines_v1", "quality_rules_v1",
                   "concept_prune_v1", "perplexity_v1", "preselect_v1"):
         assert re.search(rf"^{stage}\s+\d+\s+\d+\s+\d+", out, re.M), out
     assert "perplexity.bucket_tail=" in out  # the 10% least English-like of what the rules kept
     assert "concept.pruned_prototypical=" in out
     assert re.search(r"^c4_lines_v1 .*c4_lines\.too_few_sentences=\d+.*\(edited \d+\)$", out, re.M), out
     assert "input.null_text=3" in out and "exact_dedup.duplicate=" in out
+    assert re.search(r"^decontam_v1 .*decontam\.eval_overlap=\d+", out, re.M), out  # the held-out docstrings
+    report = re.search(r"curate contamination (\S+)\)", out)
+    assert report and re.search(r"held_out_docs\s+12\s+0\s+\d+", curate("contamination", report[1]).stdout)
     manifest = json.loads((tmp_path / "demo" / "run" / "manifest.json").read_text())
     assert manifest["output"]["rows"] > 0
     examples = re.findall(r"curate why (\S+) '([^']+)'", out)
@@ -46,8 +49,8 @@ def test_demo_runs_end_to_end_and_why_explains_its_examples(tmp_path):
     why_keep = curate("why", job, kept, "--json").stdout
     answer = json.loads(why_keep)
     assert answer["outcome"] == "kept" and [s["stage"] for s in answer["stages"]] == [
-        "input_v1", "exact_dedup_v1", "minhash_dedup_v1", "c4_lines_v1", "quality_rules_v1", "concept_prune_v1",
-        "perplexity_v1", "preselect_v1"]
+        "input_v1", "exact_dedup_v1", "decontam_v1", "minhash_dedup_v1", "c4_lines_v1", "quality_rules_v1",
+        "concept_prune_v1", "perplexity_v1", "preselect_v1"]
     concept = answer["stages"][-3]["scores"]
     assert concept["quota"] >= 1 and 0 <= concept["distance"] <= 2 and "cluster" in concept
     assert answer["stages"][-2]["scores"]["bits_per_byte"] > 0

@@ -122,3 +122,21 @@ def build_demo_corpus(out: Path, *, max_docs: int = 3000, seed: int = 0) -> tupl
         for d in docs:
             f.write(json.dumps(d, ensure_ascii=False) + "\n")
     return out, len(docs)
+
+
+def build_demo_eval_set(corpus: Path, out: Path, *, items: int = 12, seed: int = 0) -> Path:
+    """A small "benchmark" for the demo's decontamination stage: the opening 40 words of a
+    few stdlib docstrings that are in the corpus, as if a held-out eval set had leaked into
+    the training data (JSONL ``{id, question}``)."""
+    rng = random.Random(seed)
+    with open(corpus, encoding="utf-8") as f:
+        docs = [d for d in map(json.loads, f) if d.get("source") == "stdlib-docstring"]
+    long_enough = [d for d in docs if len(d["text"].split()) >= 60]
+    chosen = rng.sample(long_enough, min(items, len(long_enough)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        for k, d in enumerate(chosen):
+            passage = " ".join(d["text"].split("\n\n", 1)[-1].split()[:40])
+            f.write(json.dumps({"id": f"held-out-{k}", "question": passage}) + "\n")
+    return out
+
