@@ -50,6 +50,9 @@ def run_fit(folder: JobFolder, units: list[Unit], step: Step, stages: list[Stage
         return [folder.scores(earlier[-1], name, u.key, phase) for u in units]
 
     scratch = folder.scratch(index, stage.name)
+    # A fit killed mid-way leaves its DuckDB spill files behind (tens of GB at scale): one
+    # fit of a stage runs at a time (the folder's run lock), so whatever is there is stale.
+    shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         if before:
