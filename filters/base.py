@@ -132,10 +132,33 @@ SCORE = Phase.score()
 FIT = Phase.fit()
 
 
+class SqlEngine(Protocol):
+    """A private DuckDB connection that spills large intermediates to disk."""
+
+    def sql(self, query: str, params: list[Any] | None = None) -> pa.Table: ...
+
+    def execute(self, statement: str, params: list[Any] | None = None) -> None: ...
+
+    def register(self, name: str, table: pa.Table) -> None: ...
+
+
+@dataclass(frozen=True)
+class Bucketed:
+    """What the per-bucket tasks of a bucketed fit wrote (see ``Stage.bucket_by``):
+    Parquet files of verified edges (``a``, ``b``: document orders, ``sim``) and of the
+    rows of every document in a candidate pair (``ord`` and ``Stage.bucket_columns``)."""
+
+    edges: list[Path]
+    ends: list[Path]
+
+
 class ScoreView(Protocol):
     """The scores of one scoring phase for every document that reached the stage, out of
     core (the worker layer builds it over the stored score files). Columns: ``id``,
-    ``order``, ``row`` and the phase's scores."""
+    ``order``, ``row`` and the phase's scores. ``bucketed``: set when the job ran the
+    stage's grouping as per-bucket tasks (``Stage.bucket_by``), None otherwise."""
+
+    bucketed: Bucketed | None
 
     @property
     def num_rows(self) -> int: ...
@@ -299,6 +322,13 @@ class Stage(Generic[P]):
     # True when what a stage removes depends on pairs of documents (duplicates): a sample
     # holds both copies of few pairs, so a plan made on one undercounts the removals.
     sample_undercounts: ClassVar[bool] = False
+    # A list-of-keys score column the fit groups documents by (MinHash band keys). A job
+    # may then hash the keys into buckets in the scoring pass and run the grouping and the
+    # verification of pairs as one task per bucket (``bucket_pairs``, ``verify_bucket``),
+    # handing the fit their edges as ``view.bucketed``; the result must not change.
+    bucket_by: ClassVar[str | None] = None
+    # Score columns ``verify_bucket`` reads for each document in a candidate pair.
+    bucket_columns: ClassVar[tuple[str, ...]] = ()
     # A folder of this stage in the job folder, kept across reruns of the job (a cache of
     # paid model calls, a budget ledger); set by the runner, None outside a job.
     workspace: Path | None = None
@@ -341,6 +371,20 @@ class Stage(Generic[P]):
         return None
 
     def select(self, scores: pa.Table, fitted: Fitted | None) -> Selection:
+        raise NotImplementedError
+
+    def keys_per_doc(self) -> int:
+        """How many ``bucket_by`` keys a document has at most (sizes the buckets)."""
+        return 1
+
+    def bucket_pairs(self, sql: SqlEngine, keys: str) -> pa.Table:
+        """Candidate pairs (``a``, ``b``: orders, a < b) of one bucket, whose key rows
+        (``ord``, ``band``, ``key``) the query ``keys`` gives."""
+        raise NotImplementedError
+
+    def verify_bucket(self, sql: SqlEngine, pairs: str, ends: str) -> pa.Table:
+        """Edges (``a``, ``b``, ``sim``) among the pairs of the table ``pairs``, reading the
+        endpoints' ``bucket_columns`` from the query ``ends`` (``ord`` and those columns)."""
         raise NotImplementedError
 
     def transform(self, docs: pa.Table, fitted: Fitted | None) -> Transformed:

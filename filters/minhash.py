@@ -125,11 +125,12 @@ from filters.base import (
     OptionalInputPath,
     ScoreView,
     Selection,
+    SqlEngine,
     Stage,
     StageParams,
     scores_view,
 )
-from filters.minhash_fit import fit_minhash
+from filters.minhash_fit import bucket_pairs, fit_minhash, verify_bucket
 from filters.minhash_index import MinHashIndexError, check_params, current_version
 from filters.word_ngrams import ngram_hash, rolling_ngrams, utf8_buffers, word_hashes, xxh64
 
@@ -463,6 +464,8 @@ class MinHashDedupV1(Stage[MinHashParams]):
     sample_undercounts = True
     score_params = frozenset({"ngram", "bands", "rows", "seed", "lowercase", "numbers_to_zero",
                               "strip_punctuation", "strip_accents"})
+    bucket_by = "band_keys"
+    bucket_columns = ("shingles", "signature")
 
     def score(self, docs: pa.Table) -> pa.Table:
         p = self.params
@@ -510,6 +513,16 @@ class MinHashDedupV1(Stage[MinHashParams]):
                  "parts": {x["file"]: x["sha256"] for x in index.info["parts"]}}, indent=2, sort_keys=True) + "\n")
         return fit_minhash(scores_view(view, self.name), p.threshold, p.min_survivor_jaccard, p.verify, p.survivor,
                            p.bands * p.rows, p.containment, p.containment_sample, parts)
+
+    def keys_per_doc(self) -> int:
+        return self.params.bands
+
+    def bucket_pairs(self, sql: SqlEngine, keys: str) -> pa.Table:
+        return bucket_pairs(sql, keys)
+
+    def verify_bucket(self, sql: SqlEngine, pairs: str, ends: str) -> pa.Table:
+        p = self.params
+        return verify_bucket(sql, pairs, ends, p.threshold, p.bands * p.rows, p.verify)
 
     def select(self, scores: pa.Table, fitted: Fitted | None) -> Selection:
         if fitted is None or fitted.table is None:

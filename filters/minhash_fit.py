@@ -22,7 +22,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.stats import binom
 
-from filters.base import ID, ScoreView
+from filters.base import ID, Bucketed, ScoreView, SqlEngine
 
 
 def _load_docs(view: ScoreView) -> None:
@@ -42,12 +42,15 @@ def _load_docs(view: ScoreView) -> None:
 ALL_PAIRS_UP_TO = 64
 
 
-def _candidate_pairs(view: ScoreView) -> None:
-    view.execute("""
+# Every document's band keys as rows; a bucketed fit's task reads the same rows from the
+# partition files the scoring pass wrote.
+BAND_KEY_ROWS = "SELECT ord, unnest(band_keys) AS key, generate_subscripts(band_keys, 1) AS band FROM docs"
+
+
+def _candidate_pairs(view: SqlEngine, keys: str = BAND_KEY_ROWS) -> None:
+    view.execute(f"""
         CREATE TEMP TABLE buckets AS
-        SELECT list(ord ORDER BY ord) AS m FROM (
-            SELECT ord, unnest(band_keys) AS key, generate_subscripts(band_keys, 1) AS band FROM docs
-        ) GROUP BY band, key HAVING count(*) > 1
+        SELECT list(ord ORDER BY ord) AS m FROM ({keys}) GROUP BY band, key HAVING count(*) > 1
     """)
     view.execute(f"""
         CREATE TEMP TABLE pairs AS
@@ -66,7 +69,7 @@ class _Endpoints:
     """Signatures and n-gram sets of the documents in at least one candidate pair: the
     only per-document data that comes into memory (duplicates, not the corpus)."""
 
-    def __init__(self, view: ScoreView, k: int | None, pairs: str = "pairs", query: str | None = None) -> None:
+    def __init__(self, view: SqlEngine, k: int | None, pairs: str = "pairs", query: str | None = None) -> None:
         """``k`` None: n-gram sets only (for containment, which has no signature estimate).
         ``query``: another source of the rows (``ord, shingles, signature``, sorted by ord)."""
         t = view.sql(query or f"""
@@ -111,7 +114,7 @@ class _Endpoints:
         return self.estimate(a, b) if verify == "signature" else self.exact(a, b)
 
 
-def _verified_edges(view: ScoreView, ends: _Endpoints, threshold: float, k: int, verify: str,
+def _verified_edges(view: SqlEngine, ends: _Endpoints, threshold: float, k: int, verify: str,
                     pairs_table: str = "pairs"):
     """Candidate pairs at or above the threshold, with their similarity.
 
@@ -126,6 +129,43 @@ def _verified_edges(view: ScoreView, ends: _Endpoints, threshold: float, k: int,
     sim = est if verify == "signature" else ends.exact(a, b)
     ok = sim >= threshold
     return a[ok], b[ok], sim[ok]
+
+
+def bucket_pairs(view: SqlEngine, keys: str) -> pa.Table:
+    """Candidate pairs of one bucket of a bucketed fit: ``keys`` gives its rows (``ord``,
+    ``band``, ``key``). A (band, key) lies wholly in one bucket, so the union over the
+    buckets is the single-node fit's pairs; a pair two buckets both find is one edge."""
+    _candidate_pairs(view, keys)
+    return view.sql("SELECT a, b FROM pairs")
+
+
+def verify_bucket(view: SqlEngine, pairs: str, ends: str, threshold: float, k: int, verify: str) -> pa.Table:
+    """The verified edges among one bucket's candidate pairs (the table ``pairs``),
+    reading their endpoints from the query ``ends`` (``ord``, ``shingles``, ``signature``)."""
+    endpoints = _Endpoints(view, k, query=f"""
+        SELECT ord, shingles, signature FROM ({ends})
+        WHERE ord IN (SELECT a FROM {pairs} UNION SELECT b FROM {pairs}) ORDER BY ord
+    """)
+    a, b, sim = _verified_edges(view, endpoints, threshold, k, verify, pairs)
+    return pa.table({"a": pa.array(a, pa.int64()), "b": pa.array(b, pa.int64()), "sim": pa.array(sim, pa.float64())})
+
+
+def _merged_edges(view: SqlEngine, bucketed: Bucketed, k: int, dropped: str | None):
+    """The buckets' edges as one list (a pair found in two buckets once), less those
+    touching a document of the table ``dropped``, and the endpoints of what is left."""
+    if not bucketed.edges:  # no bucket had a candidate pair
+        empty = "SELECT NULL::BIGINT AS ord, NULL::UBIGINT[] AS shingles, NULL::UINTEGER[] AS signature WHERE false"
+        return _Endpoints(view, k, query=empty), *(np.empty(0, t) for t in (np.int64, np.int64, np.float64))
+    view.execute(f"CREATE OR REPLACE TEMP TABLE edges AS SELECT DISTINCT a, b, sim "
+                 f"FROM read_parquet({_sql_list(bucketed.edges)})")
+    if dropped:
+        view.execute(f"DELETE FROM edges WHERE a IN (SELECT ord FROM {dropped}) OR b IN (SELECT ord FROM {dropped})")
+    t = view.sql("SELECT a, b, sim FROM edges")
+    ends = _Endpoints(view, k, query=f"""
+        SELECT ord, shingles, signature FROM read_parquet({_sql_list(bucketed.ends)})
+        WHERE ord IN (SELECT a FROM edges UNION SELECT b FROM edges) ORDER BY ord
+    """)
+    return ends, t["a"].to_numpy(), t["b"].to_numpy(), t["sim"].to_numpy()
 
 
 def _components(a: np.ndarray, b: np.ndarray) -> list[list[int]]:
@@ -210,7 +250,7 @@ def _indexed_duplicates(view: ScoreView, parts: list[Path], threshold: float, k:
     for u, v, s in zip(a.tolist(), b.tolist(), sim.tolist(), strict=True):
         if u not in best or (s, v) > (best[u][1], best[u][0]):  # larger xord: an earlier part/row
             best[u] = (v, s)
-    return best
+    return dict(sorted(best.items()))  # in input order, however DuckDB returned the pairs
 
 
 def fit_minhash(view: ScoreView, threshold: float, min_survivor_jaccard: float, verify: str, survivor: str,
@@ -223,13 +263,23 @@ def fit_minhash(view: ScoreView, threshold: float, min_survivor_jaccard: float, 
     duplicates an indexed one (``indexed_job`` set; ``survivor_id`` the indexed id,
     ``cluster_id`` ``<job_id>:<id>``); those leave the new documents' own clustering."""
     _load_docs(view)
-    _candidate_pairs(view)
+    bucketed = view.bucketed
+    if bucketed is None:
+        _candidate_pairs(view)
     indexed = _indexed_duplicates(view, against, max(threshold, min_survivor_jaccard), k, verify) if against else {}
     if indexed:
         view.register("indexed_new", pa.table({"ord": pa.array(list(indexed), pa.int64())}))
-        view.execute("DELETE FROM pairs WHERE a IN (SELECT ord FROM indexed_new) OR b IN (SELECT ord FROM indexed_new)")
-    ends = _Endpoints(view, k)
-    a, b, j = _verified_edges(view, ends, threshold, k, verify)
+    if bucketed is not None:  # the per-bucket tasks verified the pairs (``bucket_pairs``, ``verify_bucket``)
+        ends, a, b, j = _merged_edges(view, bucketed, k, "indexed_new" if indexed else None)
+    else:
+        if indexed:
+            view.execute("DELETE FROM pairs WHERE a IN (SELECT ord FROM indexed_new) "
+                         "OR b IN (SELECT ord FROM indexed_new)")
+        ends = _Endpoints(view, k)
+        a, b, j = _verified_edges(view, ends, threshold, k, verify)
+    # In (a, b) order, whichever way the edges came: the same clusters, listed the same way.
+    by_pair = np.lexsort((b, a))
+    a, b, j = a[by_pair], b[by_pair], j[by_pair]
     best: dict[int, float] = defaultdict(float)
     for u, v, s in zip(a.tolist(), b.tolist(), j.tolist(), strict=True):
         best[u] = max(best[u], s)

@@ -90,6 +90,17 @@ def test_dedup_against_an_index_removes_what_one_job_over_everything_removes(tmp
     assert set(a.output["id"].to_pylist()) | set(b.output["id"].to_pylist()) == set(full.output["id"].to_pylist())
 
 
+def test_a_bucketed_fit_against_an_index_removes_the_same(tmp_path):
+    old, new = corpus()
+    run(old, tmp_path / "A", "jobA")
+    run_cli("index", "add", str(tmp_path / "idx"), str(tmp_path / "A" / "job"))
+    single = run(new, tmp_path / "B1", "jobB", against=str(tmp_path / "idx"))
+    bucketed = run_stages([("minhash_dedup_v1", {"against": str(tmp_path / "idx")})], table(new),
+                          workdir=tmp_path / "B3", job_id="jobB", unit_rows=64, fit_buckets=3)
+    assert len(removed(single)) == 9 and removed(bucketed) == removed(single)
+    assert bucketed.fits["minhash_dedup_v1"].equals(single.fits["minhash_dedup_v1"])
+
+
 def test_curate_why_line_for_an_indexed_duplicate(capsys):
     row = {"stage_index": 1, "stage": "minhash_dedup_v1", "decision": "drop", "reason": "minhash.indexed_duplicate",
            "change": None, "cluster_id": "jobA:docs:12", "survivor_id": "docs:12", "scores": {"survivor_jaccard": 0.9}}

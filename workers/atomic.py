@@ -41,6 +41,16 @@ def write_parquet(table: pa.Table, path: Path) -> None:
     _atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=64_000))
 
 
+def write_parquet_groups(groups: list[pa.Table], schema: pa.Schema, path: Path) -> None:
+    """One row group per table of ``groups`` (a reader filtering on a column the groups
+    split by skips the others by their statistics)."""
+    def write(tmp: Path) -> None:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for group in groups:
+                writer.write_table(group, row_group_size=max(group.num_rows, 1))
+    _atomic(path, write)
+
+
 def write_text(text: str, path: Path) -> None:
     _atomic(path, lambda tmp: tmp.write_text(text))
 

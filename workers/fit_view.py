@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from filters.base import Bucketed
+
 
 def _sql_list(paths: list[Path]) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
@@ -25,7 +27,7 @@ def _non_empty(files: list[Path]) -> list[Path]:
     return [f for f in files if pq.ParquetFile(f).metadata.num_rows > 0] or files[:1]
 
 
-class _SqlView:
+class SqlView:
     """The SQL half: a DuckDB connection where ``scores`` is the view's data."""
 
     def __init__(self, scratch: Path | None, other_stage: Callable[[str], list[Path]] | None,
@@ -38,6 +40,7 @@ class _SqlView:
         self._con.execute("SET preserve_insertion_order = false")
         self._other_stage = other_stage
         self._others: dict[str, str] = {}
+        self.bucketed: Bucketed | None = None
 
     def sql(self, query: str, params: list[Any] | None = None) -> pa.Table:
         return self._con.sql(query, params=params or None).to_arrow_table()
@@ -68,14 +71,15 @@ class _SqlView:
         self.close()
 
 
-class FileScoreView(_SqlView):
+class FileScoreView(SqlView):
     """Scores of one scoring phase across every unit of a job, read lazily from files (in
     unit order, so rows come in input order). ``other_stage(name)`` gives the score files
     of an earlier stage, for ``stage_scores``."""
 
     def __init__(self, files: list[Path], scratch: Path, other_stage: Callable[[str], list[Path]],
-                 memory_limit: str = "2GB") -> None:
+                 memory_limit: str = "2GB", bucketed: Bucketed | None = None) -> None:
         super().__init__(scratch, other_stage, memory_limit)
+        self.bucketed = bucketed
         self.files = _non_empty(files)
         self._con.execute(f"CREATE TEMP VIEW scores AS SELECT * FROM read_parquet({_sql_list(self.files)})")
         self._dataset = pads.dataset([str(f) for f in self.files], format="parquet")
@@ -95,7 +99,7 @@ class FileScoreView(_SqlView):
         return self._dataset.to_batches(columns=columns, batch_size=batch_size)
 
 
-class TableScoreView(_SqlView):
+class TableScoreView(SqlView):
     """A ScoreView over an in-memory table (columns ``id``, ``order`` and the scores)."""
 
     def __init__(self, table: pa.Table, memory_limit: str = "1GB") -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from filters.base import Stage
 from workers import atomic
+from workers.bucketed_fit import DEFAULT_TASK_MEMORY_MB, TaskMap, run_buckets, serial_map
 from workers.fit_view import FileScoreView
 from workers.job_folder import JobFolder, stage_folder_name
 from workers.planner import Step, score_phases
@@ -28,7 +29,10 @@ def artifact_hashes(folder: JobFolder, index: int, stage: str) -> dict[str, str]
     return {str(p.relative_to(root)): atomic.sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def run_fit(folder: JobFolder, units: list[Unit], step: Step, stages: list[Stage]) -> None:
+def run_fit(folder: JobFolder, units: list[Unit], step: Step, stages: list[Stage], *,
+            map_tasks: TaskMap = serial_map, task_memory_mb: int = DEFAULT_TASK_MEMORY_MB) -> None:
+    """``map_tasks`` runs a bucketed fit's tasks (Ray tasks in a job) with at most
+    ``task_memory_mb`` each."""
     if folder.done(step.name):
         return
     started = time.perf_counter()
@@ -54,10 +58,15 @@ def run_fit(folder: JobFolder, units: list[Unit], step: Step, stages: list[Stage
     # fit of a stage runs at a time (the folder's run lock), so whatever is there is stale.
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True, exist_ok=True)
+    buckets = folder.job().get("fit_buckets", 1)
+    bucketed, bucket_facts = None, {}
+    if stage.bucket_by and buckets > 1 and before:
+        bucketed, bucket_facts = run_buckets(folder, units, index, stage, before[-1], buckets, map_tasks,
+                                             task_memory_mb)
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         if before:
             files = [folder.scores(index, stage.name, u.key, before[-1]) for u in units]
-            with FileScoreView(files, scratch=Path(tmp), other_stage=other_stage) as view:
+            with FileScoreView(files, scratch=Path(tmp), other_stage=other_stage, bucketed=bucketed) as view:
                 table = getattr(stage, step.method)(view, artifacts)
                 rows = view.num_rows
         else:
@@ -71,4 +80,4 @@ def run_fit(folder: JobFolder, units: list[Unit], step: Step, stages: list[Stage
         folder.update_job(artifacts=recorded)
     folder.write_marker(step.name, None, {"rows": rows, "seconds": round(time.perf_counter() - started, 6),
                                           "table_rows": table.num_rows if table is not None else None,
-                                          "artifacts": hashes})
+                                          "artifacts": hashes} | ({"buckets": bucket_facts} if bucket_facts else {}))

@@ -14,6 +14,7 @@ from pathlib import Path
 from filters.base import DETAIL, PARENT_ID, Stage
 from filters.registry import BUILTIN_FIRST_STAGE, get_stage
 from workers import atomic
+from workers.bucketed_fit import bucket_count
 from workers.fits import run_fit
 from workers.job_folder import WRITE_STEP, FolderInUse, JobFolder
 from workers.manifest import build_manifest, code_version
@@ -86,12 +87,16 @@ def _check_inputs(spec: JobSpec, stages: list[Stage], shards: list[Shard], recor
                                      "created documents; rename it", path=shard.path)
 
 
-def _units(spec: JobSpec, folder: JobFolder, shards: list[Shard], workers: int) -> list[Unit]:
+def _units(spec: JobSpec, folder: JobFolder, shards: list[Shard], workers: int, stages: list[Stage]) -> list[Unit]:
     job = folder.job()
     if "units" in job:  # resume: the plan the job started with, whatever unit_rows says now
         return units_from_record(shards, job["units"])
     units = plan_units(shards, spec.execution.unit_rows, workers)
-    folder.update_job(inputs=[asdict(s) | {"key": s.key} for s in shards], units=[u.record() for u in units])
+    # Like the units, the bucket count is fixed here: the scoring pass writes keys by bucket.
+    ex = spec.execution
+    buckets = ex.fit_buckets or bucket_count(sum(s.rows for s in shards), stages, ex.fit_task_memory_mb)
+    folder.update_job(inputs=[asdict(s) | {"key": s.key} for s in shards], units=[u.record() for u in units],
+                      fit_buckets=buckets)
     return units
 
 
@@ -137,7 +142,7 @@ def _locked_run(spec: JobSpec, folder: JobFolder, progress: bool, overwrite: boo
 
 
 def _run(spec: JobSpec, folder: JobFolder, progress: bool) -> dict:
-    from workers.passes import ResourceError, cluster_cpus, connect_ray, run_pass, run_writes
+    from workers.passes import ResourceError, cluster_cpus, connect_ray, run_pass, run_tasks, run_writes
 
     job_id = spec.job_id()
     stages = build_stages(spec)
@@ -152,7 +157,7 @@ def _run(spec: JobSpec, folder: JobFolder, progress: bool) -> dict:
         folder.update_job(model_hashes=_model_hashes(stages))
     connect_ray()
     workers = spec.execution.num_workers or cluster_cpus()
-    units = _units(spec, folder, shards, cluster_cpus())
+    units = _units(spec, folder, shards, cluster_cpus(), stages)
     passes = plan_passes(stages)
     # One unit per shard: the last pass writes each output in the same task.
     write_in_last = all(sum(u.shard.index == s.index for u in units) == 1 for s in shards)
@@ -169,7 +174,8 @@ def _run(spec: JobSpec, folder: JobFolder, progress: bool) -> dict:
             _raise_first(errors)
         if plan.fit_after is not None:
             try:
-                run_fit(folder, units, plan.fit_after, stages)
+                run_fit(folder, units, plan.fit_after, stages, map_tasks=run_tasks,
+                        task_memory_mb=spec.execution.fit_task_memory_mb)
             except Exception as exc:  # noqa: BLE001 - carried as data with the stage named
                 raise JobError(f"{plan.fit_after.stage} (corpus-wide {plan.fit_after.method}): "
                                f"{type(exc).__name__}: {exc}", "stage_failed", stage=plan.fit_after.stage) from exc

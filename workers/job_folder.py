@@ -127,6 +127,13 @@ class JobFolder:
     def stage_dir(self, index: int, stage: str) -> Path:
         return self.root / "stages" / stage_folder_name(index, stage)
 
+    def bucket_dir(self, index: int, stage: str) -> Path:
+        """A bucketed fit's files (``workers/bucketed_fit.py``)."""
+        return self.stage_dir(index, stage) / "buckets"
+
+    def bucket_keys(self, index: int, stage: str, unit: str) -> Path:
+        return self.bucket_dir(index, stage) / "keys" / f"{unit}.parquet"
+
     def scores(self, index: int, stage: str, unit: str, phase: str = "score") -> Path:
         folder = "scores" if phase == "score" else f"scores-{phase}"
         return self.stage_dir(index, stage) / folder / f"{unit}.parquet"

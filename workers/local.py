@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from filters.base import Stage
 from filters.registry import BUILTIN_FIRST_STAGE, get_stage
+from workers.bucketed_fit import DEFAULT_TASK_MEMORY_MB
 from workers.fits import run_fit
 from workers.job import JobError
 from workers.job_folder import JobFolder
@@ -57,16 +58,19 @@ def _stage(item: StageLike) -> Stage:
 
 
 def run_stages(stages: list[StageLike], docs: pa.Table, *, unit_rows: int | None = None, text_column: str = "text",
-               id_column: str = "id", workdir: str | Path | None = None, job_id: str = "local") -> LocalRun:
+               id_column: str = "id", workdir: str | Path | None = None, job_id: str = "local",
+               fit_buckets: int = 1, fit_task_memory_mb: int = DEFAULT_TASK_MEMORY_MB) -> LocalRun:
     """Apply ``stages`` (instances, names or ``(name, params)``) in order to ``docs`` (a text
     column and, optionally, an id column; ids are ``docs:<row>`` when absent). The
     built-in input check runs first, as in every job. ``unit_rows`` splits the table
     into work units as a job would; ``workdir`` keeps the job folder there (``<workdir>/job``);
-    ``job_id`` names the job in lineage and job.json (e.g. for ``curate index add``)."""
+    ``job_id`` names the job in lineage and job.json (e.g. for ``curate index add``);
+    ``fit_buckets`` > 1 runs a bucketed fit's tasks (``workers/bucketed_fit.py``) one after
+    another in this process."""
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="curate-local-"))
     try:
         return _run([get_stage(BUILTIN_FIRST_STAGE)()] + [_stage(s) for s in stages], docs, root, unit_rows,
-                    text_column, id_column, job_id)
+                    text_column, id_column, job_id, fit_buckets, fit_task_memory_mb)
     finally:
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
@@ -77,7 +81,7 @@ def run_stage(stage: StageLike, docs: pa.Table, **kwargs) -> LocalRun:
 
 
 def _run(stages: list[Stage], docs: pa.Table, root: Path, unit_rows: int | None, text_column: str,
-         id_column: str, job_id: str = "local") -> LocalRun:
+         id_column: str, job_id: str, fit_buckets: int, fit_task_memory_mb: int) -> LocalRun:
     source = root / "input" / "docs.parquet"
     source.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(docs, source)
@@ -86,6 +90,7 @@ def _run(stages: list[Stage], docs: pa.Table, root: Path, unit_rows: int | None,
     folder = JobFolder(root / "job")
     folder.root.mkdir(parents=True, exist_ok=True)
     folder.update_job(job_id=job_id, name=job_id, steps=step_names(stages), units=[u.record() for u in units],
+                      fit_buckets=fit_buckets,
                       stages=[{"index": i, "name": s.name, "kind": s.kind,
                                "params": s.params.model_dump(mode="json")} for i, s in enumerate(stages)])
     runner = UnitRunner(RunContext(job_id, folder, text_column, id_column, stages))
@@ -95,7 +100,7 @@ def _run(stages: list[Stage], docs: pa.Table, root: Path, unit_rows: int | None,
             if error:
                 raise JobError.from_record(error)
         if plan.fit_after is not None:
-            run_fit(folder, units, plan.fit_after, stages)
+            run_fit(folder, units, plan.fit_after, stages, task_memory_mb=fit_task_memory_mb)
     error = runner.write_shard(shard, units)
     if error:
         raise JobError.from_record(error)

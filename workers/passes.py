@@ -50,6 +50,19 @@ def connect_ray() -> None:
         ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)
 
 
+def run_tasks(fn, calls: list[tuple], memory_mb: int) -> list:
+    """``fn(*args)`` for each of ``calls`` as Ray tasks of one CPU and ``memory_mb`` each
+    (a bucketed fit's tasks, ``workers/bucketed_fit.py``); results in order."""
+    import ray
+
+    largest = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n["Alive"]), default=0)
+    if memory_mb * 2**20 > largest:  # Ray would wait forever for a node that big
+        raise ResourceError(f"execution.fit_task_memory_mb = {memory_mb} is more than any node of the cluster can "
+                            f"give a task ({largest / 2**20:,.0f} MiB); lower it")
+    remote = ray.remote(fn).options(num_cpus=1, memory=memory_mb * 2**20)
+    return ray.get([remote.remote(*args) for args in calls])
+
+
 def cluster_cpus() -> int:
     import ray
 

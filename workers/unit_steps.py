@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from filters.base import DETAIL, ID, ORDER, PARENT_ID, RESCUED, TEXT, Fitted, Stage
 from workers import atomic
+from workers.bucketed_fit import write_partition
 from workers.job_folder import ERROR_CODES, WRITE_STEP, JobFolder, step_name
 from workers.lineage import (
     DROPPED,
@@ -131,6 +132,10 @@ class UnitRunner:
         for name in scores.column_names:
             table = table.append_column(name, scores[name])
         atomic.write_parquet(table, self.ctx.folder.scores(i, stage.name, state.unit.key, step.method))
+        buckets = self.ctx.folder.job().get("fit_buckets", 1) if stage.bucket_by in table.column_names else 1
+        if buckets > 1:  # the keys of a bucketed fit, hashed into buckets here (workers/bucketed_fit.py)
+            write_partition(table, stage.bucket_by, buckets, self.ctx.folder.bucket_keys(i, stage.name,
+                                                                                         state.unit.key))
         state.scores[(i, step.method)] = table
         return {"rows": docs.num_rows}
 
