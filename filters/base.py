@@ -146,7 +146,8 @@ class SqlEngine(Protocol):
 class Bucketed:
     """What the per-bucket tasks of a bucketed fit wrote (see ``Stage.bucket_by``):
     Parquet files of verified edges (``a``, ``b``: document orders, ``sim``) and of the
-    rows of every document in a candidate pair (``ord`` and ``Stage.bucket_columns``)."""
+    rows of every document in a candidate pair (``ord`` and ``Stage.bucket_columns``, once
+    per bucket whose pairs hold it: read them with ``DISTINCT ON (ord)``)."""
 
     edges: list[Path]
     ends: list[Path]

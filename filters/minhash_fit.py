@@ -162,7 +162,7 @@ def _merged_edges(view: SqlEngine, bucketed: Bucketed, k: int, dropped: str | No
         view.execute(f"DELETE FROM edges WHERE a IN (SELECT ord FROM {dropped}) OR b IN (SELECT ord FROM {dropped})")
     t = view.sql("SELECT a, b, sim FROM edges")
     ends = _Endpoints(view, k, query=f"""
-        SELECT ord, shingles, signature FROM read_parquet({_sql_list(bucketed.ends)})
+        SELECT DISTINCT ON (ord) ord, shingles, signature FROM read_parquet({_sql_list(bucketed.ends)})
         WHERE ord IN (SELECT a FROM edges UNION SELECT b FROM edges) ORDER BY ord
     """)
     return ends, t["a"].to_numpy(), t["b"].to_numpy(), t["sim"].to_numpy()

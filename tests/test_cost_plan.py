@@ -11,7 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
 
-from workers.cost_plan import PlanError, _line, plan
+from filters.exact_dedup import ExactDedupV1
+from filters.minhash import MinHashDedupV1
+from workers.bucketed_fit import BYTES_PER_KEY_ROW, bucket_count
+from workers.cost_plan import PlanError, _buckets, _line, plan
 from workers.local import run_stages
 from workers.spec import parse_spec
 
@@ -92,6 +95,25 @@ def test_a_fit_too_large_for_memory_is_flagged_and_a_failing_stage_is_named(corp
     with pytest.raises(PlanError, match=r"sample of 50 documents: .*failed on it .*decontam_v1: eval set 's' .*has no "
                                          r"item of 13 words"):
         plan(spec_for(root, bad), sample=50)
+
+
+def test_a_bucketed_fit_is_planned_from_the_task_memory_budget(tmp_path):
+    def spec(**execution):
+        return parse_spec({"name": "p", "inputs": [str(tmp_path / "*.parquet")], "output": str(tmp_path / "out"),
+                           "stages": [{"stage": "minhash_dedup_v1"}], "execution": execution})
+
+    mh = MinHashDedupV1()
+    chosen, notes = _buckets(spec(fit_task_memory_mb=1024), mh, 10_000_000, 2**35)
+    assert chosen == bucket_count(10_000_000, [mh], 1024) > 1
+    assert notes == [f"fit in {chosen} buckets of ~{200_000_000 / chosen:,.0f} keys (~"
+                     f"{200_000_000 * BYTES_PER_KEY_ROW / chosen / 2**20:,.0f} MiB a task; "
+                     "execution.fit_task_memory_mb = 1024)"]
+    assert _buckets(spec(), mh, 1_000, 2**35) == (1, [])
+    _, single = _buckets(spec(fit_buckets=1), mh, 10_000_000, 2**33)  # 12 GiB of keys on an 8 GiB node
+    assert "single-node fit groups 200,000,000 keys" in single[0] and "execution.fit_buckets" in single[0]
+    _, few = _buckets(spec(fit_buckets=2), mh, 10_000_000, 2**35)
+    assert "a bucket would fail; raise execution.fit_buckets" in few[0]
+    assert _buckets(spec(), ExactDedupV1(), 10_000_000, 2**35) == (None, [])
 
 
 def test_curate_plan_prints_the_table_and_writes_nothing(corpus, tmp_path):

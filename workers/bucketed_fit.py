@@ -7,9 +7,11 @@ bucket's keys and no step holds the corpus.
    shuffled through the driver.
 2. One task per bucket reads its row groups from every unit's file, groups them by key and
    writes the bucket's candidate pairs (``Stage.bucket_pairs``).
-3. One task per unit writes the ``bucket_columns`` of its documents that are in some pair.
-4. One task per bucket verifies its pairs against those rows and writes its edges
-   (``Stage.verify_bucket``).
+3. One task per unit writes the ``bucket_columns`` of its documents that are in some pair,
+   a row group per bucket holding the documents of that bucket's pairs (a document in the
+   pairs of several buckets is written once for each).
+4. One task per bucket reads its row groups of those files, verifies its pairs and writes
+   its edges (``Stage.verify_bucket``): it reads its own documents, never the corpus.
 
 The stage's fit then merges the edges into clusters (``view.bucketed``). A pair is a
 function of its two documents, so the union of the buckets' edges is the single-node
@@ -127,26 +129,33 @@ def pairs_task(stage: tuple[str, dict], key_files: list[str], bucket: int, bucke
         if error:
             return {"error": error}
         pairs = get_stage(stage[0])(stage[1]).bucket_pairs(sql, source)
+    pairs = pairs.append_column("bucket", pa.array(np.full(pairs.num_rows, bucket, np.int32)))
     atomic.write_parquet(pairs, Path(out))
     return {"keys": rows, "pairs": pairs.num_rows, "seconds": time.perf_counter() - started}
 
 
-def ends_task(stage: tuple[str, dict], unit_index: int, score_file: str, pair_files: list[str], out: str,
-              scratch: str, memory_mb: int) -> dict:
-    """Step 3: the rows of one unit's documents that are in a candidate pair (a unit's
-    orders are ``unit_index << 32 | position``)."""
+def ends_task(stage: tuple[str, dict], unit_index: int, score_file: str, pair_files: list[str], buckets: int,
+              out: str, scratch: str, memory_mb: int) -> dict:
+    """Step 3: the rows of one unit's documents that are in a candidate pair, by bucket (a
+    unit's orders are ``unit_index << 32 | position``)."""
     columns = get_stage(stage[0]).bucket_columns
     lo, hi = unit_index << 32, (unit_index + 1) << 32
     with _engine(Path(scratch) / f"ends-{unit_index}", memory_mb) as sql:
-        pairs = f"read_parquet({_sql_list(pair_files)})"
+        sql.execute(f"""
+            CREATE TEMP TABLE wanted AS SELECT DISTINCT bucket, x AS ord FROM (
+                SELECT bucket, a AS x FROM read_parquet({_sql_list(pair_files)})
+                UNION ALL SELECT bucket, b AS x FROM read_parquet({_sql_list(pair_files)})
+            ) WHERE x >= {lo} AND x < {hi}
+        """)
         ends = sql.sql(f"""
-            SELECT "{ORDER}" AS ord, {", ".join(columns)} FROM read_parquet({_sql_list([score_file])})
-            WHERE "{ORDER}" IN (SELECT a FROM {pairs} WHERE a >= {lo} AND a < {hi}
-                              UNION SELECT b FROM {pairs} WHERE b >= {lo} AND b < {hi})
-            ORDER BY ord
+            SELECT w.bucket, s."{ORDER}" AS ord, {", ".join(f"s.{c}" for c in columns)}
+            FROM read_parquet({_sql_list([score_file])}) s JOIN wanted w ON s."{ORDER}" = w.ord
+            ORDER BY w.bucket, ord
         """)
     if ends.num_rows:  # a unit with none writes nothing (its columns may be untyped)
-        atomic.write_parquet(ends, Path(out))
+        cuts = np.searchsorted(ends["bucket"].to_numpy(), np.arange(buckets + 1))
+        atomic.write_parquet_groups([ends.slice(a, b - a) for a, b in zip(cuts[:-1], cuts[1:], strict=True)],
+                                    ends.schema, Path(out))
     return {"ends": ends.num_rows}
 
 
@@ -156,9 +165,8 @@ def verify_task(stage: tuple[str, dict], bucket: int, pair_file: str, end_files:
     started = time.perf_counter()
     with _engine(Path(scratch) / f"verify-{bucket}", memory_mb) as sql:
         sql.execute(f"CREATE TEMP TABLE pairs AS SELECT a, b FROM read_parquet({_sql_list([pair_file])})")
-        ends = f"SELECT * FROM read_parquet({_sql_list(end_files)})"
-        held = sql.sql(f"SELECT count(*) AS n FROM ({ends}) "
-                       f"WHERE ord IN (SELECT a FROM pairs UNION SELECT b FROM pairs)")["n"][0].as_py()
+        ends = f"SELECT * EXCLUDE (bucket) FROM read_parquet({_sql_list(end_files)}) WHERE bucket = {bucket}"
+        held = sql.sql(f"SELECT count(*) AS n FROM ({ends})")["n"][0].as_py()
         count = sql.sql("SELECT count(*) AS n FROM pairs")["n"][0].as_py()
         # In Python: the endpoints' rows (at their average uncompressed size) and a few
         # arrays of 8 bytes per pair.
@@ -204,7 +212,7 @@ def run_buckets(folder: JobFolder, units: list[Unit], index: int, stage: Stage, 
     edges: list[dict] = []
     if any(r["pairs"] for r in pairs):
         ends = _run(map_tasks, ends_task, [(spec, u.index, str(folder.scores(index, stage.name, u.key, phase)),
-                                            pair_files, end_files[n], scratch, memory_mb)
+                                            pair_files, buckets, end_files[n], scratch, memory_mb)
                                            for n, u in enumerate(units)], memory_mb)
         end_files = [f for f, r in zip(end_files, ends, strict=True) if r["ends"]]
         busy = [b for b in range(buckets) if pairs[b]["pairs"]]

@@ -14,7 +14,10 @@ Extrapolated to the input's rows:
   fits one after another on one node (as the driver runs them today);
 * disk: bytes per document of the sample's score, lineage and output files;
 * a fit's result held in memory: its table's in-memory bytes per document × documents,
-  flagged when it passes half the node's memory.
+  flagged when it passes half the node's memory;
+* a bucketed fit (MinHash): the bucket count the job would choose from
+  ``execution.fit_task_memory_mb`` (``workers/bucketed_fit.py``), its tasks' time spread
+  over the cluster's CPUs, and a flag when a single-node fit's keys would not fit a node.
 
 What it cannot see: costs that grow faster than linearly (a fit's candidate pairs on a
 corpus with huge duplicate clusters), a GPU (stages are measured on CPU here), and a
@@ -35,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from workers.bucketed_fit import BYTES_PER_KEY_ROW, bucket_count
 from workers.job import JobError, build_stages
 from workers.job_folder import JobFolder
 from workers.local import run_stages
@@ -63,6 +67,7 @@ class StageCost:
     fit_seconds: float
     fit_memory_bytes: int
     disk_bytes: int  # its scores and lineage
+    fit_buckets: int | None = None  # a bucketed fit's tasks (None: the stage has no bucketed fit)
     note: str | None = None
 
 
@@ -156,15 +161,15 @@ def plan(spec: JobSpec, *, sample: int = 400, cpus: int | None = None, memory_by
     for i, (stage, a, b) in enumerate(zip(build_stages(spec), f1, f2, strict=True)):
         docs_full = b["docs_in"] * scale
         unit_s = fit_s = 0.0
+        buckets, notes = _buckets(spec, stage, docs_full, memory_bytes)
         for step in stage_steps(i, stage):
             fixed, per_doc = _line(s1.get(step.name, 0.0), a["docs_in"], s2.get(step.name, 0.0), b["docs_in"])
-            if step.kind == "fit":
-                fit_s += fixed + per_doc * docs_full
+            if step.kind == "fit":  # a bucketed fit's per-document work runs as tasks on every CPU
+                fit_s += fixed + per_doc * docs_full / (min(cpus, buckets) if buckets else 1)
             else:
                 unit_s += per_doc * docs_full + fixed * units
         folder = f"{i:02d}-{stage.name}"
         fit_memory = int(b2["fit_table"].get(folder, 0) / max(b["docs_in"], 1) * docs_full)
-        notes = []
         if stage.sample_undercounts:
             notes.append(f"removes duplicates: a sample of {n} holds both copies of few pairs, so expect more "
                          "removals than estimated (and fewer documents for later stages)")
@@ -179,7 +184,7 @@ def plan(spec: JobSpec, *, sample: int = 400, cpus: int | None = None, memory_by
             index=i, stage=stage.name, kind=stage.kind, docs_in=round(docs_full), docs_out=round(b["docs_out"] * scale),
             tokens_in=round(b["text_bytes_in"] * scale / CHARS_PER_TOKEN), cpu_hours=(unit_s + fit_s) / 3600,
             wall_hours=wall / 3600, fit_seconds=fit_s, fit_memory_bytes=fit_memory,
-            disk_bytes=round(b2["stage"].get(folder, 0) * scale), note="; ".join(notes) or None))
+            disk_bytes=round(b2["stage"].get(folder, 0) * scale), fit_buckets=buckets, note="; ".join(notes) or None))
     write_s = s2.get("write", 0.0) * scale / workers
     return {
         "input": {"rows": rows, "bytes": input_bytes, "sample": n, "sampled_seconds": round(time.perf_counter() -
@@ -191,6 +196,26 @@ def plan(spec: JobSpec, *, sample: int = 400, cpus: int | None = None, memory_by
                   "disk_bytes": sum(s.disk_bytes for s in stages) + round(b2["output"] * scale),
                   "output_bytes": round(b2["output"] * scale), "output_rows": stages[-1].docs_out},
     }
+
+
+def _buckets(spec: JobSpec, stage, docs: float, memory_bytes: int) -> tuple[int | None, list[str]]:
+    """The bucket count a job would use for ``stage``'s fit, and what to say about it."""
+    if not stage.bucket_by:
+        return None, []
+    budget = spec.execution.fit_task_memory_mb
+    chosen = spec.execution.fit_buckets or bucket_count(round(docs), [stage], budget)
+    keys = docs * stage.keys_per_doc()
+    held = keys * BYTES_PER_KEY_ROW / chosen
+    if chosen == 1 and held > memory_bytes / 2:
+        return chosen, [f"its single-node fit groups {keys:,.0f} keys (~{held / 2**30:.1f} GiB) on one node, more "
+                        f"than half its memory; leave execution.fit_buckets unset (or raise it) to split the fit"]
+    if chosen == 1:
+        return chosen, []
+    note = (f"fit in {chosen} buckets of ~{keys / chosen:,.0f} keys (~{held / 2**20:,.0f} MiB a task; "
+            f"execution.fit_task_memory_mb = {budget})")
+    if held > budget * 2**20 / 2:
+        note += ": over half the budget, so a bucket would fail; raise execution.fit_buckets or the budget"
+    return chosen, [note]
 
 
 def _size(n: float) -> str:
