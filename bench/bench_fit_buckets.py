@@ -4,12 +4,13 @@
         --docs 1000000 --shards 20 --buckets 8 [--workdir /tmp] [--input DIR]
 
 1. N synthetic ~2 kB documents, 1% planted near-copies (``bench_minhash_scale.generate``;
-   ``--input`` reuses a folder of shards made before).
+   ``--input`` reuses a folder of shards made before, ``--parquet`` takes one file, e.g.
+   the peers' synthetic corpus: ``python ../shared/peers/corpus.py --synthetic 20000``).
 2. The whole ``minhash_dedup_v1`` job with ``execution.fit_buckets`` = B on a local Ray
    cluster: the scoring pass writes the band keys by bucket.
 3. The fit alone, twice over the job's score files: bucketed (B Ray tasks, then the merge
    in the driver) and single-node (``fit_buckets`` 1: one DuckDB in the driver, as before),
-   each with the memory sampler of ``bench_minhash_scale``; ``--single-first`` swaps the
+   each in a fresh process with the memory sampler of ``bench_minhash_scale``; ``--single-first`` swaps the
    order. A fit whose spill leaves less than ``--min-free-gb`` of disk is stopped and
    reported as such.
 4. The two fit tables compared row for row, and the per-bucket costs the extrapolation
@@ -21,7 +22,9 @@ from __future__ import annotations
 import _thread
 import argparse
 import json
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -42,7 +45,7 @@ from workers.job_folder import JobFolder  # noqa: E402
 from workers.passes import connect_ray, run_tasks  # noqa: E402
 from workers.planner import plan_passes  # noqa: E402
 from workers.shards import preflight, units_from_record  # noqa: E402
-from workers.spec import parse_spec  # noqa: E402
+from workers.spec import JobSpec, parse_spec  # noqa: E402
 
 
 class DiskGuard(threading.Thread):
@@ -80,15 +83,33 @@ def fit_alone(spec, buckets: int, memory_mb: int, floor: int) -> dict:
         if not guard.tripped:
             raise
         return {"seconds": time.perf_counter() - started, "peak": sampler.peak_used, "rss": sampler.peak_rss,
-                "table": None, "error": f"stopped: under {floor / 2**30:.0f} GiB of disk left (its spill)"}
+                "error": f"stopped: under {floor / 2**30:.0f} GiB of disk left (its spill)"}
     finally:
         guard.running = False
     seconds = time.perf_counter() - started
     sampler.running = False
     sampler.join()
     marker = json.loads(folder.marker(step.name).read_text())
-    return {"seconds": seconds, "peak": sampler.peak_used, "rss": sampler.peak_rss,
-            "table": pq.read_table(folder.fit(step.stage_index, step.stage)), "buckets": marker.get("buckets")}
+    keep = folder.root.parent / f"fit-{buckets}.parquet"
+    shutil.copyfile(folder.fit(step.stage_index, step.stage), keep)
+    return {"seconds": seconds, "peak": sampler.peak_used, "rss": sampler.peak_rss, "table": str(keep),
+            "buckets": marker.get("buckets")}
+
+
+def fit_in_child(spec_file: Path, buckets: int, memory_mb: int, min_free_gb: float) -> dict:
+    """``fit_alone`` in a fresh process on the same Ray cluster, so its memory is the fit's
+    alone (the job's driver keeps Arrow's memory pool)."""
+    import ray
+
+    env = os.environ | {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    out = subprocess.run([sys.executable, __file__, "--fit-only", str(spec_file), "--buckets", str(buckets),
+                          "--task-memory-mb", str(memory_mb), "--min-free-gb", str(min_free_gb)],
+                         env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-3000:])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["table"] = pq.read_table(result["table"]) if result.get("table") else None
+    return result
 
 
 def main() -> None:
@@ -99,12 +120,26 @@ def main() -> None:
     ap.add_argument("--task-memory-mb", type=int, default=2048)
     ap.add_argument("--workdir", default=tempfile.gettempdir())
     ap.add_argument("--input", type=Path, help="a folder of shards generated before (skips step 1)")
+    ap.add_argument("--parquet", type=Path, help="one Parquet file of id, text (e.g. the peers' synthetic corpus or "
+                    "the web pool) instead of generated shards")
+    ap.add_argument("--unit-rows", type=int, help="execution.unit_rows (default: the job's)")
     ap.add_argument("--single-first", action="store_true")
+    ap.add_argument("--fit-only", type=Path, help=argparse.SUPPRESS)  # a spec file: run one fit, print JSON
+    ap.add_argument("--drop-outputs", action="store_true", help="delete the job's output shards before the fits")
     ap.add_argument("--min-free-gb", type=float, default=4, help="stop a fit whose spill leaves less disk than this")
     args = ap.parse_args()
+    if args.fit_only:
+        connect_ray()
+        spec = JobSpec.model_validate_json(args.fit_only.read_text())
+        print(json.dumps(fit_alone(spec, args.buckets, args.task_memory_mb, int(args.min_free_gb * 2**30))))
+        return
     work = Path(tempfile.mkdtemp(prefix="curate-buckets-", dir=args.workdir))
     try:
         source = args.input
+        if args.parquet:
+            source = work / "in"
+            source.mkdir()
+            (source / args.parquet.name).symlink_to(args.parquet.resolve())
         if source is None:
             source = work / "in"
             source.mkdir()
@@ -114,7 +149,8 @@ def main() -> None:
         connect_ray()
         spec = parse_spec({"name": "buckets", "inputs": [str(source / "*.parquet")], "output": str(work / "out"),
                            "stages": [{"stage": "minhash_dedup_v1"}],
-                           "execution": {"fit_buckets": args.buckets, "fit_task_memory_mb": args.task_memory_mb}})
+                           "execution": {"fit_buckets": args.buckets, "fit_task_memory_mb": args.task_memory_mb,
+                                         "unit_rows": args.unit_rows}})
         sampler = MemorySampler()
         sampler.start()
         t = time.perf_counter()
@@ -122,12 +158,14 @@ def main() -> None:
         wall = time.perf_counter() - t
         sampler.running = False
         sampler.join()
+        if args.drop_outputs:  # room for the fits' spill on a small disk; the fits read scores only
+            shutil.rmtree(JobFolder(spec.output).data_dir)
         docs = manifest["funnel"][1]["docs_in"]
         print(f"job: {docs:,} docs, {manifest['funnel'][1]['dropped']:,} removed, {wall:.0f} s wall, peak machine "
               f"memory above start {sampler.peak_used / 2**30:.2f} GiB", flush=True)
         order = [1, args.buckets] if args.single_first else [args.buckets, 1]
-        floor = args.min_free_gb * 2**30
-        runs = {b: fit_alone(spec, b, args.task_memory_mb, floor) for b in order}
+        (work / "spec.json").write_text(spec.model_dump_json())
+        runs = {b: fit_in_child(work / "spec.json", b, args.task_memory_mb, args.min_free_gb) for b in order}
         done = [r["table"] for r in runs.values() if r["table"] is not None]
         same = len(done) == 2 and done[0].equals(done[1])
         print("\n| fit | seconds | peak machine memory above start | largest process RSS | fit rows |")

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_shard
+from conftest import WEB_POOL, needs_shared, write_shard
 
 from filters.minhash import MinHashDedupV1
 from workers.bucketed_fit import BYTES_PER_KEY_ROW, FitBudgetError, bucket_count, partition_keys
@@ -136,3 +136,14 @@ def test_a_job_runs_the_buckets_as_ray_tasks_with_the_same_result(tmp_path):
 
     with pytest.raises(JobError, match="execution.fit_task_memory_mb = 10000000 is more than any node"):
         job("huge", {"fit_buckets": 2, "fit_task_memory_mb": 10_000_000})
+
+
+@pytest.mark.shared_data
+@needs_shared(WEB_POOL)
+def test_bucketed_fit_equals_the_single_node_fit_on_the_web_pool():
+    docs = pq.read_table(WEB_POOL, columns=["id", "text"])
+    one = run_stages([("minhash_dedup_v1", {})], docs, unit_rows=400)
+    many = run_stages([("minhash_dedup_v1", {})], docs, unit_rows=400, fit_buckets=7)
+    assert one.funnel[-1]["dropped"] > 0
+    assert many.fits["minhash_dedup_v1"].equals(one.fits["minhash_dedup_v1"])
+    assert decisions(many) == decisions(one)

@@ -138,6 +138,7 @@ def ends_task(stage: tuple[str, dict], unit_index: int, score_file: str, pair_fi
               out: str, scratch: str, memory_mb: int) -> dict:
     """Step 3: the rows of one unit's documents that are in a candidate pair, by bucket (a
     unit's orders are ``unit_index << 32 | position``)."""
+    started = time.perf_counter()
     columns = get_stage(stage[0]).bucket_columns
     lo, hi = unit_index << 32, (unit_index + 1) << 32
     with _engine(Path(scratch) / f"ends-{unit_index}", memory_mb) as sql:
@@ -147,6 +148,11 @@ def ends_task(stage: tuple[str, dict], unit_index: int, score_file: str, pair_fi
                 UNION ALL SELECT bucket, b AS x FROM read_parquet({_sql_list(pair_files)})
             ) WHERE x >= {lo} AND x < {hi}
         """)
+        wanted = sql.sql("SELECT count(*) AS n FROM wanted")["n"][0].as_py()
+        error = _over_budget(f"unit {unit_index}'s documents in pairs ({wanted:,} by bucket)",
+                             round(wanted * _row_bytes([score_file])), memory_mb)
+        if error:
+            return {"error": error}
         ends = sql.sql(f"""
             SELECT w.bucket, s."{ORDER}" AS ord, {", ".join(f"s.{c}" for c in columns)}
             FROM read_parquet({_sql_list([score_file])}) s JOIN wanted w ON s."{ORDER}" = w.ord
@@ -156,7 +162,7 @@ def ends_task(stage: tuple[str, dict], unit_index: int, score_file: str, pair_fi
         cuts = np.searchsorted(ends["bucket"].to_numpy(), np.arange(buckets + 1))
         atomic.write_parquet_groups([ends.slice(a, b - a) for a, b in zip(cuts[:-1], cuts[1:], strict=True)],
                                     ends.schema, Path(out))
-    return {"ends": ends.num_rows}
+    return {"ends": ends.num_rows, "seconds": time.perf_counter() - started}
 
 
 def verify_task(stage: tuple[str, dict], bucket: int, pair_file: str, end_files: list[str], out: str,
@@ -185,8 +191,12 @@ def _row_bytes(files: list[str]) -> float:
     return sum(m.row_group(i).total_byte_size for m in metas for i in range(m.num_row_groups)) / max(rows, 1)
 
 
-def _run(map_tasks: TaskMap, fn: Callable[..., dict], calls: list[tuple], memory_mb: int) -> list[dict]:
+def _run(map_tasks: TaskMap, fn: Callable[..., dict], calls: list[tuple], memory_mb: int,
+         timing: dict[str, list[float]]) -> list[dict]:
+    started = time.perf_counter()
     results = map_tasks(fn, calls, memory_mb)
+    timing[fn.__name__.removesuffix("_task")] = [round(time.perf_counter() - started, 3),
+                                                  round(sum(r.get("seconds", 0.0) for r in results), 3)]
     errors = [r["error"] for r in results if "error" in r]
     if errors:
         raise FitBudgetError(errors[0] if len(errors) == 1 else f"{len(errors)} fit tasks over budget; first: "
@@ -205,24 +215,26 @@ def run_buckets(folder: JobFolder, units: list[Unit], index: int, stage: Stage, 
     spec = (stage.name, stage.params.model_dump(mode="json"))
     key_files = [str(folder.bucket_keys(index, stage.name, u.key)) for u in units]
     pair_files = [str(root / "pairs" / f"b{b:05d}.parquet") for b in range(buckets)]
+    timing: dict[str, list[float]] = {}  # step -> [wall seconds, seconds summed over its tasks]
     pairs = _run(map_tasks, pairs_task, [(spec, key_files, b, buckets, pair_files[b], scratch, memory_mb)
-                                         for b in range(buckets)], memory_mb)
+                                         for b in range(buckets)], memory_mb, timing)
     end_files = [str(root / "ends" / f"{u.key}.parquet") for u in units]
     edge_files = [str(root / "edges" / f"b{b:05d}.parquet") for b in range(buckets)]
     edges: list[dict] = []
     if any(r["pairs"] for r in pairs):
         ends = _run(map_tasks, ends_task, [(spec, u.index, str(folder.scores(index, stage.name, u.key, phase)),
                                             pair_files, buckets, end_files[n], scratch, memory_mb)
-                                           for n, u in enumerate(units)], memory_mb)
+                                           for n, u in enumerate(units)], memory_mb, timing)
         end_files = [f for f, r in zip(end_files, ends, strict=True) if r["ends"]]
         busy = [b for b in range(buckets) if pairs[b]["pairs"]]
         edges = _run(map_tasks, verify_task, [(spec, b, pair_files[b], end_files, edge_files[b], scratch, memory_mb)
-                                              for b in busy], memory_mb)
+                                              for b in busy], memory_mb, timing)
         edge_files = [edge_files[b] for b in busy]
     else:
         end_files, edge_files = [], []
     summary = {"buckets": buckets, "keys": sum(r["keys"] for r in pairs), "pairs": sum(r["pairs"] for r in pairs),
                "edges": sum(r["edges"] for r in edges),
                "largest_bucket_keys": max(r["keys"] for r in pairs),
-               "slowest_task_seconds": round(max(r["seconds"] for r in pairs + edges), 3)}
+               "slowest_task_seconds": round(max(r["seconds"] for r in pairs + edges), 3),
+               "steps_wall_and_task_seconds": timing}
     return Bucketed([Path(f) for f in edge_files], [Path(f) for f in end_files]), summary
