@@ -158,6 +158,11 @@ def main() -> None:
         wall = time.perf_counter() - t
         sampler.running = False
         sampler.join()
+        stage_dir = JobFolder(spec.output).stage_dir(1, "minhash_dedup_v1")
+        sizes = {name: sum(f.stat().st_size for f in (stage_dir / name).rglob("*") if f.is_file())
+                 for name in ("scores", "buckets/keys", "decisions")}
+        print("disk: " + ", ".join(f"{k} {v / 2**30:.2f} GiB ({v / docs_in:,.0f} B/doc)" for k, v in sizes.items())
+              if (docs_in := manifest["funnel"][1]["docs_in"]) else "", flush=True)
         if args.drop_outputs:  # room for the fits' spill on a small disk; the fits read scores only
             shutil.rmtree(JobFolder(spec.output).data_dir)
         docs = manifest["funnel"][1]["docs_in"]

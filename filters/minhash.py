@@ -131,7 +131,7 @@ from filters.base import (
     scores_view,
 )
 from filters.minhash_fit import bucket_pairs, fit_minhash, verify_bucket
-from filters.minhash_index import MinHashIndexError, check_params, current_version
+from filters.minhash_index import MinHashIndexError, check_params, current_version, verify_parts
 from filters.word_ngrams import ngram_hash, rolling_ngrams, utf8_buffers, word_hashes, xxh64
 
 _NUMBERS = re.compile(r"\d+(?:[.,]\d+)?")
@@ -505,6 +505,7 @@ class MinHashDedupV1(Stage[MinHashParams]):
                 raise MinHashIndexError(f"params.against: {p.against} is not a MinHash index (no CURRENT); publish "
                                         "a finished job to it with `curate index add` first")
             check_params(index.info["params"], p.model_dump(), "params.against")
+            verify_parts(index, "params.against")
             parts = index.parts
             # What the fit was made against, hashed with the job's artifacts (the index moves on).
             (artifacts / "against.json").write_text(json.dumps(

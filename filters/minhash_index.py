@@ -14,7 +14,7 @@ whole job kept (too-short documents are left out: they never match). A version f
 is complete once it has its name (it is written as ``.v000003.tmp-*`` and renamed), so a
 reader that follows CURRENT never sees a torn version.
 
-Pure (json + pathlib): a stage's fit reads it; it opens no Parquet file itself.
+Pure (json, pathlib, hashlib): a stage's fit reads it; it opens no Parquet file itself.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from filters.lm.models import file_sha256
 
 CURRENT = "CURRENT"
 INDEX_JSON = "index.json"
@@ -67,6 +69,20 @@ def current_version(root: str | Path) -> IndexVersion | None:
     if not info_path.exists():
         raise MinHashIndexError(f"{root}: CURRENT names {version!r}, which has no {INDEX_JSON}")
     return IndexVersion(root, version, json.loads(info_path.read_text()))
+
+
+def verify_parts(index: IndexVersion, what: str) -> None:
+    """MinHashIndexError naming the first part of ``index`` that is missing or whose bytes
+    are not the ones ``curate index add`` recorded (sha256): a job never
+    deduplicates against an index changed or damaged behind the adder's back."""
+    for part in index.info["parts"]:
+        path = index.root / index.version / part["file"]
+        if not path.is_file():
+            raise MinHashIndexError(f"{what}: index part {path} is missing (listed in {index.version}/{INDEX_JSON})")
+        if file_sha256(path) != part["sha256"]:
+            raise MinHashIndexError(f"{what}: index part {path} does not match the sha256 in {index.version}/"
+                                    f"{INDEX_JSON}: it changed after `curate index add`; restore it or rebuild "
+                                    "the index")
 
 
 def check_params(index_params: dict, params: dict, what: str) -> None:

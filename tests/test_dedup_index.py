@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -99,6 +100,21 @@ def test_a_bucketed_fit_against_an_index_removes_the_same(tmp_path):
                           workdir=tmp_path / "B3", job_id="jobB", unit_rows=64, fit_buckets=3)
     assert len(removed(single)) == 9 and removed(bucketed) == removed(single)
     assert bucketed.fits["minhash_dedup_v1"].equals(single.fits["minhash_dedup_v1"])
+
+
+def test_a_changed_or_missing_index_part_is_refused_by_the_job(tmp_path):
+    old, new = corpus()
+    run(old, tmp_path / "A", "jobA")
+    run_cli("index", "add", str(tmp_path / "idx"), str(tmp_path / "A" / "job"))
+    part = current_version(tmp_path / "idx").parts[0]
+    original = part.read_bytes()
+    part.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit flipped
+    with pytest.raises(ValueError, match=rf"params.against: index part {re.escape(str(part))} does not match the "
+                                         r"sha256 in v000001/index.json"):
+        run(new, tmp_path / "B", "jobB", against=str(tmp_path / "idx"))
+    part.unlink()
+    with pytest.raises(ValueError, match=rf"index part {re.escape(str(part))} is missing"):
+        run(new, tmp_path / "C", "jobC", against=str(tmp_path / "idx"))
 
 
 def test_curate_why_line_for_an_indexed_duplicate(capsys):
