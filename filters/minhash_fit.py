@@ -7,6 +7,10 @@ into candidate pairs. Python only ever holds the verified edges and the members 
 non-trivial clusters, never a per-document dict of the corpus. The containment mode
 (``_contained``) works the same way: a sample-and-join in SQL gives candidate pairs, and
 only their endpoints come into memory for the exact check.
+
+A bucketed fit (``workers/bucketed_fit.py``) runs the grouping and verification as one
+task per bucket of band keys (``bucket_pairs``, ``verify_bucket``); ``fit_minhash`` then
+starts from their edges (``view.bucketed``) instead, and everything after is shared.
 """
 
 from __future__ import annotations
