@@ -154,22 +154,47 @@ def verify_bucket(view: SqlEngine, pairs: str, ends: str, threshold: float, k: i
     return pa.table({"a": pa.array(a, pa.int64()), "b": pa.array(b, pa.int64()), "sim": pa.array(sim, pa.float64())})
 
 
-def _merged_edges(view: SqlEngine, bucketed: Bucketed, k: int, dropped: str | None):
+class _EdgeSims:
+    """The similarities ``_assign`` asks for, after a bucketed fit: a pair that is an edge
+    has its verified similarity already (the value ``_Endpoints.similarity`` would compute
+    again: both are symmetric), so only the documents of the other pairs are read, on
+    demand. The merge then holds the edges, not the n-gram sets of every duplicate."""
+
+    def __init__(self, view: SqlEngine, k: int, ends: list[Path], a: np.ndarray, b: np.ndarray,
+                 sim: np.ndarray) -> None:
+        self.view, self.k, self.ends = view, k, ends
+        self.edges = pa.table({"a": a, "b": b, "sim": sim})
+        self.loaded = 0  # documents whose n-gram sets were read (for tests and the bench)
+
+    def similarity(self, x: np.ndarray, y: np.ndarray, verify: str) -> np.ndarray:
+        query = pa.table({"a": np.minimum(x, y), "b": np.maximum(x, y), "i": np.arange(len(x))})
+        found = query.join(self.edges, ["a", "b"], join_type="inner")
+        sim = np.full(len(x), np.nan)
+        sim[found["i"].to_numpy()] = found["sim"].to_numpy()
+        miss = np.isnan(sim)
+        if miss.any():
+            need = np.unique(np.concatenate([x[miss], y[miss]]))
+            self.loaded += len(need)
+            self.view.register("sims_needed", pa.table({"ord": need}))
+            ends = _Endpoints(self.view, self.k, query=f"""
+                SELECT DISTINCT ON (ord) ord, shingles, signature FROM read_parquet({_sql_list(self.ends)})
+                WHERE ord IN (SELECT ord FROM sims_needed) ORDER BY ord
+            """)
+            sim[miss] = ends.similarity(x[miss], y[miss], verify)
+        return sim
+
+
+def _merged_edges(view: SqlEngine, bucketed: Bucketed, dropped: str | None):
     """The buckets' edges as one list (a pair found in two buckets once), less those
-    touching a document of the table ``dropped``, and the endpoints of what is left."""
+    touching a document of the table ``dropped``."""
     if not bucketed.edges:  # no bucket had a candidate pair
-        empty = "SELECT NULL::BIGINT AS ord, NULL::UBIGINT[] AS shingles, NULL::UINTEGER[] AS signature WHERE false"
-        return _Endpoints(view, k, query=empty), *(np.empty(0, t) for t in (np.int64, np.int64, np.float64))
+        return tuple(np.empty(0, t) for t in (np.int64, np.int64, np.float64))
     view.execute(f"CREATE OR REPLACE TEMP TABLE edges AS SELECT DISTINCT a, b, sim "
                  f"FROM read_parquet({_sql_list(bucketed.edges)})")
     if dropped:
         view.execute(f"DELETE FROM edges WHERE a IN (SELECT ord FROM {dropped}) OR b IN (SELECT ord FROM {dropped})")
     t = view.sql("SELECT a, b, sim FROM edges")
-    ends = _Endpoints(view, k, query=f"""
-        SELECT DISTINCT ON (ord) ord, shingles, signature FROM read_parquet({_sql_list(bucketed.ends)})
-        WHERE ord IN (SELECT a FROM edges UNION SELECT b FROM edges) ORDER BY ord
-    """)
-    return ends, t["a"].to_numpy(), t["b"].to_numpy(), t["sim"].to_numpy()
+    return t["a"].to_numpy(), t["b"].to_numpy(), t["sim"].to_numpy()
 
 
 def _components(a: np.ndarray, b: np.ndarray) -> list[list[int]]:
@@ -273,8 +298,9 @@ def fit_minhash(view: ScoreView, threshold: float, min_survivor_jaccard: float, 
     indexed = _indexed_duplicates(view, against, max(threshold, min_survivor_jaccard), k, verify) if against else {}
     if indexed:
         view.register("indexed_new", pa.table({"ord": pa.array(list(indexed), pa.int64())}))
+    ends: _Endpoints | _EdgeSims
     if bucketed is not None:  # the per-bucket tasks verified the pairs (``bucket_pairs``, ``verify_bucket``)
-        ends, a, b, j = _merged_edges(view, bucketed, k, "indexed_new" if indexed else None)
+        a, b, j = _merged_edges(view, bucketed, "indexed_new" if indexed else None)
     else:
         if indexed:
             view.execute("DELETE FROM pairs WHERE a IN (SELECT ord FROM indexed_new) "
@@ -284,6 +310,8 @@ def fit_minhash(view: ScoreView, threshold: float, min_survivor_jaccard: float, 
     # In (a, b) order, whichever way the edges came: the same clusters, listed the same way.
     by_pair = np.lexsort((b, a))
     a, b, j = a[by_pair], b[by_pair], j[by_pair]
+    if bucketed is not None:
+        ends = _EdgeSims(view, k, bucketed.ends, a, b, j)
     best: dict[int, float] = defaultdict(float)
     for u, v, s in zip(a.tolist(), b.tolist(), j.tolist(), strict=True):
         best[u] = max(best[u], s)
@@ -408,7 +436,7 @@ def _contained(view: ScoreView, jaccard_removed: list[int], t: float, sample: in
     return {u: min(cs, key=lambda vx: (vx[0] in found, -vx[1], vx[0])) for u, cs in found.items()}
 
 
-def _assign(ends: _Endpoints, groups: list[list[int]], order: dict, threshold: float, verify: str) -> dict:
+def _assign(ends: _Endpoints | _EdgeSims, groups: list[list[int]], order: dict, threshold: float, verify: str) -> dict:
     """Member → (survivor, its Jaccard to the survivor). In each component, the first
     member by survivor order survives; members at ≥ ``threshold`` (the stage's
     ``min_survivor_jaccard``) to it join it; the rest repeat the procedure among

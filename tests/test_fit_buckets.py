@@ -147,3 +147,26 @@ def test_bucketed_fit_equals_the_single_node_fit_on_the_web_pool():
     assert one.funnel[-1]["dropped"] > 0
     assert many.fits["minhash_dedup_v1"].equals(one.fits["minhash_dedup_v1"])
     assert decisions(many) == decisions(one)
+
+
+def test_the_merge_reads_only_the_documents_of_pairs_that_are_not_edges(tmp_path):
+    from filters.minhash import jaccard
+    from filters.minhash_fit import _EdgeSims
+    from workers.fit_view import TableScoreView
+
+    docs = corpus(300)
+    run = run_stages(["minhash_dedup_v1"], docs, unit_rows=120, fit_buckets=3, workdir=tmp_path)
+    root = tmp_path / "job" / "stages" / "01-minhash_dedup_v1" / "buckets"
+    edges = pq.read_table(list((root / "edges").glob("*.parquet"))).group_by(["a", "b", "sim"]).aggregate([])
+    a, b, sim = (edges[c].to_numpy() for c in ("a", "b", "sim"))
+    scores = run.scores["minhash_dedup_v1"]
+    sets = {o: np.array(s, np.uint64) for o, s in zip(scores["order"].to_pylist(), scores["shingles"].to_pylist(),
+                                                       strict=True)}
+    with TableScoreView(scores) as view:
+        sims = _EdgeSims(view, 120, sorted((root / "ends").glob("*.parquet")), a, b, sim)
+        assert np.array_equal(sims.similarity(b[:50], a[:50], "exact"), sim[:50]) and sims.loaded == 0
+        linked = set(zip(a.tolist(), b.tolist(), strict=True))
+        # Two documents of some pairs (the merge only asks about members of a cluster) that are not an edge.
+        u, v = next((u, v) for u in a.tolist() for v in b.tolist() if u < v and (u, v) not in linked)
+        x, y = np.array([u]), np.array([v])
+        assert sims.similarity(x, y, "exact")[0] == jaccard(sets[x[0]], sets[y[0]]) and sims.loaded == 2
