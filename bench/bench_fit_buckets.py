@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_minhash_scale import MemorySampler, generate  # noqa: E402
+from bench_minhash_scale import MemorySampler, generate, measured  # noqa: E402
 
 from workers.fits import run_fit  # noqa: E402
 from workers.job import build_stages, run_job  # noqa: E402
@@ -151,13 +151,7 @@ def main() -> None:
                            "stages": [{"stage": "minhash_dedup_v1"}],
                            "execution": {"fit_buckets": args.buckets, "fit_task_memory_mb": args.task_memory_mb,
                                          "unit_rows": args.unit_rows}})
-        sampler = MemorySampler()
-        sampler.start()
-        t = time.perf_counter()
-        manifest = run_job(spec, progress=False)
-        wall = time.perf_counter() - t
-        sampler.running = False
-        sampler.join()
+        manifest, wall, sampler = measured(lambda: run_job(spec, progress=False))
         stage_dir = JobFolder(spec.output).stage_dir(1, "minhash_dedup_v1")
         sizes = {name: sum(f.stat().st_size for f in (stage_dir / name).rglob("*") if f.is_file())
                  for name in ("scores", "buckets/keys", "decisions")}

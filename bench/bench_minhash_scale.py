@@ -83,6 +83,19 @@ class MemorySampler(threading.Thread):
             time.sleep(0.2)
 
 
+def measured(run):
+    """``run()`` with the memory sampler on: its result, its wall seconds and the sampler."""
+    sampler = MemorySampler()
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        result = run()
+    finally:
+        sampler.running = False
+        sampler.join()
+    return result, time.perf_counter() - started, sampler
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=int, default=1_000_000)
@@ -99,13 +112,7 @@ def main() -> None:
         connect_ray()
         spec = parse_spec({"name": "scale", "inputs": [str(work / "in" / "*.parquet")], "output": str(work / "out"),
                            "stages": [{"stage": "minhash_dedup_v1"}]})
-        sampler = MemorySampler()
-        sampler.start()
-        t = time.perf_counter()
-        manifest = run_job(spec, progress=False)
-        wall = time.perf_counter() - t
-        sampler.running = False
-        sampler.join()
+        manifest, wall, sampler = measured(lambda: run_job(spec, progress=False))
         done = work / "out" / "_done"
         fit = json.loads((done / "01-minhash_dedup_v1.fit.json").read_text())
         f = manifest["funnel"][1]
