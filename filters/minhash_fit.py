@@ -164,7 +164,7 @@ class _EdgeSims:
                  sim: np.ndarray) -> None:
         self.view, self.k, self.ends = view, k, ends
         self.edges = pa.table({"a": a, "b": b, "sim": sim})
-        self.loaded = 0  # documents whose n-gram sets were read (for tests and the bench)
+        self.loaded = 0  # documents whose n-gram sets were read (tests check it stays small)
 
     def similarity(self, x: np.ndarray, y: np.ndarray, verify: str) -> np.ndarray:
         query = pa.table({"a": np.minimum(x, y), "b": np.maximum(x, y), "i": np.arange(len(x))})
