@@ -132,14 +132,25 @@ SCORE = Phase.score()
 FIT = Phase.fit()
 
 
+def sql_list(paths: list[Path]) -> str:
+    """Paths as a DuckDB list literal (for ``read_parquet``), quotes escaped."""
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
 class SqlEngine(Protocol):
-    """A private DuckDB connection that spills large intermediates to disk."""
+    """A private DuckDB connection; large intermediate results spill to disk."""
 
-    def sql(self, query: str, params: list[Any] | None = None) -> pa.Table: ...
+    def sql(self, query: str, params: list[Any] | None = None) -> pa.Table:
+        """Run a query (DuckDB dialect)."""
+        ...
 
-    def execute(self, statement: str, params: list[Any] | None = None) -> None: ...
+    def execute(self, statement: str, params: list[Any] | None = None) -> None:
+        """Run a statement (e.g. ``CREATE TEMP TABLE``) in the same engine."""
+        ...
 
-    def register(self, name: str, table: pa.Table) -> None: ...
+    def register(self, name: str, table: pa.Table) -> None:
+        """Make an in-memory Arrow table queryable as ``name``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -153,11 +164,12 @@ class Bucketed:
     ends: list[Path]
 
 
-class ScoreView(Protocol):
+class ScoreView(SqlEngine, Protocol):
     """The scores of one scoring phase for every document that reached the stage, out of
     core (the worker layer builds it over the stored score files). Columns: ``id``,
     ``order``, ``row`` and the phase's scores. ``bucketed``: set when the job ran the
-    stage's grouping as per-bucket tasks (``Stage.bucket_by``), None otherwise."""
+    stage's grouping as per-bucket tasks (``Stage.bucket_by``), None otherwise. ``sql`` runs a
+    query (DuckDB dialect) where the table ``scores`` is this view."""
 
     bucketed: Bucketed | None
 
@@ -173,19 +185,6 @@ class ScoreView(Protocol):
 
     def batches(self, columns: list[str] | None = None, batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
         """Stream the scores in input order, a batch at a time."""
-        ...
-
-    def sql(self, query: str, params: list[Any] | None = None) -> pa.Table:
-        """Run a query (DuckDB dialect) where the table ``scores`` is this view; large
-        intermediate results spill to disk."""
-        ...
-
-    def execute(self, statement: str, params: list[Any] | None = None) -> None:
-        """Run a statement (e.g. ``CREATE TEMP TABLE``) in the same engine."""
-        ...
-
-    def register(self, name: str, table: pa.Table) -> None:
-        """Make an in-memory Arrow table queryable as ``name``."""
         ...
 
     def stage_scores(self, stage: str) -> str:
@@ -323,10 +322,11 @@ class Stage(Generic[P]):
     # True when what a stage removes depends on pairs of documents (duplicates): a sample
     # holds both copies of few pairs, so a plan made on one undercounts the removals.
     sample_undercounts: ClassVar[bool] = False
-    # A list-of-keys score column the fit groups documents by (MinHash band keys). A job
-    # may then hash the keys into buckets in the scoring pass and run the grouping and the
-    # verification of pairs as one task per bucket (``bucket_pairs``, ``verify_bucket``),
-    # handing the fit their edges as ``view.bucketed``; the result must not change.
+    # The score column the fit groups documents by (MinHash band keys, an exact-dedup hash).
+    # A job may then hash its keys into buckets in the scoring pass (``bucket_keys``) and run
+    # the grouping and the verification of pairs as one task per bucket (``bucket_pairs``,
+    # ``verify_bucket``), handing the fit their edges as ``view.bucketed``; the result must
+    # not change.
     bucket_by: ClassVar[str | None] = None
     # Score columns ``verify_bucket`` reads for each document in a candidate pair.
     bucket_columns: ClassVar[tuple[str, ...]] = ()
@@ -378,14 +378,21 @@ class Stage(Generic[P]):
         """How many ``bucket_by`` keys a document has at most (sizes the buckets)."""
         return 1
 
-    def bucket_pairs(self, sql: SqlEngine, keys: str) -> pa.Table:
-        """Candidate pairs (``a``, ``b``: orders, a < b) of one bucket, whose key rows
-        (``ord``, ``band``, ``key``) the query ``keys`` gives."""
+    def bucket_keys(self, scores: pa.Table) -> pa.Table:
+        """One unit's key rows for a bucketed fit, from its scores (``order`` and the score
+        columns): ``ord`` (the document's order), ``hash`` (uint64; its high 32 bits pick the
+        bucket, so equal keys must have equal hashes) and the columns ``bucket_pairs`` reads."""
         raise NotImplementedError
 
-    def verify_bucket(self, sql: SqlEngine, pairs: str, ends: str) -> pa.Table:
+    def bucket_pairs(self, sql: SqlEngine, keys: str) -> pa.Table:
+        """Candidate pairs (``a``, ``b``: orders, a < b) of one bucket, whose key rows (as
+        ``bucket_keys`` made them, less ``hash``) the query ``keys`` gives."""
+        raise NotImplementedError
+
+    def verify_bucket(self, sql: SqlEngine, pairs: str, ends: str | None) -> pa.Table:
         """Edges (``a``, ``b``, ``sim``) among the pairs of the table ``pairs``, reading the
-        endpoints' ``bucket_columns`` from the query ``ends`` (``ord`` and those columns)."""
+        endpoints' ``bucket_columns`` from the query ``ends`` (``ord`` and those columns;
+        None for a stage without ``bucket_columns``)."""
         raise NotImplementedError
 
     def transform(self, docs: pa.Table, fitted: Fitted | None) -> Transformed:

@@ -10,6 +10,14 @@ billions of documents). The survivor of a group is the document that comes first
 the job's input order (shard order, then row), so reruns and any worker count pick
 the same one. Every member of a group of two or more records the group hash as its
 cluster id and the survivor's id.
+
+The fit is a GROUP BY in the view's DuckDB (out of core), and its table holds the groups
+of two or more only: every worker loads it in ``select``, and at web scale the distinct
+hashes are the corpus while the duplicate groups are a few percent of it. A hash not in
+the table is a group of one. A bucketed fit (``workers/bucketed_fit.py``) hashes the text
+hashes into buckets; a task per bucket gives each group as a star of pairs from its first
+member (nothing to verify: equal hashes are the verdict), and the fit builds the same
+table from those edges.
 """
 
 from __future__ import annotations
@@ -18,10 +26,25 @@ import unicodedata
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import xxhash
 
-from filters.base import FIT, ID, ORDER, SCORE, TEXT, Fitted, ScoreView, Selection, Stage, StageParams, scores_view
+from filters.base import (
+    FIT,
+    ID,
+    ORDER,
+    SCORE,
+    TEXT,
+    Fitted,
+    ScoreView,
+    Selection,
+    SqlEngine,
+    Stage,
+    StageParams,
+    scores_view,
+    sql_list,
+)
 
 
 class ExactDedupParams(StageParams):
@@ -47,6 +70,7 @@ class ExactDedupV1(Stage[ExactDedupParams]):
     reasons = ("exact_dedup.duplicate",)
     sample_undercounts = True
     score_params = frozenset(ExactDedupParams.model_fields)
+    bucket_by = "text_hash"
 
     def score(self, docs: pa.Table) -> pa.Table:
         hashes = [
@@ -56,16 +80,38 @@ class ExactDedupV1(Stage[ExactDedupParams]):
         return pa.table({"text_hash": pa.array(hashes, pa.string())})
 
     def fit(self, view: ScoreView | None, artifacts: Path) -> pa.Table:
-        """Per hash: the survivor (first in input order) and the group size."""
-        scores = scores_view(view, self.name).read([ID, ORDER, "text_hash"])
-        groups = scores.group_by("text_hash").aggregate([(ORDER, "min"), (ID, "count")])
-        # ORDER is unique in a job, so this join finds exactly one survivor per hash.
-        firsts = groups.join(scores.select([ID, ORDER]), keys=f"{ORDER}_min", right_keys=ORDER)
-        return pa.table({
-            "text_hash": firsts["text_hash"],
-            "survivor_id": firsts[ID],
-            "group_size": firsts[f"{ID}_count"],
-        })
+        """Per group of two or more: its hash, survivor (first in input order) and size."""
+        view = scores_view(view, self.name)
+        if view.bucketed is None:
+            return view.sql(f"""
+                SELECT text_hash, arg_min({ID}, "{ORDER}") AS survivor_id, count(*) AS group_size
+                FROM scores GROUP BY text_hash HAVING count(*) > 1 ORDER BY text_hash
+            """)
+        if not view.bucketed.edges:  # no bucket had a group
+            return view.sql("SELECT text_hash, id AS survivor_id, 0::BIGINT AS group_size FROM scores LIMIT 0")
+        # Each group is a star from its first member (``bucket_pairs``): ``a`` is the survivor.
+        return view.sql(f"""
+            WITH groups AS (SELECT a, count(*) + 1 AS group_size
+                            FROM read_parquet({sql_list(view.bucketed.edges)}) GROUP BY a)
+            SELECT s.text_hash, s.{ID} AS survivor_id, g.group_size
+            FROM groups g JOIN scores s ON s."{ORDER}" = g.a ORDER BY s.text_hash
+        """)
+
+    def bucket_keys(self, scores: pa.Table) -> pa.Table:
+        hashes = scores["text_hash"].cast(pa.string()).to_pylist()  # untyped when no document reached the unit
+        high = np.array([int(h[:16], 16) for h in hashes], np.uint64)  # xxh3 bits: already uniform
+        return pa.table({"key": pa.array(hashes, pa.string()),
+                         "ord": scores[ORDER].cast(pa.int64()), "hash": pa.array(high, pa.uint64())})
+
+    def bucket_pairs(self, sql: SqlEngine, keys: str) -> pa.Table:
+        # A hash lies wholly in one bucket, so each group is found once, whole.
+        return sql.sql(f"""
+            WITH k AS ({keys}), firsts AS (SELECT key, min(ord) AS a FROM k GROUP BY key HAVING count(*) > 1)
+            SELECT f.a, k.ord AS b FROM k JOIN firsts f USING (key) WHERE k.ord > f.a
+        """)
+
+    def verify_bucket(self, sql: SqlEngine, pairs: str, ends: str | None) -> pa.Table:
+        return sql.sql(f"SELECT a, b, 1.0::DOUBLE AS sim FROM {pairs}")
 
     def select(self, scores: pa.Table, fitted: Fitted | None) -> Selection:
         if fitted is None or fitted.table is None:
@@ -77,15 +123,13 @@ class ExactDedupV1(Stage[ExactDedupParams]):
         sizes = joined["group_size"].to_pylist()
         hashes = scores["text_hash"].to_pylist()
         keep, reason, cluster, surv = [], [], [], []
-        for doc_id, s, size, h in zip(ids, survivor, sizes, hashes, strict=True):
-            if s is None:
-                raise ValueError(f"document {doc_id!r} was not seen by exact_dedup_v1.fit")
-            in_group = size > 1
-            keep.append(s == doc_id)
-            reason.append(None if s == doc_id else "exact_dedup.duplicate")
-            cluster.append(h if in_group else None)
-            surv.append(s if in_group else None)
-        return Selection(
-            keep=keep, reason=reason, cluster_id=cluster, survivor_id=surv,
-            extra_scores={"group_size": [float(x) for x in sizes]},
-        )
+        size: list[float | None] = []
+        for doc_id, s, n, h in zip(ids, survivor, sizes, hashes, strict=True):
+            # Not in the table: a group of one (the fit keeps groups of two or more only).
+            keep.append(s is None or s == doc_id)
+            reason.append(None if s is None or s == doc_id else "exact_dedup.duplicate")
+            cluster.append(None if s is None else h)
+            surv.append(s)
+            size.append(1.0 if n is None else float(n))
+        return Selection(keep=keep, reason=reason, cluster_id=cluster, survivor_id=surv,
+                         extra_scores={"group_size": size})

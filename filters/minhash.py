@@ -119,6 +119,7 @@ from pydantic import Field, model_validator
 from filters.base import (
     FIT,
     ID,
+    ORDER,
     SCORE,
     TEXT,
     Fitted,
@@ -130,7 +131,7 @@ from filters.base import (
     StageParams,
     scores_view,
 )
-from filters.minhash_fit import bucket_pairs, fit_minhash, verify_bucket
+from filters.minhash_fit import band_key_rows, bucket_pairs, fit_minhash, verify_bucket
 from filters.minhash_index import MinHashIndexError, check_params, current_version, verify_parts
 from filters.word_ngrams import ngram_hash, rolling_ngrams, utf8_buffers, word_hashes, xxh64
 
@@ -518,11 +519,15 @@ class MinHashDedupV1(Stage[MinHashParams]):
     def keys_per_doc(self) -> int:
         return self.params.bands
 
+    def bucket_keys(self, scores: pa.Table) -> pa.Table:
+        return band_key_rows(scores[ORDER].combine_chunks(), scores[self.bucket_by].combine_chunks())
+
     def bucket_pairs(self, sql: SqlEngine, keys: str) -> pa.Table:
         return bucket_pairs(sql, keys)
 
-    def verify_bucket(self, sql: SqlEngine, pairs: str, ends: str) -> pa.Table:
+    def verify_bucket(self, sql: SqlEngine, pairs: str, ends: str | None) -> pa.Table:
         p = self.params
+        assert ends is not None  # bucket_columns is not empty
         return verify_bucket(sql, pairs, ends, p.threshold, p.bands * p.rows, p.verify)
 
     def select(self, scores: pa.Table, fitted: Fitted | None) -> Selection:

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.stats import binom
 
-from filters.base import ID, Bucketed, ScoreView, SqlEngine
+from filters.base import ID, Bucketed, ScoreView, SqlEngine, sql_list
 
 
 def _load_docs(view: ScoreView) -> None:
@@ -135,6 +136,26 @@ def _verified_edges(view: SqlEngine, ends: _Endpoints, threshold: float, k: int,
     return a[ok], b[ok], sim[ok]
 
 
+_BAND_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def band_key_rows(orders: pa.Array, keys: pa.Array) -> pa.Table:
+    """A unit's band keys as key rows of a bucketed fit (``Stage.bucket_keys``): ``band``
+    counts from 1, as ``generate_subscripts`` does in ``BAND_KEY_ROWS``; ``hash`` mixes the
+    band into the key, so one key at two band positions goes to unrelated buckets.
+    Documents with a null list (too short to compare) have no rows."""
+    if not pa.types.is_list(keys.type):  # no document reached the unit: an untyped empty column
+        keys = pa.array([], pa.list_(pa.uint64()))
+    flat = pc.list_flatten(keys).to_numpy().astype(np.uint64, copy=False)
+    parent = pc.list_parent_indices(keys).to_numpy()
+    lengths = pc.fill_null(pc.list_value_length(keys), 0).to_numpy()
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    band = (np.arange(len(flat)) - starts + 1).astype(np.int16)
+    with np.errstate(over="ignore"):
+        mixed = (flat ^ (band.astype(np.uint64) * _BAND_MIX)) * _BAND_MIX
+    return pa.table({"band": band, "key": flat, "ord": orders.to_numpy()[parent].astype(np.int64), "hash": mixed})
+
+
 def bucket_pairs(view: SqlEngine, keys: str) -> pa.Table:
     """Candidate pairs of one bucket of a bucketed fit: ``keys`` gives its rows (``ord``,
     ``band``, ``key``). A (band, key) lies wholly in one bucket, so the union over the
@@ -177,7 +198,7 @@ class _EdgeSims:
             self.loaded += len(need)
             self.view.register("sims_needed", pa.table({"ord": need}))
             ends = _Endpoints(self.view, self.k, query=f"""
-                SELECT DISTINCT ON (ord) ord, shingles, signature FROM read_parquet({_sql_list(self.ends)})
+                SELECT DISTINCT ON (ord) ord, shingles, signature FROM read_parquet({sql_list(self.ends)})
                 WHERE ord IN (SELECT ord FROM sims_needed) ORDER BY ord
             """)
             sim[miss] = ends.similarity(x[miss], y[miss], verify)
@@ -190,7 +211,7 @@ def _merged_edges(view: SqlEngine, bucketed: Bucketed, dropped: str | None):
     if not bucketed.edges:  # no bucket had a candidate pair
         return tuple(np.empty(0, t) for t in (np.int64, np.int64, np.float64))
     view.execute(f"CREATE OR REPLACE TEMP TABLE edges AS SELECT DISTINCT a, b, sim "
-                 f"FROM read_parquet({_sql_list(bucketed.edges)})")
+                 f"FROM read_parquet({sql_list(bucketed.edges)})")
     if dropped:
         view.execute(f"DELETE FROM edges WHERE a IN (SELECT ord FROM {dropped}) OR b IN (SELECT ord FROM {dropped})")
     t = view.sql("SELECT a, b, sim FROM edges")
@@ -238,10 +259,6 @@ def _survivor_order(view: ScoreView, rule: str, members: list[int]) -> dict:
     return {r["ord"]: (-(r["v"] if r["v"] is not None else float("-inf")), r["id"]) for r in rows}
 
 
-def _sql_list(paths: list[Path]) -> str:
-    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
-
-
 def _indexed_duplicates(view: ScoreView, parts: list[Path], threshold: float, k: int,
                         verify: str) -> dict[int, tuple[int, float]]:
     """New document ord → (the index document's key, the similarity) for every new document
@@ -253,7 +270,7 @@ def _indexed_duplicates(view: ScoreView, parts: list[Path], threshold: float, k:
     it never meets a new document's ord."""
     view.execute("CREATE OR REPLACE TEMP VIEW idx AS " + " UNION ALL ".join(
         f"SELECT -1 - ({i}::BIGINT << 40 | ord) AS xord, id, job_id, shingles, signature, band_keys "
-        f"FROM read_parquet({_sql_list([p])})" for i, p in enumerate(parts)))
+        f"FROM read_parquet({sql_list([p])})" for i, p in enumerate(parts)))
     view.execute("""
         CREATE OR REPLACE TEMP TABLE new_keys AS
         SELECT ord, unnest(band_keys) AS key, generate_subscripts(band_keys, 1) AS band FROM docs

@@ -36,7 +36,8 @@ def test_run_stage_applies_score_fit_select_like_a_job():
     assert run.output["id"].to_pylist() == ["d0", "d2"] and run.output.column_names == ["id", "text", "lang"]
     assert [(f["stage"], f["docs_in"], f["kept"]) for f in run.funnel] == [("input_v1", 4, 3),
                                                                             ("exact_dedup_v1", 3, 2)]
-    assert run.fits["exact_dedup_v1"].num_rows == 2  # two distinct normalised texts
+    assert run.fits["exact_dedup_v1"].to_pylist()[0]["group_size"] == 2  # the fit keeps groups of two or more only
+    assert run.fits["exact_dedup_v1"].num_rows == 1
 
 
 def test_train_then_score_then_select_hands_the_fit_and_its_artifact_on():

@@ -13,6 +13,7 @@ from conftest import run_cli
 
 from filters.exact_dedup import ExactDedupV1
 from filters.minhash import MinHashDedupV1
+from filters.quality_rules import QualityRulesV1
 from workers.bucketed_fit import BYTES_PER_KEY_ROW, bucket_count
 from workers.cost_plan import PlanError, _buckets, _line, plan
 from workers.local import run_stages
@@ -84,8 +85,11 @@ def test_the_plan_matches_the_job_it_plans(corpus):
 
 
 def test_a_fit_too_large_for_memory_is_flagged_and_a_failing_stage_is_named(corpus, tmp_path):
-    root, _ = corpus
-    p = plan(spec_for(root), sample=200, cpus=2, memory_bytes=2_000)
+    root, texts = corpus
+    copies = tmp_path / "copies"  # every page 10 times: the exact-dedup fit holds a row per page
+    copies.mkdir()
+    pq.write_table(pa.table({"id": [f"c{i}" for i in range(1000)], "text": texts[:100] * 10}), copies / "c.parquet")
+    p = plan(spec_for(copies), sample=200, cpus=2, memory_bytes=2_000)
     flagged = {s["stage"]: s["note"] for s in p["stages"] if s["note"] and "held in memory" in s["note"]}
     assert "exact_dedup_v1" in flagged and "split the input into several jobs" in flagged["exact_dedup_v1"]
     assert "quality_rules_v1" not in flagged
@@ -103,17 +107,30 @@ def test_a_bucketed_fit_is_planned_from_the_task_memory_budget(tmp_path):
                            "stages": [{"stage": "minhash_dedup_v1"}], "execution": execution})
 
     mh = MinHashDedupV1()
-    chosen, notes = _buckets(spec(fit_task_memory_mb=1024), mh, 10_000_000, 2**35)
-    assert chosen == bucket_count(10_000_000, [mh], 1024) > 1
+    chosen = bucket_count(10_000_000, [mh], 1024)
+    assert chosen > 1
+    notes = _buckets(spec(fit_task_memory_mb=1024), mh, 10_000_000, 2**35, chosen)[1]
     assert notes == [f"fit in {chosen} buckets of ~{200_000_000 / chosen:,.0f} keys (~"
                      f"{200_000_000 * BYTES_PER_KEY_ROW / chosen / 2**20:,.0f} MiB a task; "
                      "execution.fit_task_memory_mb = 1024)"]
-    assert _buckets(spec(), mh, 1_000, 2**35) == (1, [])
-    _, single = _buckets(spec(fit_buckets=1), mh, 10_000_000, 2**33)  # 12 GiB of keys on an 8 GiB node
+    assert _buckets(spec(), mh, 1_000, 2**35, 1) == (1, [])
+    _, single = _buckets(spec(fit_buckets=1), mh, 10_000_000, 2**33, 1)  # 12 GiB of keys on an 8 GiB node
     assert "single-node fit groups 200,000,000 keys" in single[0] and "execution.fit_buckets" in single[0]
-    _, few = _buckets(spec(fit_buckets=2), mh, 10_000_000, 2**35)
+    _, few = _buckets(spec(fit_buckets=2), mh, 10_000_000, 2**35, 2)
     assert "a bucket would fail; raise execution.fit_buckets" in few[0]
-    assert _buckets(spec(), ExactDedupV1(), 10_000_000, 2**35) == (None, [])
+    # Exact dedup has one key a document: in the job's buckets, but far smaller ones.
+    assert _buckets(spec(), ExactDedupV1(), 10_000_000, 2**35, chosen)[1] == [
+        f"fit in {chosen} buckets of ~{10_000_000 / chosen:,.0f} keys (~"
+        f"{10_000_000 * BYTES_PER_KEY_ROW / chosen / 2**20:,.0f} MiB a task; execution.fit_task_memory_mb = 2048)"]
+    assert _buckets(spec(), QualityRulesV1(), 10_000_000, 2**35, chosen) == (None, [])
+    # The plan shows the count the job will use: one for all of its bucketed fits.
+    both = parse_spec({"name": "p", "inputs": [str(tmp_path / "*.parquet")], "output": str(tmp_path / "out"),
+                       "stages": [{"stage": "exact_dedup_v1"}, {"stage": "minhash_dedup_v1"}],
+                       "execution": {"fit_buckets": 3}})
+    pq.write_table(pa.table({"id": [f"d{i}" for i in range(300)],
+                             "text": [f"page {i} " + "word " * (i % 50) for i in range(300)]}), tmp_path / "a.parquet")
+    p = plan(both, sample=100)
+    assert [s["fit_buckets"] for s in p["stages"]] == [None, 3, 3]
 
 
 def test_curate_plan_prints_the_table_and_writes_nothing(corpus, tmp_path):

@@ -1,6 +1,6 @@
-"""The bucketed MinHash fit (``workers/bucketed_fit.py``): band keys hashed into buckets by
-the scoring pass, one task per bucket, edges merged by the fit; the result must be the
-single-node fit's, to the row."""
+"""The bucketed fit (``workers/bucketed_fit.py``): keys (MinHash band keys, exact-dedup
+hashes) hashed into buckets by the scoring pass, one task per bucket, edges merged by the
+fit; the result must be the single-node fit's, to the row."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import WEB_POOL, needs_shared, write_shard
 
+from filters.exact_dedup import ExactDedupV1
 from filters.minhash import MinHashDedupV1
 from workers.bucketed_fit import BYTES_PER_KEY_ROW, FitBudgetError, bucket_count, partition_keys
 from workers.job import JobError, run_job
@@ -80,7 +81,7 @@ def test_keys_are_split_by_bucket_one_row_group_each():
     scores = MinHashDedupV1().score(pa.table({"id": ["a", "b", "c"], "text": [" ".join(VOCAB[:50]), "no",
                                                                                 " ".join(VOCAB[20:90])]}))
     scores = scores.append_column("order", pa.array([7, 8, 9], pa.int64()))
-    parts = partition_keys(scores, "band_keys", 4)
+    parts = partition_keys(MinHashDedupV1(), scores, 4)
     assert len(parts) == 4 and sum(p.num_rows for p in parts) == 2 * 20  # "no" is too short: no keys
     for b, part in enumerate(parts):
         assert set(part["bucket"].to_pylist()) <= {b}
@@ -89,8 +90,58 @@ def test_keys_are_split_by_bucket_one_row_group_each():
         mine = sorted((r["band"], r["key"]) for r in rows if r["ord"] == ord_)
         assert mine == list(enumerate(scores["band_keys"][row].as_py(), 1))
     # A (band, key) always lands in the same bucket, whichever unit it comes from.
-    again = pa.concat_tables(partition_keys(scores, "band_keys", 4)).to_pylist()
+    again = pa.concat_tables(partition_keys(MinHashDedupV1(), scores, 4)).to_pylist()
     assert again == rows
+
+
+def exact_corpus(n: int = 900, seed: int = 5) -> pa.Table:
+    """Distinct pages, groups of 2-40 equal pages (differing in case and spacing, which the
+    normalisation removes), in shuffled order."""
+    rng = random.Random(seed)
+    texts = [" ".join(rng.choice(VOCAB) for _ in range(rng.randint(5, 40))) for _ in range(n)]
+    for g in range(60):
+        page = texts[g * 7]
+        texts += [page.upper() if i % 2 else "  " + page.replace(" ", "\n") for i in range(rng.randint(1, 39))]
+    rng.shuffle(texts)
+    return pa.table({"id": [f"d{i:05d}" for i in range(len(texts))], "text": texts})
+
+
+def test_bucketed_exact_dedup_equals_the_single_node_fit(tmp_path):
+    docs = exact_corpus()
+    stages = [("exact_dedup_v1", {}), ("minhash_dedup_v1", {})]
+    one = run_stages(stages, docs, unit_rows=200)
+    many = run_stages(stages, docs, unit_rows=200, fit_buckets=6, workdir=tmp_path)
+    fit = one.fits["exact_dedup_v1"]
+    # The fit table holds the groups of two or more only, one row per group.
+    groups = pa.table({"h": one.scores["exact_dedup_v1"]["text_hash"]}).group_by("h").aggregate([("h", "count")])
+    assert sorted(fit["group_size"].to_pylist()) == sorted(n for n in groups["h_count"].to_pylist() if n > 1)
+    assert fit.num_rows == 60
+    assert many.fits["exact_dedup_v1"].equals(fit)
+    assert many.fits["minhash_dedup_v1"].equals(one.fits["minhash_dedup_v1"])
+    exact = [(r["doc_id"], r["decision"], r["reason"], r["cluster_id"], r["survivor_id"], r["scores"])
+             for r in one.decisions("exact_dedup_v1")]
+    assert exact == [(r["doc_id"], r["decision"], r["reason"], r["cluster_id"], r["survivor_id"], r["scores"])
+                     for r in many.decisions("exact_dedup_v1")]
+    assert sum(d == "drop" for _, d, *_ in exact) == docs.num_rows - 900  # all but one of each group
+    assert many.output.equals(one.output)
+    marker = json.loads(next((tmp_path / "job" / "_done").glob("*exact_dedup_v1.fit*")).read_text())
+    root = tmp_path / "job" / "stages" / "01-exact_dedup_v1" / "buckets"
+    assert marker["buckets"]["buckets"] == 6 and marker["buckets"]["keys"] == docs.num_rows
+    assert marker["buckets"]["edges"] == marker["buckets"]["pairs"] == sum(d == "drop" for _, d, *_ in exact)
+    assert not (root / "ends").exists()  # equal hashes need no check: no rows of documents are read
+    assert "ends" not in marker["buckets"]["steps_wall_and_task_seconds"]
+
+
+def test_exact_dedup_keys_of_one_hash_share_a_bucket():
+    stage = ExactDedupV1()
+    docs = exact_corpus(200)
+    scores = stage.score(docs).append_column("order", pa.array(range(docs.num_rows), pa.int64()))
+    rows = pa.concat_tables(partition_keys(stage, scores, 5)).to_pylist()
+    assert len(rows) == docs.num_rows
+    buckets: dict[str, set[int]] = {}
+    for r in rows:
+        buckets.setdefault(r["key"], set()).add(r["bucket"])
+    assert all(len(b) == 1 for b in buckets.values()) and len({r["bucket"] for r in rows}) == 5
 
 
 def test_bucket_count_follows_the_task_memory_budget():
@@ -142,9 +193,11 @@ def test_a_job_runs_the_buckets_as_ray_tasks_with_the_same_result(tmp_path):
 @needs_shared(WEB_POOL)
 def test_bucketed_fit_equals_the_single_node_fit_on_the_web_pool():
     docs = pq.read_table(WEB_POOL, columns=["id", "text"])
-    one = run_stages([("minhash_dedup_v1", {})], docs, unit_rows=400)
-    many = run_stages([("minhash_dedup_v1", {})], docs, unit_rows=400, fit_buckets=7)
-    assert one.funnel[-1]["dropped"] > 0
+    stages = [("exact_dedup_v1", {}), ("minhash_dedup_v1", {})]
+    one = run_stages(stages, docs, unit_rows=400)
+    many = run_stages(stages, docs, unit_rows=400, fit_buckets=7)
+    assert one.funnel[-1]["dropped"] > 0 and one.funnel[1]["dropped"] > 0
+    assert many.fits["exact_dedup_v1"].equals(one.fits["exact_dedup_v1"])
     assert many.fits["minhash_dedup_v1"].equals(one.fits["minhash_dedup_v1"])
     assert decisions(many) == decisions(one)
 

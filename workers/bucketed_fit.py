@@ -9,7 +9,8 @@ bucket's keys and no step holds the corpus.
    writes the bucket's candidate pairs (``Stage.bucket_pairs``).
 3. One task per unit writes the ``bucket_columns`` of its documents that are in some pair,
    a row group per bucket holding the documents of that bucket's pairs (a document in the
-   pairs of several buckets is written once for each).
+   pairs of several buckets is written once for each). A stage whose pairs need no check
+   (exact dedup: equal keys are the verdict) has no such columns and skips this step.
 4. One task per bucket reads its row groups of those files, verifies its pairs and writes
    its edges (``Stage.verify_bucket``): it reads its own documents, never the corpus.
 
@@ -34,17 +35,16 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from filters.base import ORDER, Bucketed, Stage
+from filters.base import ORDER, Bucketed, Stage, sql_list
 from filters.registry import get_stage
 from workers import atomic
-from workers.fit_view import SqlView, _sql_list
+from workers.fit_view import SqlView
 from workers.job_folder import JobFolder
 from workers.shards import Unit
 
-# Bytes one key row (band, key, ord) is taken to need in a bucket task's DuckDB GROUP BY:
+# Bytes one key row (a MinHash band, key and ord) is taken to need in a bucket task's DuckDB GROUP BY:
 # an estimate, not a measurement (18 bytes of data plus the hash table's and the lists'
 # overhead). It sizes the buckets; DuckDB spills past its limit, so a low guess costs
 # scratch disk, not a failed task. At 10 M, 16.7 M-key buckets ran with a 1 GiB limit.
@@ -54,9 +54,6 @@ DEFAULT_TASK_MEMORY_MB = 2048
 # Run ``fn(*args)`` for each tuple of ``calls`` with at most ``memory_mb`` each; returns the
 # results in order. Serial in process for ``run_stages``; Ray tasks in a job.
 TaskMap = Callable[[Callable[..., dict], list[tuple], int], list[dict]]
-
-KEY_SCHEMA = pa.schema([("bucket", pa.int32()), ("band", pa.int16()), ("key", pa.uint64()), ("ord", pa.int64())])
-_BAND_MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
 class FitBudgetError(ValueError):
@@ -75,31 +72,26 @@ def bucket_count(rows: int, stages: Sequence[Stage], memory_mb: int) -> int:
     return min(MAX_BUCKETS, max(1, math.ceil(need)))
 
 
-def partition_keys(scores: pa.Table, column: str, buckets: int) -> list[pa.Table]:
-    """A unit's key rows, one table per bucket: ``bucket`` = a hash of (band, key) mod
-    ``buckets``; ``band`` counts from 1, as ``generate_subscripts`` does in the
-    single-node fit. Documents with a null list (too short to compare) have no rows."""
-    keys = scores[column].combine_chunks()
-    if not pa.types.is_list(keys.type):  # no document reached the unit: an untyped empty column
-        keys = pa.array([], pa.list_(pa.uint64()))
-    flat = pc.list_flatten(keys).to_numpy().astype(np.uint64, copy=False)
-    parent = pc.list_parent_indices(keys).to_numpy()
-    lengths = pc.fill_null(pc.list_value_length(keys), 0).to_numpy()
-    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    band = (np.arange(len(flat)) - starts + 1).astype(np.int16)
-    with np.errstate(over="ignore"):
-        mixed = (flat ^ (band.astype(np.uint64) * _BAND_MIX)) * _BAND_MIX
-    bucket = ((mixed >> np.uint64(32)) % np.uint64(buckets)).astype(np.int32)
-    ords = scores[ORDER].combine_chunks().to_numpy()[parent]
-    order = np.argsort(bucket, kind="stable")
-    table = pa.table({"bucket": bucket[order], "band": band[order], "key": flat[order], "ord": ords[order]},
-                     schema=KEY_SCHEMA)
-    cuts = np.searchsorted(bucket[order], np.arange(buckets + 1))
+def _slices_by_bucket(table: pa.Table, buckets: int) -> list[pa.Table]:
+    """A table sorted by its ``bucket`` column, cut into one (maybe empty) slice per bucket."""
+    cuts = np.searchsorted(table["bucket"].to_numpy(), np.arange(buckets + 1))
     return [table.slice(lo, hi - lo) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
-def write_partition(scores: pa.Table, column: str, buckets: int, path: Path) -> None:
-    atomic.write_parquet_groups(partition_keys(scores, column, buckets), KEY_SCHEMA, path)
+def partition_keys(stage: Stage, scores: pa.Table, buckets: int) -> list[pa.Table]:
+    """A unit's key rows (``Stage.bucket_keys``), one table per bucket: ``bucket`` = the high
+    32 bits of the row's ``hash`` mod ``buckets``."""
+    rows = stage.bucket_keys(scores)
+    hashes = rows["hash"].to_numpy().astype(np.uint64, copy=False)
+    bucket = ((hashes >> np.uint64(32)) % np.uint64(buckets)).astype(np.int32)
+    order = np.argsort(bucket, kind="stable")
+    rows = rows.drop_columns(["hash"]).take(pa.array(order))
+    return _slices_by_bucket(rows.add_column(0, "bucket", pa.array(bucket[order], pa.int32())), buckets)
+
+
+def write_partition(stage: Stage, scores: pa.Table, buckets: int, path: Path) -> None:
+    parts = partition_keys(stage, scores, buckets)
+    atomic.write_parquet_groups(parts, parts[0].schema, path)
 
 
 @contextmanager
@@ -125,7 +117,7 @@ def pairs_task(stage: tuple[str, dict], key_files: list[str], bucket: int, bucke
     """Step 2: the candidate pairs of one bucket."""
     started = time.perf_counter()
     with _engine(Path(scratch) / f"pairs-{bucket}", memory_mb) as sql:
-        source = f"SELECT ord, band, key FROM read_parquet({_sql_list(key_files)}) WHERE bucket = {bucket}"
+        source = f"SELECT * EXCLUDE (bucket) FROM read_parquet({sql_list(key_files)}) WHERE bucket = {bucket}"
         rows = sql.sql(f"SELECT count(*) AS n FROM ({source})")["n"][0].as_py()
         error = _over_budget(f"bucket {bucket} of {buckets} ({rows:,} keys)", rows * BYTES_PER_KEY_ROW, memory_mb)
         if error:
@@ -146,8 +138,7 @@ def ends_task(stage: tuple[str, dict], unit_index: int, score_file: str, pair_fi
     with _engine(Path(scratch) / f"ends-{unit_index}", memory_mb) as sql:
         sql.execute(f"""
             CREATE TEMP TABLE wanted AS SELECT DISTINCT bucket, x AS ord FROM (
-                SELECT bucket, a AS x FROM read_parquet({_sql_list(pair_files)})
-                UNION ALL SELECT bucket, b AS x FROM read_parquet({_sql_list(pair_files)})
+                SELECT bucket, unnest([a, b]) AS x FROM read_parquet({sql_list(pair_files)})
             ) WHERE x >= {lo} AND x < {hi}
         """)
         wanted = sql.sql("SELECT count(*) AS n FROM wanted")["n"][0].as_py()
@@ -157,28 +148,30 @@ def ends_task(stage: tuple[str, dict], unit_index: int, score_file: str, pair_fi
             return {"error": error}
         ends = sql.sql(f"""
             SELECT w.bucket, s."{ORDER}" AS ord, {", ".join(f"s.{c}" for c in columns)}
-            FROM read_parquet({_sql_list([score_file])}) s JOIN wanted w ON s."{ORDER}" = w.ord
+            FROM read_parquet({sql_list([score_file])}) s JOIN wanted w ON s."{ORDER}" = w.ord
             ORDER BY w.bucket, ord
         """)
     if ends.num_rows:  # a unit with none writes nothing (its columns may be untyped)
-        cuts = np.searchsorted(ends["bucket"].to_numpy(), np.arange(buckets + 1))
-        atomic.write_parquet_groups([ends.slice(a, b - a) for a, b in zip(cuts[:-1], cuts[1:], strict=True)],
-                                    ends.schema, Path(out))
+        atomic.write_parquet_groups(_slices_by_bucket(ends, buckets), ends.schema, Path(out))
     return {"ends": ends.num_rows, "seconds": time.perf_counter() - started}
 
 
 def verify_task(stage: tuple[str, dict], bucket: int, pair_file: str, end_files: list[str], out: str,
                 scratch: str, memory_mb: int) -> dict:
-    """Step 4: the verified edges among one bucket's pairs."""
+    """Step 4: the verified edges among one bucket's pairs (``end_files`` is empty for a
+    stage without ``bucket_columns``)."""
     started = time.perf_counter()
     with _engine(Path(scratch) / f"verify-{bucket}", memory_mb) as sql:
-        sql.execute(f"CREATE TEMP TABLE pairs AS SELECT a, b FROM read_parquet({_sql_list([pair_file])})")
-        ends = f"SELECT * EXCLUDE (bucket) FROM read_parquet({_sql_list(end_files)}) WHERE bucket = {bucket}"
-        held = sql.sql(f"SELECT count(*) AS n FROM ({ends})")["n"][0].as_py()
+        sql.execute(f"CREATE TEMP TABLE pairs AS SELECT a, b FROM read_parquet({sql_list([pair_file])})")
+        ends = None
+        held = 0
+        if end_files:
+            ends = f"SELECT * EXCLUDE (bucket) FROM read_parquet({sql_list(end_files)}) WHERE bucket = {bucket}"
+            held = sql.sql(f"SELECT count(*) AS n FROM ({ends})")["n"][0].as_py()
         count = sql.sql("SELECT count(*) AS n FROM pairs")["n"][0].as_py()
         # In Python: the endpoints' rows (at their average uncompressed size) and a few
         # arrays of 8 bytes per pair.
-        need = held * _row_bytes(end_files) + count * 48
+        need = (held * _row_bytes(end_files) if end_files else 0) + count * 48
         error = _over_budget(f"verifying bucket {bucket} ({count:,} pairs, {held:,} documents)", need, memory_mb)
         if error:
             return {"error": error}
@@ -220,20 +213,20 @@ def run_buckets(folder: JobFolder, units: list[Unit], index: int, stage: Stage, 
     timing: dict[str, list[float]] = {}  # step -> [wall seconds, seconds summed over its tasks]
     pairs = _run(map_tasks, pairs_task, [(spec, key_files, b, buckets, pair_files[b], scratch, memory_mb)
                                          for b in range(buckets)], memory_mb, timing)
-    end_files = [str(root / "ends" / f"{u.key}.parquet") for u in units]
-    edge_files = [str(root / "edges" / f"b{b:05d}.parquet") for b in range(buckets)]
     edges: list[dict] = []
-    if any(r["pairs"] for r in pairs):
+    end_files: list[str] = []
+    edge_files: list[str] = []
+    busy = [b for b in range(buckets) if pairs[b]["pairs"]]
+    if busy and stage.bucket_columns:  # a stage that verifies pairs reads their documents' rows
+        end_files = [str(root / "ends" / f"{u.key}.parquet") for u in units]
         ends = _run(map_tasks, ends_task, [(spec, u.index, str(folder.scores(index, stage.name, u.key, phase)),
                                             pair_files, buckets, end_files[n], scratch, memory_mb)
                                            for n, u in enumerate(units)], memory_mb, timing)
         end_files = [f for f, r in zip(end_files, ends, strict=True) if r["ends"]]
-        busy = [b for b in range(buckets) if pairs[b]["pairs"]]
-        edges = _run(map_tasks, verify_task, [(spec, b, pair_files[b], end_files, edge_files[b], scratch, memory_mb)
-                                              for b in busy], memory_mb, timing)
-        edge_files = [edge_files[b] for b in busy]
-    else:
-        end_files, edge_files = [], []
+    if busy:
+        edge_files = [str(root / "edges" / f"b{b:05d}.parquet") for b in busy]
+        edges = _run(map_tasks, verify_task, [(spec, b, pair_files[b], end_files, out, scratch, memory_mb)
+                                              for b, out in zip(busy, edge_files, strict=True)], memory_mb, timing)
     summary = {"buckets": buckets, "keys": sum(r["keys"] for r in pairs), "pairs": sum(r["pairs"] for r in pairs),
                "edges": sum(r["edges"] for r in edges),
                "largest_bucket_keys": max(r["keys"] for r in pairs),

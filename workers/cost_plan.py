@@ -158,10 +158,13 @@ def plan(spec: JobSpec, *, sample: int = 400, cpus: int | None = None, memory_by
     units = max(1, math.ceil(rows / unit_rows))
     workers = min(cpus, units)
     stages, total_wall = [], 0.0
-    for i, (stage, a, b) in enumerate(zip(build_stages(spec), f1, f2, strict=True)):
+    built = build_stages(spec)
+    # As the job chooses it (``workers.job``): one count for all its bucketed fits, from its input rows.
+    job_buckets = spec.execution.fit_buckets or bucket_count(rows, built, spec.execution.fit_task_memory_mb)
+    for i, (stage, a, b) in enumerate(zip(built, f1, f2, strict=True)):
         docs_full = b["docs_in"] * scale
         unit_s = fit_s = 0.0
-        buckets, notes = _buckets(spec, stage, docs_full, memory_bytes)
+        buckets, notes = _buckets(spec, stage, docs_full, memory_bytes, job_buckets)
         for step in stage_steps(i, stage):
             fixed, per_doc = _line(s1.get(step.name, 0.0), a["docs_in"], s2.get(step.name, 0.0), b["docs_in"])
             if step.kind == "fit":  # a bucketed fit's per-document work runs as tasks on every CPU
@@ -198,12 +201,11 @@ def plan(spec: JobSpec, *, sample: int = 400, cpus: int | None = None, memory_by
     }
 
 
-def _buckets(spec: JobSpec, stage, docs: float, memory_bytes: int) -> tuple[int | None, list[str]]:
-    """The bucket count a job would use for ``stage``'s fit, and what to say about it."""
+def _buckets(spec: JobSpec, stage, docs: float, memory_bytes: int, chosen: int) -> tuple[int | None, list[str]]:
+    """What to say about ``stage``'s fit in the job's ``chosen`` buckets (None: not bucketed)."""
     if not stage.bucket_by:
         return None, []
     budget = spec.execution.fit_task_memory_mb
-    chosen = spec.execution.fit_buckets or bucket_count(round(docs), [stage], budget)
     keys = docs * stage.keys_per_doc()
     held = keys * BYTES_PER_KEY_ROW / chosen
     if chosen == 1 and held > memory_bytes / 2:

@@ -14,11 +14,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from filters.base import Bucketed
-
-
-def _sql_list(paths: list[Path]) -> str:
-    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+from filters.base import Bucketed, sql_list
 
 
 def _non_empty(files: list[Path]) -> list[Path]:
@@ -57,7 +53,7 @@ class SqlView:
         if stage not in self._others:
             files = _non_empty(self._other_stage(stage))  # raises ValueError naming the problem
             name = f"stage_scores_{len(self._others)}"
-            self._con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM read_parquet({_sql_list(files)})")
+            self._con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM read_parquet({sql_list(files)})")
             self._others[stage] = name
         return self._others[stage]
 
@@ -81,7 +77,7 @@ class FileScoreView(SqlView):
         super().__init__(scratch, other_stage, memory_limit)
         self.bucketed = bucketed
         self.files = _non_empty(files)
-        self._con.execute(f"CREATE TEMP VIEW scores AS SELECT * FROM read_parquet({_sql_list(self.files)})")
+        self._con.execute(f"CREATE TEMP VIEW scores AS SELECT * FROM read_parquet({sql_list(self.files)})")
         self._dataset = pads.dataset([str(f) for f in self.files], format="parquet")
 
     @property

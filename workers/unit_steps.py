@@ -134,8 +134,7 @@ class UnitRunner:
         atomic.write_parquet(table, self.ctx.folder.scores(i, stage.name, state.unit.key, step.method))
         buckets = self.ctx.folder.job().get("fit_buckets", 1) if stage.bucket_by in table.column_names else 1
         if buckets > 1:  # the keys of a bucketed fit, hashed into buckets here (workers/bucketed_fit.py)
-            write_partition(table, stage.bucket_by, buckets, self.ctx.folder.bucket_keys(i, stage.name,
-                                                                                         state.unit.key))
+            write_partition(stage, table, buckets, self.ctx.folder.bucket_keys(i, stage.name, state.unit.key))
         state.scores[(i, step.method)] = table
         return {"rows": docs.num_rows}
 
