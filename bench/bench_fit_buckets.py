@@ -1,13 +1,16 @@
-"""The bucketed MinHash fit vs the single-node fit, on the same score files, in one run.
+"""A bucketed fit vs the single-node fit, on the same score files, in one run.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_fit_buckets.py \\
-        --docs 1000000 --shards 20 --buckets 8 [--workdir /tmp] [--input DIR]
+        --docs 1000000 --shards 20 --buckets 8 [--workdir /tmp] [--input DIR] \\
+        [--stage exact_dedup_v1 --exact-copies 0.05]
 
 1. N synthetic ~2 kB documents, 1% planted near-copies (``bench_minhash_scale.generate``;
    ``--input`` reuses a folder of shards made before, ``--parquet`` takes one file, e.g.
    the peers' synthetic corpus: ``python ../shared/peers/corpus.py --synthetic 20000``).
-2. The whole ``minhash_dedup_v1`` job with ``execution.fit_buckets`` = B on a local Ray
-   cluster: the scoring pass writes the band keys by bucket.
+   ``--exact-copies`` adds that fraction of verbatim copies.
+2. The whole ``--stage`` job (``minhash_dedup_v1`` or ``exact_dedup_v1``) with
+   ``execution.fit_buckets`` = B on a local Ray cluster: the scoring pass writes the keys
+   (band keys, text hashes) by bucket.
 3. The fit alone, twice over the job's score files: bucketed (B Ray tasks, then the merge
    in the driver) and single-node (``fit_buckets`` 1: one DuckDB in the driver, as before),
    each in a fresh process with the memory sampler of ``bench_minhash_scale``; ``--single-first`` swaps the
@@ -66,7 +69,7 @@ class DiskGuard(threading.Thread):
 
 
 def fit_alone(spec, buckets: int, memory_mb: int, floor: int) -> dict:
-    """Run the MinHash fit again over the finished job's score files with ``buckets``."""
+    """Run the stage's fit again over the finished job's score files with ``buckets``."""
     folder = JobFolder(spec.output)
     stages = build_stages(spec)
     units = units_from_record(preflight(spec), folder.job()["units"])
@@ -117,6 +120,8 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=1_000_000)
     ap.add_argument("--shards", type=int, default=20)
     ap.add_argument("--buckets", type=int, default=8)
+    ap.add_argument("--stage", choices=["minhash_dedup_v1", "exact_dedup_v1"], default="minhash_dedup_v1")
+    ap.add_argument("--exact-copies", type=float, default=0.0, help="fraction of verbatim copies to plant")
     ap.add_argument("--task-memory-mb", type=int, default=2048)
     ap.add_argument("--workdir", default=tempfile.gettempdir())
     ap.add_argument("--input", type=Path, help="a folder of shards generated before (skips step 1)")
@@ -144,15 +149,15 @@ def main() -> None:
             source = work / "in"
             source.mkdir()
             t = time.perf_counter()
-            planted = generate(source, args.docs, args.shards)
+            planted = generate(source, args.docs, args.shards, exact=args.exact_copies)
             print(f"generated {args.docs:,} docs ({planted:,} planted) in {time.perf_counter() - t:.0f} s", flush=True)
         connect_ray()
         spec = parse_spec({"name": "buckets", "inputs": [str(source / "*.parquet")], "output": str(work / "out"),
-                           "stages": [{"stage": "minhash_dedup_v1"}],
+                           "stages": [{"stage": args.stage}],
                            "execution": {"fit_buckets": args.buckets, "fit_task_memory_mb": args.task_memory_mb,
                                          "unit_rows": args.unit_rows}})
         manifest, wall, sampler = measured(lambda: run_job(spec, progress=False))
-        stage_dir = JobFolder(spec.output).stage_dir(1, "minhash_dedup_v1")
+        stage_dir = JobFolder(spec.output).stage_dir(1, args.stage)
         sizes = {name: sum(f.stat().st_size for f in (stage_dir / name).rglob("*") if f.is_file())
                  for name in ("scores", "buckets/keys", "decisions")}
         print("disk: " + ", ".join(f"{k} {v / 2**30:.2f} GiB ({v / docs_in:,.0f} B/doc)" for k, v in sizes.items())

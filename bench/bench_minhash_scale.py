@@ -31,7 +31,10 @@ from workers.passes import connect_ray  # noqa: E402
 from workers.spec import parse_spec  # noqa: E402
 
 
-def generate(folder: Path, docs: int, shards: int, seed: int = 0) -> int:
+def generate(folder: Path, docs: int, shards: int, seed: int = 0, exact: float = 0.0) -> int:
+    """Shards of ~2 kB random pages, 1 % of them near copies of an earlier page (3 words
+    edited), and an ``exact`` fraction verbatim copies of an earlier page; returns the
+    number of planted copies."""
     rng = np.random.default_rng(seed)
     letters = np.array(list("etaoinshrdlucmfwypvbgkjqxz"))
     vocab = np.array(["".join(rng.choice(letters, rng.integers(2, 9))) for _ in range(30000)])
@@ -45,6 +48,10 @@ def generate(folder: Path, docs: int, shards: int, seed: int = 0) -> int:
             src[rng.choice(330, 3, replace=False)] = "edited"
             texts[i] = " ".join(src)
             planted += 1
+        if exact:  # drawn after the near copies, so exact=0 gives the same shards as before
+            for i in rng.choice(np.arange(1, per), size=int(per * exact), replace=False):
+                texts[i] = texts[rng.integers(0, i)]
+                planted += 1
         pq.write_table(pa.table({"id": [f"s{s:03d}-{i:06d}" for i in range(per)], "text": texts}),
                        folder / f"s{s:03d}.parquet")
     return planted

@@ -317,6 +317,9 @@ class Stage(Generic[P]):
     # Params that change a scoring phase itself; all others only change ``select``, so a
     # new value for them is a re-select over stored scores.
     score_params: ClassVar[frozenset[str]] = frozenset()
+    # Params the corpus-wide fit reads (dedup groups and survivors depend on them): a new
+    # value needs the fit again, so a re-select over the stored fit refuses it.
+    fit_params: ClassVar[frozenset[str]] = frozenset()
     # Transforms that create documents give outputs ``parent_id`` and ``detail`` columns.
     creates_documents: ClassVar[bool] = False
     # True when what a stage removes depends on pairs of documents (duplicates): a sample

@@ -18,6 +18,15 @@ the table is a group of one. A bucketed fit (``workers/bucketed_fit.py``) hashes
 hashes into buckets; a task per bucket gives each group as a star of pairs from its first
 member (nothing to verify: equal hashes are the verdict), and the fit builds the same
 table from those edges.
+
+Against an index (``against = INDEX_DIR``, a fit parameter): ``curate index add`` stores the
+text hashes of a finished job's survivors when that job ran ``exact_dedup_v1``
+(``filters/minhash_index.py``); the normalisation switches must be the index's. Every new
+document whose hash is in the index is removed, reason ``exact_dedup.indexed_duplicate``,
+``survivor_id`` the indexed document's id and ``cluster_id`` ``<job_id>:<its id>`` (the
+first by job id and id when several jobs hold the hash), the first of its group included:
+the group's survivor is already curated. The fit table then also holds those hashes,
+groups of one included (column ``indexed``).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import xxhash
+from pydantic import Field
 
 from filters.base import (
     FIT,
@@ -37,6 +47,7 @@ from filters.base import (
     SCORE,
     TEXT,
     Fitted,
+    OptionalInputPath,
     ScoreView,
     Selection,
     SqlEngine,
@@ -45,12 +56,16 @@ from filters.base import (
     scores_view,
     sql_list,
 )
+from filters.minhash_index import EXACT_MATCH_PARAMS, open_against
 
 
 class ExactDedupParams(StageParams):
     unicode_form: Literal["NFC", "NFKC", "none"] = "NFC"
     lowercase: bool = True
     collapse_whitespace: bool = True
+    against: OptionalInputPath = Field(
+        None, description="an index folder (`curate index add`) holding exact-dedup hashes: also remove new documents "
+        "equal to a curated one (reason exact_dedup.indexed_duplicate); its normalisation switches must match")
 
 
 def normalise(text: str, params: ExactDedupParams) -> str:
@@ -67,9 +82,10 @@ class ExactDedupV1(Stage[ExactDedupParams]):
     name = "exact_dedup_v1"
     Params = ExactDedupParams
     phases = (SCORE, FIT)
-    reasons = ("exact_dedup.duplicate",)
+    reasons = ("exact_dedup.duplicate", "exact_dedup.indexed_duplicate")
     sample_undercounts = True
-    score_params = frozenset(ExactDedupParams.model_fields)
+    score_params = frozenset(EXACT_MATCH_PARAMS)
+    fit_params = frozenset({"against"})
     bucket_by = "text_hash"
 
     def score(self, docs: pa.Table) -> pa.Table:
@@ -80,21 +96,40 @@ class ExactDedupV1(Stage[ExactDedupParams]):
         return pa.table({"text_hash": pa.array(hashes, pa.string())})
 
     def fit(self, view: ScoreView | None, artifacts: Path) -> pa.Table:
-        """Per group of two or more: its hash, survivor (first in input order) and size."""
+        """Per group of two or more, and per hash in the ``against`` index: its hash,
+        survivor (first in input order), size and the indexed document (``job:id``) if any."""
         view = scores_view(view, self.name)
+        index = None
+        if self.params.against is not None:
+            parts = open_against(self.params.against, artifacts, self.params.model_dump(), self.name).hash_parts
+            index = f"""SELECT text_hash, min(job_id || ':' || id) AS indexed
+                        FROM read_parquet({sql_list(parts)}) GROUP BY text_hash"""  # job ids hold no ':'
         if view.bucketed is None:
+            groups = f"""SELECT text_hash, arg_min({ID}, "{ORDER}") AS survivor_id, count(*) AS group_size
+                         FROM scores GROUP BY text_hash"""
+            if index is None:
+                return view.sql(f"SELECT *, NULL::VARCHAR AS indexed FROM ({groups}) WHERE group_size > 1 "
+                                "ORDER BY text_hash")
             return view.sql(f"""
-                SELECT text_hash, arg_min({ID}, "{ORDER}") AS survivor_id, count(*) AS group_size
-                FROM scores GROUP BY text_hash HAVING count(*) > 1 ORDER BY text_hash
+                SELECT g.*, i.indexed FROM ({groups}) g LEFT JOIN ({index}) i USING (text_hash)
+                WHERE g.group_size > 1 OR i.indexed IS NOT NULL ORDER BY g.text_hash
             """)
-        if not view.bucketed.edges:  # no bucket had a group
-            return view.sql("SELECT text_hash, id AS survivor_id, 0::BIGINT AS group_size FROM scores LIMIT 0")
         # Each group is a star from its first member (``bucket_pairs``): ``a`` is the survivor.
+        edges = view.bucketed.edges
+        groups = (f"""SELECT s.text_hash, s.{ID} AS survivor_id, g.group_size
+                      FROM (SELECT a, count(*) + 1 AS group_size FROM read_parquet({sql_list(edges)}) GROUP BY a) g
+                      JOIN scores s ON s."{ORDER}" = g.a""" if edges else
+                  f"SELECT text_hash, {ID} AS survivor_id, 0::BIGINT AS group_size FROM scores LIMIT 0")
+        if index is None:
+            return view.sql(f"SELECT *, NULL::VARCHAR AS indexed FROM ({groups}) ORDER BY text_hash")
+        # Groups of one that the index holds are not in any bucket's edges: found by a join.
         return view.sql(f"""
-            WITH groups AS (SELECT a, count(*) + 1 AS group_size
-                            FROM read_parquet({sql_list(view.bucketed.edges)}) GROUP BY a)
-            SELECT s.text_hash, s.{ID} AS survivor_id, g.group_size
-            FROM groups g JOIN scores s ON s."{ORDER}" = g.a ORDER BY s.text_hash
+            WITH groups AS ({groups}), indexed AS ({index})
+            SELECT g.*, i.indexed FROM groups g LEFT JOIN indexed i USING (text_hash)
+            UNION ALL
+            SELECT s.text_hash, s.{ID}, 1, i.indexed FROM scores s JOIN indexed i USING (text_hash)
+            WHERE s.text_hash NOT IN (SELECT text_hash FROM groups)
+            ORDER BY text_hash
         """)
 
     def bucket_keys(self, scores: pa.Table) -> pa.Table:
@@ -121,15 +156,26 @@ class ExactDedupV1(Stage[ExactDedupParams]):
         ids = scores[ID].to_pylist()
         survivor = joined["survivor_id"].to_pylist()
         sizes = joined["group_size"].to_pylist()
+        # Fit tables of jobs made before ``against`` have no column ``indexed``.
+        indexed = joined["indexed"].to_pylist() if "indexed" in joined.column_names else [None] * len(ids)
         hashes = scores["text_hash"].to_pylist()
-        keep, reason, cluster, surv = [], [], [], []
+        keep: list[bool] = []
+        reason: list[str | None] = []
+        cluster: list[str | None] = []
+        surv: list[str | None] = []
         size: list[float | None] = []
-        for doc_id, s, n, h in zip(ids, survivor, sizes, hashes, strict=True):
+        for doc_id, s, n, h, ref in zip(ids, survivor, sizes, hashes, indexed, strict=True):
+            size.append(1.0 if n is None else float(n))
+            if ref is not None:  # already curated: every copy goes, the group's first too
+                keep.append(False)
+                reason.append("exact_dedup.indexed_duplicate")
+                cluster.append(ref)
+                surv.append(ref.split(":", 1)[1])
+                continue
             # Not in the table: a group of one (the fit keeps groups of two or more only).
             keep.append(s is None or s == doc_id)
             reason.append(None if s is None or s == doc_id else "exact_dedup.duplicate")
             cluster.append(None if s is None else h)
             surv.append(s)
-            size.append(1.0 if n is None else float(n))
         return Selection(keep=keep, reason=reason, cluster_id=cluster, survivor_id=surv,
                          extra_scores={"group_size": size})

@@ -101,7 +101,6 @@ of an indexed one only through a document of neither, or one the old job removed
 
 from __future__ import annotations
 
-import json
 import re
 import string
 import sys
@@ -132,7 +131,7 @@ from filters.base import (
     scores_view,
 )
 from filters.minhash_fit import band_key_rows, bucket_pairs, fit_minhash, verify_bucket
-from filters.minhash_index import MinHashIndexError, check_params, current_version, verify_parts
+from filters.minhash_index import open_against
 from filters.word_ngrams import ngram_hash, rolling_ngrams, utf8_buffers, word_hashes, xxh64
 
 _NUMBERS = re.compile(r"\d+(?:[.,]\d+)?")
@@ -465,6 +464,8 @@ class MinHashDedupV1(Stage[MinHashParams]):
     sample_undercounts = True
     score_params = frozenset({"ngram", "bands", "rows", "seed", "lowercase", "numbers_to_zero",
                               "strip_punctuation", "strip_accents"})
+    fit_params = frozenset({"threshold", "min_survivor_jaccard", "verify", "survivor", "containment",
+                            "containment_sample", "against"})
     bucket_by = "band_keys"
     bucket_columns = ("shingles", "signature")
 
@@ -501,18 +502,7 @@ class MinHashDedupV1(Stage[MinHashParams]):
         p = self.params
         parts = None
         if p.against is not None:
-            index = current_version(p.against)
-            if index is None:
-                raise MinHashIndexError(f"params.against: {p.against} is not a MinHash index (no CURRENT); publish "
-                                        "a finished job to it with `curate index add` first")
-            check_params(index.info["params"], p.model_dump(), "params.against")
-            verify_parts(index, "params.against")
-            parts = index.parts
-            # What the fit was made against, hashed with the job's artifacts (the index moves on).
-            (artifacts / "against.json").write_text(json.dumps(
-                {"index": str(p.against), "version": index.version, "rows": index.rows,
-                 "jobs": [j["job_id"] for j in index.info["jobs"]],
-                 "parts": {x["file"]: x["sha256"] for x in index.info["parts"]}}, indent=2, sort_keys=True) + "\n")
+            parts = open_against(p.against, artifacts, p.model_dump(), self.name).parts
         return fit_minhash(scores_view(view, self.name), p.threshold, p.min_survivor_jaccard, p.verify, p.survivor,
                            p.bands * p.rows, p.containment, p.containment_sample, parts)
 

@@ -6,11 +6,15 @@ An index folder holds the curated survivors of finished jobs, as ``curate index 
     INDEX_DIR/CURRENT                 the live version's folder name (``v000003``), replaced atomically
     INDEX_DIR/v000003/index.json      version, parent, params, jobs, parts (file, job, rows, sha256)
     INDEX_DIR/v000003/<part>.parquet  one part per added job (hard links to the parent's parts)
+    INDEX_DIR/v000003/hashes-*.parquet  one per added job that ran exact_dedup_v1
     INDEX_DIR/.lock                   flock'd by an adder
 
 A part's columns: ``ord`` (row in the part), ``id``, ``job_id``, ``n_shingles``,
 ``shingles``, ``signature``, ``band_keys``: the stage's stored scores of the documents the
-whole job kept (too-short documents are left out: they never match). A version folder
+whole job kept (too-short documents are left out: they never match). A hash part
+(``hash_parts`` in index.json, for ``exact_dedup_v1``'s ``against:``): ``text_hash``,
+``id``, ``job_id`` of every document the whole job kept, short ones too, hashed under the
+index's ``exact_params``. A version folder
 is complete once it has its name (it is written as ``.v000003.tmp-*`` and renamed), so a
 reader that follows CURRENT never sees a torn version.
 
@@ -31,6 +35,8 @@ INDEX_JSON = "index.json"
 # an index and every job added to it or deduplicated against it agree on all of them.
 MATCH_PARAMS = ("ngram", "bands", "rows", "seed", "lowercase", "numbers_to_zero", "strip_punctuation",
                 "strip_accents")
+# The same for exact_dedup_v1's text hashes (its normalisation switches).
+EXACT_MATCH_PARAMS = ("unicode_form", "lowercase", "collapse_whitespace")
 
 
 class MinHashIndexError(ValueError):
@@ -50,6 +56,10 @@ class IndexVersion:
     @property
     def rows(self) -> int:
         return sum(p["rows"] for p in self.info["parts"])
+
+    @property
+    def hash_parts(self) -> list[Path]:
+        return [self.root / self.version / p["file"] for p in self.info.get("hash_parts", [])]
 
 
 def version_name(n: int) -> str:
@@ -71,11 +81,35 @@ def current_version(root: str | Path) -> IndexVersion | None:
     return IndexVersion(root, version, json.loads(info_path.read_text()))
 
 
+def open_against(root: str | Path, artifacts: Path, params: dict, stage: str) -> IndexVersion:
+    """The live version of the index a stage's ``against:`` names, checked: it exists, was
+    hashed with ``params``, and its parts are intact. Records what the fit was made against
+    in ``artifacts/against.json`` (hashed with the job's artifacts: the index moves on)."""
+    index = current_version(root)
+    if index is None:
+        raise MinHashIndexError(f"params.against: {root} is not a MinHash index (no CURRENT); publish a finished "
+                                "job to it with `curate index add` first")
+    if stage == "exact_dedup_v1":
+        if not index.info.get("hash_parts"):
+            raise MinHashIndexError(f"params.against: {root} ({index.version}) holds no exact-dedup hashes: none of "
+                                    "its jobs ran exact_dedup_v1; add one that did with `curate index add`")
+        check_params(index.info["exact_params"], params, "params.against", stage, EXACT_MATCH_PARAMS)
+    else:
+        check_params(index.info["params"], params, "params.against")
+    verify_parts(index, "params.against")
+    files = [*index.info["parts"], *index.info.get("hash_parts", [])]
+    (artifacts / "against.json").write_text(json.dumps(
+        {"index": str(root), "version": index.version, "rows": index.rows,
+         "jobs": [j["job_id"] for j in index.info["jobs"]],
+         "parts": {x["file"]: x["sha256"] for x in files}}, indent=2, sort_keys=True) + "\n")
+    return index
+
+
 def verify_parts(index: IndexVersion, what: str) -> None:
     """MinHashIndexError naming the first part of ``index`` that is missing or whose bytes
     are not the ones ``curate index add`` recorded (sha256): a job never
     deduplicates against an index changed or damaged behind the adder's back."""
-    for part in index.info["parts"]:
+    for part in [*index.info["parts"], *index.info.get("hash_parts", [])]:
         path = index.root / index.version / part["file"]
         if not path.is_file():
             raise MinHashIndexError(f"{what}: index part {path} is missing (listed in {index.version}/{INDEX_JSON})")
@@ -85,11 +119,12 @@ def verify_parts(index: IndexVersion, what: str) -> None:
                                     "the index")
 
 
-def check_params(index_params: dict, params: dict, what: str) -> None:
-    """ValueError naming the first param of ``MATCH_PARAMS`` on which ``params`` (a stage's
-    or a job's) differ from the index's."""
-    for name in MATCH_PARAMS:
+def check_params(index_params: dict, params: dict, what: str, stage: str = "minhash_dedup_v1",
+                 names: tuple[str, ...] = MATCH_PARAMS) -> None:
+    """ValueError naming the first param of ``names`` on which ``params`` (a stage's or a
+    job's) differ from the index's."""
+    for name in names:
         if index_params.get(name) != params.get(name):
             raise MinHashIndexError(
-                f"{what}: minhash_dedup_v1 param {name!r} is {params.get(name)!r}, the index was built with "
-                f"{name}={index_params.get(name)!r}; every job of an index must hash alike ({', '.join(MATCH_PARAMS)})")
+                f"{what}: {stage} param {name!r} is {params.get(name)!r}, the index was built with "
+                f"{name}={index_params.get(name)!r}; every job of an index must hash alike ({', '.join(names)})")

@@ -285,7 +285,7 @@ def _print_stages(stages: list[dict], indent: str) -> None:
         if s["cluster_id"]:
             cid = s["cluster_id"]
             extra = f"  cluster={cid if len(cid) <= 16 else cid[:12]}"  # a hash is shortened, a name is not
-        if s["reason"] == "minhash.indexed_duplicate" and s["survivor_id"]:  # cluster_id is "<job_id>:<doc id>"
+        if (s["reason"] or "").endswith(".indexed_duplicate") and s["survivor_id"]:  # cluster "<job_id>:<doc id>"
             extra = f"  duplicate of {s['survivor_id']} in job {(s['cluster_id'] or '?').split(':', 1)[0]}"
         elif s["survivor_id"]:  # a duplicate names the document it duplicates, a partial copy its container
             label = "contained_in" if s["reason"] == "minhash.contained" else "survivor"
@@ -713,9 +713,11 @@ def build_parser() -> argparse.ArgumentParser:
     idx = sub.add_parser("index", help="publish finished jobs' MinHash survivors to an index (minhash `against:`)",
                          description="add: publish the documents a finished job kept, with its minhash_dedup_v1 "
                                      "scores, as a new version of INDEX_DIR (refused when its MinHash params differ; "
-                                     "a job already in it is not added twice). show: versions, jobs and rows. A "
-                                     "later job removes its near-duplicates of them with minhash_dedup_v1 "
-                                     "`against: INDEX_DIR` (reason minhash.indexed_duplicate).")
+                                     "a job already in it is not added twice), and its exact_dedup_v1 text hashes if "
+                                     "it ran that stage. show: versions, jobs and rows. A later job removes its "
+                                     "near-duplicates of them with minhash_dedup_v1 `against: INDEX_DIR` (reason "
+                                     "minhash.indexed_duplicate), its exact copies with exact_dedup_v1 `against: "
+                                     "INDEX_DIR` (reason exact_dedup.indexed_duplicate).")
     idx_sub = idx.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions",
                                  help="`curate index ACTION --help` shows its arguments")
     idx_add = idx_sub.add_parser("add", help="add a finished job's survivors as a new version",

@@ -140,6 +140,9 @@ def test_preview_selection_reuses_stored_scores(api, done_job):
                           json={"stage": "exact_dedup_v1", "params": {"lowercase": False}}),
                  422, "cannot_reselect", "changing lowercase changes how exact_dedup_v1 scores documents")
     assert_error(api.post(f"/jobs/{job_id}/preview-selection", headers=api.read,
+                          json={"stage": "exact_dedup_v1", "params": {"against": "indexes/web"}}),
+                 422, "cannot_reselect", "changing against changes exact_dedup_v1's corpus-wide fit")
+    assert_error(api.post(f"/jobs/{job_id}/preview-selection", headers=api.read,
                           json={"stage": "quality_rules_v1", "params": {"min_words": "x"}}),
                  422, "invalid_request", "params.min_words")
 

@@ -102,6 +102,56 @@ def test_a_bucketed_fit_against_an_index_removes_the_same(tmp_path):
     assert bucketed.fits["minhash_dedup_v1"].equals(single.fits["minhash_dedup_v1"])
 
 
+def exact_removed(run_) -> dict[str, tuple[str, str, str]]:
+    return {r["doc_id"]: (r["reason"], r["survivor_id"], r["cluster_id"]) for r in run_.decisions("exact_dedup_v1")
+            if r["decision"] == "drop"}
+
+
+def test_exact_dedup_against_the_index_removes_copies_of_curated_documents(tmp_path):
+    old, new = corpus()
+    old["a900"] = "Thanks!"  # too short for MinHash: only the exact hashes know it
+    new |= {"b100": "thanks!  ", "b101": old["a050"], "b102": old["a050"].upper()}
+    stages = [("exact_dedup_v1", {}), ("minhash_dedup_v1", {})]
+    a = run_stages(stages, table(old), workdir=tmp_path / "A", job_id="jobA", unit_rows=64)
+    run_cli("index", "add", str(tmp_path / "idx"), str(tmp_path / "A" / "job"))
+    index = current_version(tmp_path / "idx")
+    assert index is not None and index.info["hash_rows"] == a.output.num_rows == 171 and index.rows == 170
+    assert index.info["exact_params"] == {"unicode_form": "NFC", "lowercase": True, "collapse_whitespace": True}
+    shown = run_cli("index", "show", str(tmp_path / "idx")).stdout
+    assert "exact-dedup hashes: 171 documents, params: unicode_form=NFC" in shown
+
+    against = [("exact_dedup_v1", {"against": str(tmp_path / "idx")}),
+               ("minhash_dedup_v1", {"against": str(tmp_path / "idx")})]
+    b = run_stages(against, table(new), workdir=tmp_path / "B", job_id="jobB", unit_rows=8)
+    expected = {"b100": ("exact_dedup.indexed_duplicate", "a900", "jobA:a900"),
+                "b101": ("exact_dedup.indexed_duplicate", "a050", "jobA:a050"),
+                "b102": ("exact_dedup.indexed_duplicate", "a050", "jobA:a050")}
+    assert exact_removed(b) == expected  # b101 and b102 are a group: its first goes too
+    # b005 copies a170, which job A removed (not curated, so not in the index): MinHash
+    # finds it near a000, A's survivor.
+    assert b.by_id("minhash_dedup_v1")["b005"]["reason"] == "minhash.indexed_duplicate"
+    fit = b.fits["exact_dedup_v1"]
+    assert sorted(zip(fit["indexed"].to_pylist(), fit["group_size"].to_pylist(), strict=True)) == [
+        ("jobA:a050", 2), ("jobA:a900", 1)]
+    bucketed = run_stages(against, table(new), workdir=tmp_path / "B3", job_id="jobB", unit_rows=8, fit_buckets=3)
+    assert bucketed.fits["exact_dedup_v1"].equals(fit) and exact_removed(bucketed) == expected
+    assert bucketed.output.equals(b.output)
+
+    with pytest.raises(ValueError, match="params.against: exact_dedup_v1 param 'lowercase' is False, the index was "
+                                         "built with lowercase=True"):
+        run_stages([("exact_dedup_v1", {"against": str(tmp_path / "idx"), "lowercase": False})], table(new),
+                   workdir=tmp_path / "C")
+    different = run_stages([("exact_dedup_v1", {"unicode_form": "NFKC"}), ("minhash_dedup_v1", {})], table(new),
+                           workdir=tmp_path / "D", job_id="jobD")
+    refused = run_cli("index", "add", str(tmp_path / "idx"), str(tmp_path / "D" / "job"), check=False)
+    assert refused.returncode == 1 and "exact_dedup_v1 param 'unicode_form' is 'NFKC'" in refused.stderr
+    assert different.funnel[-1]["docs_out"] > 0
+    run(old, tmp_path / "M", "jobM")  # MinHash only: an index without hashes
+    run_cli("index", "add", str(tmp_path / "idx-mh"), str(tmp_path / "M" / "job"))
+    with pytest.raises(ValueError, match="holds no exact-dedup hashes"):
+        run_stages([("exact_dedup_v1", {"against": str(tmp_path / "idx-mh")})], table(new), workdir=tmp_path / "E")
+
+
 def test_a_changed_or_missing_index_part_is_refused_by_the_job(tmp_path):
     old, new = corpus()
     run(old, tmp_path / "A", "jobA")
@@ -121,6 +171,8 @@ def test_curate_why_line_for_an_indexed_duplicate(capsys):
     row = {"stage_index": 1, "stage": "minhash_dedup_v1", "decision": "drop", "reason": "minhash.indexed_duplicate",
            "change": None, "cluster_id": "jobA:docs:12", "survivor_id": "docs:12", "scores": {"survivor_jaccard": 0.9}}
     _print_stages([row], indent="  ")
+    assert "duplicate of docs:12 in job jobA" in capsys.readouterr().out
+    _print_stages([row | {"stage": "exact_dedup_v1", "reason": "exact_dedup.indexed_duplicate"}], indent="  ")
     assert "duplicate of docs:12 in job jobA" in capsys.readouterr().out
 
 

@@ -505,3 +505,20 @@ def test_curate_why_names_the_containing_document(pasted, tmp_path):
     assert "DROPPED at minhash_dedup_v1: minhash.contained" in why and "contained_in=B0.85" in why
     assert "containment=0.85" in why
     assert "survivor=B0.95" in run_cli("why", "contained", "B0.95copy").stdout
+
+
+def test_a_preview_refuses_a_param_the_fit_reads_and_the_dashboard_offers_none(tmp_path):
+    from service.dashboard.pages import _knobs
+    from workers.local import run_stages
+    from workers.reselect import ReselectError, preview_selection
+
+    rng = random.Random(4)
+    page = " ".join(f"w{rng.randrange(5000)}" for _ in range(200))
+    docs = pa.table({"id": ["a", "b"], "text": [page, page.replace("w", "v", 1)]})
+    run_stages(["minhash_dedup_v1"], docs, workdir=tmp_path)
+    # The groups and survivors are the fit's: a new threshold over the stored fit would be wrong.
+    with pytest.raises(ReselectError, match="changing threshold changes minhash_dedup_v1's corpus-wide fit") as err:
+        preview_selection(tmp_path / "job", "minhash_dedup_v1", {"threshold": 0.5})
+    assert err.value.code == "refit_param"
+    knobs = {k["path"] for k in _knobs(MinHashDedupV1, MinHashDedupV1().params.model_dump())}
+    assert not knobs & (MinHashDedupV1.fit_params | MinHashDedupV1.score_params)

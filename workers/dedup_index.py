@@ -1,6 +1,8 @@
 """``curate index add|show``: publish the survivors of finished jobs' ``minhash_dedup_v1``
 stage to a versioned MinHash index, which a later job names in ``against:`` to remove its
-near-duplicates of already curated documents without deduplicating everything again.
+near-duplicates of already curated documents without deduplicating everything again. A job
+that also ran ``exact_dedup_v1`` adds its survivors' text hashes too, for that stage's
+``against:`` (exact copies, short documents included).
 
 The layout (and its reader) is in ``filters/minhash_index.py``; this module is its only
 writer. Adding is explicit, never automatic, so an index only ever holds curated data:
@@ -34,6 +36,7 @@ import pyarrow.parquet as pq
 
 from filters.minhash_index import (
     CURRENT,
+    EXACT_MATCH_PARAMS,
     INDEX_JSON,
     MATCH_PARAMS,
     MinHashIndexError,
@@ -45,12 +48,15 @@ from workers import atomic
 from workers.job_folder import WRITE_STEP, JobFolder
 
 STAGE = "minhash_dedup_v1"
+EXACT_STAGE = "exact_dedup_v1"
 LOCK = ".lock"
 TMP_MARK = ".tmp-"
 PART_SCHEMA = pa.schema([
     ("ord", pa.int64()), ("id", pa.string()), ("job_id", pa.string()), ("n_shingles", pa.int64()),
     ("shingles", pa.list_(pa.uint64())), ("signature", pa.list_(pa.uint32())), ("band_keys", pa.list_(pa.uint64())),
 ])
+
+HASH_SCHEMA = pa.schema([("text_hash", pa.string()), ("id", pa.string()), ("job_id", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -103,18 +109,19 @@ def _finished(folder: JobFolder) -> bool:
     return bool(shards) and all(folder.done(WRITE_STEP, s) for s in shards)
 
 
-def _minhash_stage(folder: JobFolder) -> dict:
-    found = [st for st in folder.stages() if st["name"] == STAGE]
-    if not found:
-        raise MinHashIndexError(f"job {folder.job()['job_id']} has no {STAGE} stage: nothing to add")
+def _stage_named(folder: JobFolder, name: str, required: bool) -> dict | None:
+    found = [st for st in folder.stages() if st["name"] == name]
+    if not found and required:
+        raise MinHashIndexError(f"job {folder.job()['job_id']} has no {name} stage: nothing to add")
     if len(found) > 1:
-        raise MinHashIndexError(f"job {folder.job()['job_id']} runs {STAGE} {len(found)} times; which survivors "
+        raise MinHashIndexError(f"job {folder.job()['job_id']} runs {name} {len(found)} times; which survivors "
                                 "to index is ambiguous")
-    return found[0]
+    return found[0] if found else None
 
 
-def _survivor_rows(folder: JobFolder, stage: dict, job_id: str) -> Iterator[pa.Table]:
-    """Per work unit, the stage's scores of the documents the whole job kept."""
+def _kept_scores(folder: JobFolder, stage: dict) -> Iterator[pa.Table]:
+    """Per work unit, the stage's scores of the documents the whole job kept (documents a
+    later transform created have no scores at the stage, so none here)."""
     last = folder.stages()[-1]
     for unit in folder.units():
         scores_path = folder.scores(stage["index"], stage["name"], unit["key"])
@@ -124,11 +131,20 @@ def _survivor_rows(folder: JobFolder, stage: dict, job_id: str) -> Iterator[pa.T
         decisions = pq.read_table(decisions_path, columns=["doc_id", "decision"])
         kept = decisions.filter(pc.equal(decisions["decision"], "keep"))["doc_id"]
         scores = pq.read_table(scores_path)
-        if scores.num_rows == 0:
-            continue
-        mask = pc.and_(pc.is_in(scores["id"], value_set=kept.combine_chunks()),
-                       pc.invert(scores["too_short_to_compare"]))
-        rows = scores.filter(mask)
+        if scores.num_rows:
+            yield scores.filter(pc.is_in(scores["id"], value_set=kept.combine_chunks()))
+
+
+def _hash_rows(folder: JobFolder, stage: dict, job_id: str) -> Iterator[pa.Table]:
+    for rows in _kept_scores(folder, stage):
+        yield pa.table([rows["text_hash"].cast(pa.string()), rows["id"].cast(pa.string()),
+                        pa.array([job_id] * rows.num_rows, pa.string())], schema=HASH_SCHEMA)
+
+
+def _survivor_rows(folder: JobFolder, stage: dict, job_id: str) -> Iterator[pa.Table]:
+    """Per work unit, the MinHash scores of the documents the whole job kept."""
+    for scores in _kept_scores(folder, stage):
+        rows = scores.filter(pc.invert(scores["too_short_to_compare"]))
         if rows.num_rows:
             yield pa.table({
                 "id": rows["id"].cast(pa.string()),
@@ -138,6 +154,15 @@ def _survivor_rows(folder: JobFolder, stage: dict, job_id: str) -> Iterator[pa.T
                 "signature": rows["signature"].cast(pa.list_(pa.uint32())),
                 "band_keys": rows["band_keys"].cast(pa.list_(pa.uint64())),
             })
+
+
+def _write_hashes(path: Path, tables: Iterator[pa.Table]) -> int:
+    rows = 0
+    with pq.ParquetWriter(path, HASH_SCHEMA, compression="zstd") as writer:
+        for t in tables:
+            writer.write_table(t, row_group_size=256_000)
+            rows += t.num_rows
+    return rows
 
 
 def _write_part(path: Path, tables: Iterator[pa.Table]) -> int:
@@ -167,11 +192,16 @@ def add_job(index_dir: str | Path, job_dir: str | Path) -> AddResult:
     job_id = job["job_id"]
     if not _finished(folder):
         raise MinHashIndexError(f"job {job_id} has not finished; only a finished job's survivors can be indexed")
-    stage = _minhash_stage(folder)
+    stage = _stage_named(folder, STAGE, required=True)
+    assert stage is not None
+    exact = _stage_named(folder, EXACT_STAGE, required=False)
     params = stage["params"]
     with _locked(root):
         clean(root)
         cur = current_version(root)
+        exact_params = cur.info.get("exact_params") if cur else None
+        if exact is not None and exact_params is not None:
+            check_params(exact_params, exact["params"], f"job {job_id}", EXACT_STAGE, EXACT_MATCH_PARAMS)
         if cur is not None:
             check_params(cur.info["params"], params, f"job {job_id}")
             if job_id in {j["job_id"] for j in cur.info["jobs"]}:
@@ -184,19 +214,30 @@ def add_job(index_dir: str | Path, job_dir: str | Path) -> AddResult:
         tmp.mkdir()
         try:
             parts = list(cur.info["parts"]) if cur else []
-            for p in parts:
+            hash_parts = list(cur.info.get("hash_parts", [])) if cur else []
+            for p in parts + hash_parts:
                 _link(root / cur.version / p["file"], tmp / p["file"])  # type: ignore[union-attr]
             part_file = f"part-{number:06d}.parquet"
             rows = _write_part(tmp / part_file, _survivor_rows(folder, stage, job_id))
             parts.append({"file": part_file, "job_id": job_id, "rows": rows,
                           "sha256": atomic.sha256_file(tmp / part_file)})
             now = datetime.now(UTC).isoformat(timespec="seconds")
-            jobs = [*(cur.info["jobs"] if cur else []),
-                    {"job_id": job_id, "name": job.get("name"), "output": str(folder.root.resolve()), "rows": rows,
-                     "stage_index": stage["index"], "added_in": name, "added_at": now}]
+            record = {"job_id": job_id, "name": job.get("name"), "output": str(folder.root.resolve()), "rows": rows,
+                      "stage_index": stage["index"], "added_in": name, "added_at": now}
+            if exact is not None:
+                hash_file = f"hashes-{number:06d}.parquet"
+                hashed = _write_hashes(tmp / hash_file, _hash_rows(folder, exact, job_id))
+                hash_parts.append({"file": hash_file, "job_id": job_id, "rows": hashed,
+                                   "sha256": atomic.sha256_file(tmp / hash_file)})
+                exact_params = exact_params or {k: exact["params"].get(k) for k in EXACT_MATCH_PARAMS}
+                record["hash_rows"] = hashed
+            jobs = [*(cur.info["jobs"] if cur else []), record]
             info = {"version": name, "parent": cur.version if cur else None, "created_at": now,
                     "params": {k: params.get(k) for k in MATCH_PARAMS}, "jobs": jobs, "parts": parts,
                     "rows": sum(p["rows"] for p in parts)}
+            if hash_parts:
+                info |= {"exact_params": exact_params, "hash_parts": hash_parts,
+                         "hash_rows": sum(p["rows"] for p in hash_parts)}
             atomic.write_json(info, tmp / INDEX_JSON)
             os.rename(tmp, root / name)
         finally:
@@ -224,12 +265,16 @@ def format_index(index_dir: str | Path) -> str:
     found = versions(index_dir)
     live = found[0]
     lines = [f"index {Path(index_dir)}: current {live['version']}, {len(live['jobs'])} jobs, {live['rows']} documents",
-             "params: " + " ".join(f"{k}={live['params'][k]}" for k in MATCH_PARAMS),
-             f"{'version':<9} {'parent':<9} {'jobs':>4} {'rows':>10}  added"]
+             "params: " + " ".join(f"{k}={live['params'][k]}" for k in MATCH_PARAMS)]
+    if live.get("exact_params"):
+        lines.append(f"exact-dedup hashes: {live['hash_rows']} documents, params: "
+                     + " ".join(f"{k}={live['exact_params'][k]}" for k in EXACT_MATCH_PARAMS))
+    lines.append(f"{'version':<9} {'parent':<9} {'jobs':>4} {'rows':>10}  added")
     for v in found:
         new = [j for j in v["jobs"] if j.get("added_in") == v["version"]]
         added = ", ".join(f"{j['job_id']} ({j['rows']} rows)" for j in new)
         lines.append(f"{v['version']:<9} {v['parent'] or '-':<9} {len(v['jobs']):>4} {v['rows']:>10}  {added}")
     lines.append("jobs:")
-    lines += [f"  {j['job_id']:<32} {j['rows']:>10} rows  {j['output']}" for j in live["jobs"]]
+    lines += [f"  {j['job_id']:<32} {j['rows']:>10} rows  "
+              + (f"{j['hash_rows']:>10} hashes  " if "hash_rows" in j else "") + j["output"] for j in live["jobs"]]
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from workers.planner import last_fit_before, score_phases
 
 class ReselectError(ValueError):
     """Why a re-select cannot run; ``code`` says which kind (``not_scored``: the stage has
-    not scored every unit yet; ``bad_stage``, ``rescoring_param``, ``transform``)."""
+    not scored every unit yet; ``bad_stage``, ``rescoring_param``, ``refit_param``, ``transform``)."""
 
     def __init__(self, message: str, code: str) -> None:
         super().__init__(message)
@@ -47,6 +47,10 @@ def preview_selection(output: str | Path, stage_ref: str | int, params: dict[str
     if rescoring:
         raise ReselectError(f"changing {', '.join(rescoring)} changes how {name} scores documents; run the job again",
                             "rescoring_param")
+    refitting = sorted(set(changed) & cls.fit_params)
+    if refitting:
+        raise ReselectError(f"changing {', '.join(refitting)} changes {name}'s corpus-wide fit (its groups and "
+                            "survivors); run the job again", "refit_param")
     stage = cls(cls.Params.model_validate({**stored, **params}))  # pydantic ValidationError names the field
     fit = last_fit_before(stage, None)
     fitted = None

@@ -298,8 +298,9 @@ async def stage_page(request: Request, job_id: str, index: int, shard: int | Non
 
 def _knobs(cls: type[Stage], params: dict) -> list[dict]:
     """The numeric select params a what-if form offers (path, value), one level of nesting
-    included (e.g. ``select.max``); scoring and execution params are left out."""
-    skip = cls.score_params | cls.Params.execution_fields
+    included (e.g. ``select.max``); scoring, fit and execution params are left out (a
+    preview refuses them)."""
+    skip = cls.score_params | cls.fit_params | cls.Params.execution_fields
     knobs = []
     for name, value in params.items():
         if name in skip:
