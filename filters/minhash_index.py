@@ -95,6 +95,9 @@ def open_against(root: str | Path, artifacts: Path, params: dict, stage: str) ->
                                     "its jobs ran exact_dedup_v1; add one that did with `curate index add`")
         check_params(index.info["exact_params"], params, "params.against", stage, EXACT_MATCH_PARAMS)
     else:
+        if not index.info.get("params"):
+            raise MinHashIndexError(f"params.against: {root} ({index.version}) holds no MinHash survivors: none of "
+                                    "its jobs ran minhash_dedup_v1; add one that did with `curate index add`")
         check_params(index.info["params"], params, "params.against")
     verify_parts(index, "params.against")
     files = [*index.info["parts"], *index.info.get("hash_parts", [])]

@@ -710,11 +710,11 @@ def build_parser() -> argparse.ArgumentParser:
     con.add_argument("--limit", type=int, default=50, help="items to list per stage (default: 50)")
     con.set_defaults(func=cmd_contamination)
 
-    idx = sub.add_parser("index", help="publish finished jobs' MinHash survivors to an index (minhash `against:`)",
+    idx = sub.add_parser("index", help="publish finished jobs' survivors to a dedup index (`against:`)",
                          description="add: publish the documents a finished job kept, with its minhash_dedup_v1 "
-                                     "scores, as a new version of INDEX_DIR (refused when its MinHash params differ; "
-                                     "a job already in it is not added twice), and its exact_dedup_v1 text hashes if "
-                                     "it ran that stage. show: versions, jobs and rows. A later job removes its "
+                                     "scores and its exact_dedup_v1 text hashes (whichever it ran), as a new version "
+                                     "of INDEX_DIR (refused when its params differ; a job already in it is not added "
+                                     "twice). show: versions, jobs and rows. A later job removes its "
                                      "near-duplicates of them with minhash_dedup_v1 `against: INDEX_DIR` (reason "
                                      "minhash.indexed_duplicate), its exact copies with exact_dedup_v1 `against: "
                                      "INDEX_DIR` (reason exact_dedup.indexed_duplicate).")

@@ -146,6 +146,18 @@ def test_exact_dedup_against_the_index_removes_copies_of_curated_documents(tmp_p
     refused = run_cli("index", "add", str(tmp_path / "idx"), str(tmp_path / "D" / "job"), check=False)
     assert refused.returncode == 1 and "exact_dedup_v1 param 'unicode_form' is 'NFKC'" in refused.stderr
     assert different.funnel[-1]["docs_out"] > 0
+    # An index of exact-dedup hashes only: a job that ran exact_dedup_v1 alone keeps a170, so
+    # b005 (its copy) is an indexed duplicate here; MinHash has nothing to compare against.
+    run_stages([("exact_dedup_v1", {})], table(old), workdir=tmp_path / "X", job_id="jobX")
+    added = run_cli("index", "add", str(tmp_path / "idx-x"), str(tmp_path / "X" / "job")).stdout
+    assert "added job jobX" in added and "(181 exact-dedup text hashes)" in added
+    x = run_stages([("exact_dedup_v1", {"against": str(tmp_path / "idx-x")})], table(new), workdir=tmp_path / "X2")
+    assert exact_removed(x) == {k: (r, s, c.replace("jobA", "jobX")) for k, (r, s, c) in expected.items()} | {
+        "b005": ("exact_dedup.indexed_duplicate", "a170", "jobX:a170")}
+    with pytest.raises(ValueError, match="holds no MinHash survivors: none of its jobs ran minhash_dedup_v1"):
+        run(new, tmp_path / "X3", "jobX3", against=str(tmp_path / "idx-x"))
+    shown = run_cli("index", "show", str(tmp_path / "idx-x")).stdout
+    assert "params: none (no job of it ran minhash_dedup_v1)" in shown and "181 hashes" in shown
     run(old, tmp_path / "M", "jobM")  # MinHash only: an index without hashes
     run_cli("index", "add", str(tmp_path / "idx-mh"), str(tmp_path / "M" / "job"))
     with pytest.raises(ValueError, match="holds no exact-dedup hashes"):

@@ -1,8 +1,8 @@
 """``curate index add|show``: publish the survivors of finished jobs' ``minhash_dedup_v1``
 stage to a versioned MinHash index, which a later job names in ``against:`` to remove its
 near-duplicates of already curated documents without deduplicating everything again. A job
-that also ran ``exact_dedup_v1`` adds its survivors' text hashes too, for that stage's
-``against:`` (exact copies, short documents included).
+that ran ``exact_dedup_v1`` (with or without MinHash) adds its survivors' text hashes, for
+that stage's ``against:`` (exact copies, short documents included).
 
 The layout (and its reader) is in ``filters/minhash_index.py``; this module is its only
 writer. Adding is explicit, never automatic, so an index only ever holds curated data:
@@ -109,10 +109,8 @@ def _finished(folder: JobFolder) -> bool:
     return bool(shards) and all(folder.done(WRITE_STEP, s) for s in shards)
 
 
-def _stage_named(folder: JobFolder, name: str, required: bool) -> dict | None:
+def _stage_named(folder: JobFolder, name: str) -> dict | None:
     found = [st for st in folder.stages() if st["name"] == name]
-    if not found and required:
-        raise MinHashIndexError(f"job {folder.job()['job_id']} has no {name} stage: nothing to add")
     if len(found) > 1:
         raise MinHashIndexError(f"job {folder.job()['job_id']} runs {name} {len(found)} times; which survivors "
                                 "to index is ambiguous")
@@ -192,48 +190,50 @@ def add_job(index_dir: str | Path, job_dir: str | Path) -> AddResult:
     job_id = job["job_id"]
     if not _finished(folder):
         raise MinHashIndexError(f"job {job_id} has not finished; only a finished job's survivors can be indexed")
-    stage = _stage_named(folder, STAGE, required=True)
-    assert stage is not None
-    exact = _stage_named(folder, EXACT_STAGE, required=False)
-    params = stage["params"]
+    stage = _stage_named(folder, STAGE)
+    exact = _stage_named(folder, EXACT_STAGE)
+    if stage is None and exact is None:
+        raise MinHashIndexError(f"job {job_id} has no {STAGE} or {EXACT_STAGE} stage: nothing to add")
     with _locked(root):
         clean(root)
         cur = current_version(root)
-        exact_params = cur.info.get("exact_params") if cur else None
-        if exact is not None and exact_params is not None:
+        before = cur.info if cur else {}
+        params, exact_params = before.get("params"), before.get("exact_params")
+        if stage is not None and params:
+            check_params(params, stage["params"], f"job {job_id}")
+        if exact is not None and exact_params:
             check_params(exact_params, exact["params"], f"job {job_id}", EXACT_STAGE, EXACT_MATCH_PARAMS)
-        if cur is not None:
-            check_params(cur.info["params"], params, f"job {job_id}")
-            if job_id in {j["job_id"] for j in cur.info["jobs"]}:
-                rows = next(j["rows"] for j in cur.info["jobs"] if j["job_id"] == job_id)
-                return AddResult(False, cur.version, job_id, rows,
-                                 f"job {job_id} is already in {root} ({cur.version}); nothing added")
+        if cur is not None and job_id in {j["job_id"] for j in cur.info["jobs"]}:
+            rows = next(j["rows"] for j in cur.info["jobs"] if j["job_id"] == job_id)
+            return AddResult(False, cur.version, job_id, rows,
+                             f"job {job_id} is already in {root} ({cur.version}); nothing added")
         number = (_version_number(cur.version) or 0) + 1 if cur else 1
         name = version_name(number)
         tmp = root / f".{name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            parts = list(cur.info["parts"]) if cur else []
-            hash_parts = list(cur.info.get("hash_parts", [])) if cur else []
+            parts, hash_parts = list(before.get("parts", [])), list(before.get("hash_parts", []))
             for p in parts + hash_parts:
                 _link(root / cur.version / p["file"], tmp / p["file"])  # type: ignore[union-attr]
-            part_file = f"part-{number:06d}.parquet"
-            rows = _write_part(tmp / part_file, _survivor_rows(folder, stage, job_id))
-            parts.append({"file": part_file, "job_id": job_id, "rows": rows,
-                          "sha256": atomic.sha256_file(tmp / part_file)})
             now = datetime.now(UTC).isoformat(timespec="seconds")
-            record = {"job_id": job_id, "name": job.get("name"), "output": str(folder.root.resolve()), "rows": rows,
-                      "stage_index": stage["index"], "added_in": name, "added_at": now}
+            record = {"job_id": job_id, "name": job.get("name"), "output": str(folder.root.resolve()), "rows": 0,
+                      "added_in": name, "added_at": now}
+            if stage is not None:
+                part_file = f"part-{number:06d}.parquet"
+                rows = _write_part(tmp / part_file, _survivor_rows(folder, stage, job_id))
+                parts.append({"file": part_file, "job_id": job_id, "rows": rows,
+                              "sha256": atomic.sha256_file(tmp / part_file)})
+                params = params or {k: stage["params"].get(k) for k in MATCH_PARAMS}
+                record |= {"rows": rows, "stage_index": stage["index"]}
             if exact is not None:
                 hash_file = f"hashes-{number:06d}.parquet"
                 hashed = _write_hashes(tmp / hash_file, _hash_rows(folder, exact, job_id))
                 hash_parts.append({"file": hash_file, "job_id": job_id, "rows": hashed,
                                    "sha256": atomic.sha256_file(tmp / hash_file)})
                 exact_params = exact_params or {k: exact["params"].get(k) for k in EXACT_MATCH_PARAMS}
-                record["hash_rows"] = hashed
-            jobs = [*(cur.info["jobs"] if cur else []), record]
-            info = {"version": name, "parent": cur.version if cur else None, "created_at": now,
-                    "params": {k: params.get(k) for k in MATCH_PARAMS}, "jobs": jobs, "parts": parts,
+                record |= {"hash_rows": hashed, "exact_stage_index": exact["index"]}
+            info = {"version": name, "parent": cur.version if cur else None, "created_at": now, "params": params,
+                    "jobs": [*before.get("jobs", []), record], "parts": parts,
                     "rows": sum(p["rows"] for p in parts)}
             if hash_parts:
                 info |= {"exact_params": exact_params, "hash_parts": hash_parts,
@@ -244,7 +244,11 @@ def add_job(index_dir: str | Path, job_dir: str | Path) -> AddResult:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         atomic.write_text(name + "\n", root / CURRENT)
-    return AddResult(True, name, job_id, rows, f"added {rows} documents of job {job_id} to {root} as {name}")
+    message = f"added {record['rows']} documents of job {job_id} to {root} as {name}" if stage is not None else \
+        f"added job {job_id} to {root} as {name}"
+    if exact is not None:
+        message += f" ({record['hash_rows']} exact-dedup text hashes)"
+    return AddResult(True, name, job_id, record["rows"], message)
 
 
 def versions(index_dir: str | Path) -> list[dict]:
@@ -265,7 +269,8 @@ def format_index(index_dir: str | Path) -> str:
     found = versions(index_dir)
     live = found[0]
     lines = [f"index {Path(index_dir)}: current {live['version']}, {len(live['jobs'])} jobs, {live['rows']} documents",
-             "params: " + " ".join(f"{k}={live['params'][k]}" for k in MATCH_PARAMS)]
+             "params: " + (" ".join(f"{k}={live['params'][k]}" for k in MATCH_PARAMS) if live["params"] else
+                           "none (no job of it ran minhash_dedup_v1)")]
     if live.get("exact_params"):
         lines.append(f"exact-dedup hashes: {live['hash_rows']} documents, params: "
                      + " ".join(f"{k}={live['exact_params'][k]}" for k in EXACT_MATCH_PARAMS))
