@@ -410,6 +410,10 @@ class Stage(Generic[P]):
     def load(self) -> None:
         """Load any model now (called once per actor); stages without one do nothing."""
 
+    def preflight(self) -> None:
+        """Check the files this stage's params name (an index it deduplicates against) when
+        a job starts, before any document is read; raise ValueError naming the param."""
+
     def model_files(self) -> list[str]:
         """Paths of model files this stage loads; their hashes are recorded with the job."""
         return []

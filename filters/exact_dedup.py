@@ -56,7 +56,7 @@ from filters.base import (
     scores_view,
     sql_list,
 )
-from filters.minhash_index import EXACT_MATCH_PARAMS, open_against
+from filters.minhash_index import EXACT_MATCH_PARAMS, check_against, open_against
 
 
 class ExactDedupParams(StageParams):
@@ -131,6 +131,10 @@ class ExactDedupV1(Stage[ExactDedupParams]):
             WHERE s.text_hash NOT IN (SELECT text_hash FROM groups)
             ORDER BY text_hash
         """)
+
+    def preflight(self) -> None:
+        if self.params.against is not None:
+            check_against(self.params.against, self.params.model_dump(), self.name)
 
     def bucket_keys(self, scores: pa.Table) -> pa.Table:
         hashes = scores["text_hash"].cast(pa.string()).to_pylist()  # untyped when no document reached the unit

@@ -131,7 +131,7 @@ from filters.base import (
     scores_view,
 )
 from filters.minhash_fit import band_key_rows, bucket_pairs, fit_minhash, verify_bucket
-from filters.minhash_index import open_against
+from filters.minhash_index import check_against, open_against
 from filters.word_ngrams import ngram_hash, rolling_ngrams, utf8_buffers, word_hashes, xxh64
 
 _NUMBERS = re.compile(r"\d+(?:[.,]\d+)?")
@@ -505,6 +505,10 @@ class MinHashDedupV1(Stage[MinHashParams]):
             parts = open_against(p.against, artifacts, p.model_dump(), self.name).parts
         return fit_minhash(scores_view(view, self.name), p.threshold, p.min_survivor_jaccard, p.verify, p.survivor,
                            p.bands * p.rows, p.containment, p.containment_sample, parts)
+
+    def preflight(self) -> None:
+        if self.params.against is not None:
+            check_against(self.params.against, self.params.model_dump(), self.name)
 
     def keys_per_doc(self) -> int:
         return self.params.bands

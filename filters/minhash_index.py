@@ -81,10 +81,9 @@ def current_version(root: str | Path) -> IndexVersion | None:
     return IndexVersion(root, version, json.loads(info_path.read_text()))
 
 
-def open_against(root: str | Path, artifacts: Path, params: dict, stage: str) -> IndexVersion:
-    """The live version of the index a stage's ``against:`` names, checked: it exists, was
-    hashed with ``params``, and its parts are intact. Records what the fit was made against
-    in ``artifacts/against.json`` (hashed with the job's artifacts: the index moves on)."""
+def check_against(root: str | Path, params: dict, stage: str) -> IndexVersion:
+    """The live version of the index a stage's ``against:`` names, if it exists and was
+    hashed with ``params`` (cheap: a job checks this before it reads any document)."""
     index = current_version(root)
     if index is None:
         raise MinHashIndexError(f"params.against: {root} is not a MinHash index (no CURRENT); publish a finished "
@@ -99,6 +98,14 @@ def open_against(root: str | Path, artifacts: Path, params: dict, stage: str) ->
             raise MinHashIndexError(f"params.against: {root} ({index.version}) holds no MinHash survivors: none of "
                                     "its jobs ran minhash_dedup_v1; add one that did with `curate index add`")
         check_params(index.info["params"], params, "params.against")
+    return index
+
+
+def open_against(root: str | Path, artifacts: Path, params: dict, stage: str) -> IndexVersion:
+    """``check_against``, then every part re-hashed (``verify_parts``); records what the fit
+    was made against in ``artifacts/against.json`` (hashed with the job's artifacts: the
+    index moves on)."""
+    index = check_against(root, params, stage)
     verify_parts(index, "params.against")
     files = [*index.info["parts"], *index.info.get("hash_parts", [])]
     (artifacts / "against.json").write_text(json.dumps(

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from conftest import run_cli, start_cli
+from conftest import run_cli, start_cli, write_shard
 
 from filters.minhash_index import current_version
 from service.cli import _print_stages
 from workers.atomic import sha256_file
 from workers.dedup_index import add_job, clean, versions
+from workers.job import JobError, run_job
 from workers.local import run_stages
+from workers.spec import parse_spec
 
 _rng = random.Random(21)
 VOCAB = ["".join(_rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(7)) for _ in range(5000)]
@@ -214,6 +216,24 @@ def test_params_that_differ_from_the_index_are_named(tmp_path):
         run(new, tmp_path / "E", "jobE", against=str(tmp_path))
     # a threshold or survivor rule is no hashing param: deduplicating with another one is fine
     assert removed(run(new, tmp_path / "F", "jobF", threshold=0.9, against=str(tmp_path / "idx")))
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_job_refuses_an_index_that_does_not_match_before_it_reads_a_document(tmp_path):
+    old, new = corpus()
+    run(old, tmp_path / "A", "jobA")
+    add_job(tmp_path / "idx", tmp_path / "A" / "job")
+    write_shard(tmp_path / "in" / "s0.parquet", list(new.values()), ids=list(new))
+    spec = parse_spec({"name": "b", "inputs": [str(tmp_path / "in" / "*.parquet")], "output": str(tmp_path / "out"),
+                       "stages": [{"stage": "exact_dedup_v1"},
+                                  {"stage": "minhash_dedup_v1", "params": {"against": str(tmp_path / "idx"),
+                                                                           "ngram": 4}}]})
+    with pytest.raises(JobError, match=r"minhash_dedup_v1: params.against: minhash_dedup_v1 param 'ngram' is 4") \
+            as err:
+        run_job(spec, progress=False)
+    assert err.value.code == "invalid_spec" and err.value.where == {"stage": "minhash_dedup_v1"}
+    assert not list((tmp_path / "out").rglob("*.parquet"))  # nothing scored: the error came first
+    assert json.loads((tmp_path / "out" / "error.json").read_text())["code"] == "invalid_spec"
 
 
 def test_concurrent_adds_keep_both_jobs(tmp_path):

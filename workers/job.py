@@ -153,6 +153,11 @@ def _run(spec: JobSpec, folder: JobFolder, progress: bool) -> dict:
                           stages=stage_records(spec, stages), steps=step_names(stages))
     shards = preflight(spec)
     _check_inputs(spec, stages, shards, folder.job().get("inputs"))
+    for stage in stages:  # e.g. an index to deduplicate against: refused now, not after the scoring pass
+        try:
+            stage.preflight()
+        except ValueError as exc:
+            raise JobError(f"{stage.name}: {exc}", "invalid_spec", stage=stage.name) from None
     if "model_hashes" not in folder.job():
         folder.update_job(model_hashes=_model_hashes(stages))
     connect_ray()

@@ -82,6 +82,8 @@ def run_stage(stage: StageLike, docs: pa.Table, **kwargs) -> LocalRun:
 
 def _run(stages: list[Stage], docs: pa.Table, root: Path, unit_rows: int | None, text_column: str,
          id_column: str, job_id: str, fit_buckets: int, fit_task_memory_mb: int) -> LocalRun:
+    for stage in stages:  # as a job does: before any document is read
+        stage.preflight()
     source = root / "input" / "docs.parquet"
     source.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(docs, source)
