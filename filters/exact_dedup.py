@@ -24,7 +24,7 @@ text hashes of a finished job's survivors when that job ran ``exact_dedup_v1``
 (``filters/minhash_index.py``); the normalisation switches must be the index's. Every new
 document whose hash is in the index is removed, reason ``exact_dedup.indexed_duplicate``,
 ``survivor_id`` the indexed document's id and ``cluster_id`` ``<job_id>:<its id>`` (the
-first by job id and id when several jobs hold the hash), the first of its group included:
+least such string when several jobs hold the hash), the first of its group included:
 the group's survivor is already curated. The fit table then also holds those hashes,
 groups of one included (column ``indexed``).
 """
@@ -176,10 +176,12 @@ class ExactDedupV1(Stage[ExactDedupParams]):
                 cluster.append(ref)
                 surv.append(ref.split(":", 1)[1])
                 continue
-            # Not in the table: a group of one (the fit keeps groups of two or more only).
-            keep.append(s is None or s == doc_id)
-            reason.append(None if s is None or s == doc_id else "exact_dedup.duplicate")
-            cluster.append(None if s is None else h)
-            surv.append(s)
+            # Not in the table: a group of one (the fit keeps groups of two or more only; the
+            # tables of jobs fitted before that have a row of size 1 for it).
+            in_group = s is not None and n > 1
+            keep.append(not in_group or s == doc_id)
+            reason.append("exact_dedup.duplicate" if in_group and s != doc_id else None)
+            cluster.append(h if in_group else None)
+            surv.append(s if in_group else None)
         return Selection(keep=keep, reason=reason, cluster_id=cluster, survivor_id=surv,
                          extra_scores={"group_size": size})

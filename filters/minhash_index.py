@@ -4,7 +4,8 @@ An index folder holds the curated survivors of finished jobs, as ``curate index 
 (``workers/dedup_index.py``, the only writer) publishes them::
 
     INDEX_DIR/CURRENT                 the live version's folder name (``v000003``), replaced atomically
-    INDEX_DIR/v000003/index.json      version, parent, params, jobs, parts (file, job, rows, sha256)
+    INDEX_DIR/v000003/index.json      version, parent, params, jobs, parts (file, job, rows, sha256);
+                                      exact_params, hash_parts, hash_rows when a job added hashes
     INDEX_DIR/v000003/<part>.parquet  one part per added job (hard links to the parent's parts)
     INDEX_DIR/v000003/hashes-*.parquet  one per added job that ran exact_dedup_v1
     INDEX_DIR/.lock                   flock'd by an adder
@@ -98,6 +99,14 @@ def check_against(root: str | Path, params: dict, stage: str) -> IndexVersion:
             raise MinHashIndexError(f"params.against: {root} ({index.version}) holds no MinHash survivors: none of "
                                     "its jobs ran minhash_dedup_v1; add one that did with `curate index add`")
         check_params(index.info["params"], params, "params.against")
+    # A job that did not run the stage is in the index without its documents: copies of
+    # them would pass unnoticed, so such an index is refused rather than half used.
+    key = "hash_rows" if stage == "exact_dedup_v1" else "stage_index"
+    lacking = [j["job_id"] for j in index.info["jobs"] if key not in j]
+    if lacking:
+        raise MinHashIndexError(f"params.against: {root} ({index.version}): job(s) {', '.join(lacking)} of the index "
+                                f"have no {stage} part, so copies of their documents would not be found; add them "
+                                f"again with `curate index add` if they ran {stage}, or use an index without them")
     return index
 
 

@@ -218,6 +218,34 @@ def test_params_that_differ_from_the_index_are_named(tmp_path):
     assert removed(run(new, tmp_path / "F", "jobF", threshold=0.9, against=str(tmp_path / "idx")))
 
 
+def test_an_index_with_jobs_missing_a_part_is_refused_and_old_jobs_get_their_hashes(tmp_path):
+    old, new = corpus()
+    both = [("exact_dedup_v1", {}), ("minhash_dedup_v1", {})]
+    run(old, tmp_path / "A", "jobA")  # MinHash only
+    run_stages(both, table(new), workdir=tmp_path / "B", job_id="jobB")
+    for job in ("A", "B"):
+        add_job(tmp_path / "idx", tmp_path / job / "job")
+    shown = run_cli("index", "show", str(tmp_path / "idx")).stdout
+    assert re.search(r"jobA +170 rows +no hashes", shown) and re.search(r"jobB +\d+ rows +\d+ hashes", shown)
+    with pytest.raises(ValueError, match=r"job\(s\) jobA of the index have no exact_dedup_v1 part"):
+        run_stages([("exact_dedup_v1", {"against": str(tmp_path / "idx")})], table(new), workdir=tmp_path / "C")
+
+    # An index written before indexes held hashes: its job gets them by a second add.
+    add_job(tmp_path / "old-idx", tmp_path / "B" / "job")
+    info_path = tmp_path / "old-idx" / "v000001" / "index.json"
+    info = json.loads(info_path.read_text())
+    for key in ("exact_params", "hash_parts", "hash_rows"):
+        info.pop(key)
+    info["jobs"][0].pop("hash_rows")
+    info_path.write_text(json.dumps(info))
+    again = add_job(tmp_path / "old-idx", tmp_path / "B" / "job")
+    live = current_version(tmp_path / "old-idx")
+    assert again.added and again.version == "v000002" and live is not None
+    assert [j["job_id"] for j in live.info["jobs"]] == ["jobB"] and live.info["jobs"][0]["hash_rows"] > 0
+    assert len(live.info["parts"]) == 1 and len(live.info["hash_parts"]) == 1
+    assert not add_job(tmp_path / "old-idx", tmp_path / "B" / "job").added
+
+
 @pytest.mark.usefixtures("ray_cluster")
 def test_a_job_refuses_an_index_that_does_not_match_before_it_reads_a_document(tmp_path):
     old, new = corpus()

@@ -57,3 +57,16 @@ def test_select_without_fit_is_an_error():
     scores = stage.score(corpus(["a"])).append_column("id", pa.array(["d0"]))
     with pytest.raises(ValueError, match="needs the result of fit"):
         stage.select(scores, None)
+
+
+def test_select_reads_a_fit_table_of_every_hash_as_older_jobs_wrote_it():
+    """Jobs fitted before the fit kept groups of two or more only have a row of size 1 for
+    every other hash: a group of one records no cluster or survivor either way."""
+    stage = ExactDedupV1()
+    scores = stage.score(corpus(["a b", "c d", "A B"])).append_column("id", pa.array(["d0", "d1", "d2"]))
+    h = scores["text_hash"].to_pylist()
+    old = pa.table({"text_hash": [h[0], h[1]], "survivor_id": ["d0", "d1"], "group_size": [2, 1]})
+    sel = stage.select(scores, Fitted(old))
+    assert sel.keep == [True, True, False] and sel.reason == [None, None, "exact_dedup.duplicate"]
+    assert sel.cluster_id == [h[0], None, h[0]] and sel.survivor_id == ["d0", None, "d0"]
+    assert sel.extra_scores == {"group_size": [2.0, 1.0, 2.0]}

@@ -132,6 +132,29 @@ def test_bucketed_exact_dedup_equals_the_single_node_fit(tmp_path):
     assert "ends" not in marker["buckets"]["steps_wall_and_task_seconds"]
 
 
+def test_a_stage_scored_without_key_files_gets_the_single_node_fit(tmp_path):
+    """A job folder scored before a stage could be bucketed (no key files) resumes with the
+    single-node fit: the same table."""
+    from filters.registry import get_stage
+    from workers.fits import run_fit
+    from workers.job_folder import JobFolder
+    from workers.planner import plan_passes
+    from workers.shards import Shard, units_from_record
+
+    docs = exact_corpus(300)
+    run = run_stages([("exact_dedup_v1", {})], docs, unit_rows=100, fit_buckets=3, workdir=tmp_path)
+    folder = JobFolder(tmp_path / "job")
+    units = units_from_record([Shard(index=0, path=str(tmp_path / "input" / "docs.parquet"), rows=docs.num_rows,
+                                     has_id=True)], folder.units())
+    folder.bucket_keys(1, "exact_dedup_v1", units[0].key).unlink()
+    stages = [get_stage("input_v1")(), ExactDedupV1()]
+    step = next(p.fit_after for p in plan_passes(stages) if p.fit_after is not None)
+    folder.marker(step.name).unlink()
+    run_fit(folder, units, step, stages)
+    assert "buckets" not in json.loads(folder.marker(step.name).read_text())
+    assert pq.read_table(folder.fit(1, "exact_dedup_v1", step.method)).equals(run.fits["exact_dedup_v1"])
+
+
 def test_exact_dedup_keys_of_one_hash_share_a_bucket():
     stage = ExactDedupV1()
     docs = exact_corpus(200)

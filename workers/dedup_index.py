@@ -182,7 +182,9 @@ def _link(src: Path, dst: Path) -> None:
 
 def add_job(index_dir: str | Path, job_dir: str | Path) -> AddResult:
     """Add the survivors of the finished job in ``job_dir`` to the index (a new version).
-    A job already in the index is not added again (``added`` False, with a message)."""
+    A job already in the index is not added again (``added`` False, with a message),
+    except for a kind of part its record lacks (its exact-dedup hashes, if it was added
+    before indexes held them)."""
     root, folder = Path(index_dir), JobFolder(job_dir)
     if not folder.started():
         raise MinHashIndexError(f"{folder.root} is not a curate job folder (no job.json)")
@@ -203,10 +205,17 @@ def add_job(index_dir: str | Path, job_dir: str | Path) -> AddResult:
             check_params(params, stage["params"], f"job {job_id}")
         if exact is not None and exact_params:
             check_params(exact_params, exact["params"], f"job {job_id}", EXACT_STAGE, EXACT_MATCH_PARAMS)
-        if cur is not None and job_id in {j["job_id"] for j in cur.info["jobs"]}:
-            rows = next(j["rows"] for j in cur.info["jobs"] if j["job_id"] == job_id)
-            return AddResult(False, cur.version, job_id, rows,
-                             f"job {job_id} is already in {root} ({cur.version}); nothing added")
+        jobs = list(before.get("jobs", []))
+        known = next((j for j in jobs if j["job_id"] == job_id), None)
+        if known is not None:
+            # Already in: only what its record lacks is added (the hashes of a job added before
+            # indexes held them); a job is never added twice.
+            stage = stage if "stage_index" not in known else None
+            exact = exact if "hash_rows" not in known else None
+            if stage is None and exact is None:
+                version = before["version"]
+                return AddResult(False, version, job_id, known.get("rows") or known.get("hash_rows", 0),
+                                 f"job {job_id} is already in {root} ({version}); nothing added")
         number = (_version_number(cur.version) or 0) + 1 if cur else 1
         name = version_name(number)
         tmp = root / f".{name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -216,8 +225,9 @@ def add_job(index_dir: str | Path, job_dir: str | Path) -> AddResult:
             for p in parts + hash_parts:
                 _link(root / cur.version / p["file"], tmp / p["file"])  # type: ignore[union-attr]
             now = datetime.now(UTC).isoformat(timespec="seconds")
-            record = {"job_id": job_id, "name": job.get("name"), "output": str(folder.root.resolve()), "rows": 0,
-                      "added_in": name, "added_at": now}
+            record = dict(known) if known else {"job_id": job_id, "name": job.get("name"),
+                                                 "output": str(folder.root.resolve()), "rows": 0,
+                                                 "added_in": name, "added_at": now}
             if stage is not None:
                 part_file = f"part-{number:06d}.parquet"
                 rows = _write_part(tmp / part_file, _survivor_rows(folder, stage, job_id))
@@ -232,8 +242,9 @@ def add_job(index_dir: str | Path, job_dir: str | Path) -> AddResult:
                                    "sha256": atomic.sha256_file(tmp / hash_file)})
                 exact_params = exact_params or {k: exact["params"].get(k) for k in EXACT_MATCH_PARAMS}
                 record |= {"hash_rows": hashed, "exact_stage_index": exact["index"]}
+            jobs = [record if j is known else j for j in jobs] if known else [*jobs, record]
             info = {"version": name, "parent": cur.version if cur else None, "created_at": now, "params": params,
-                    "jobs": [*before.get("jobs", []), record], "parts": parts,
+                    "jobs": jobs, "parts": parts,
                     "rows": sum(p["rows"] for p in parts)}
             if hash_parts:
                 info |= {"exact_params": exact_params, "hash_parts": hash_parts,
@@ -248,7 +259,7 @@ def add_job(index_dir: str | Path, job_dir: str | Path) -> AddResult:
         f"added job {job_id} to {root} as {name}"
     if exact is not None:
         message += f" ({record['hash_rows']} exact-dedup text hashes)"
-    return AddResult(True, name, job_id, record["rows"], message)
+    return AddResult(True, name, job_id, record["rows"] if stage is not None else record["hash_rows"], message)
 
 
 def versions(index_dir: str | Path) -> list[dict]:
@@ -280,6 +291,7 @@ def format_index(index_dir: str | Path) -> str:
         added = ", ".join(f"{j['job_id']} ({j['rows']} rows)" for j in new)
         lines.append(f"{v['version']:<9} {v['parent'] or '-':<9} {len(v['jobs']):>4} {v['rows']:>10}  {added}")
     lines.append("jobs:")
-    lines += [f"  {j['job_id']:<32} {j['rows']:>10} rows  "
-              + (f"{j['hash_rows']:>10} hashes  " if "hash_rows" in j else "") + j["output"] for j in live["jobs"]]
+    lines += [f"  {j['job_id']:<32} " + (f"{j['rows']:>10} rows  " if "stage_index" in j else f"{'no MinHash':>15}  ")
+              + (f"{j['hash_rows']:>10} hashes  " if "hash_rows" in j else f"{'no hashes':>17}  ") + j["output"]
+              for j in live["jobs"]]
     return "\n".join(lines)

@@ -60,7 +60,10 @@ def run_fit(folder: JobFolder, units: list[Unit], step: Step, stages: list[Stage
     scratch.mkdir(parents=True, exist_ok=True)
     buckets = folder.job().get("fit_buckets", 1)
     bucketed, bucket_facts = None, {}
-    if stage.bucket_by and buckets > 1 and before:
+    # A job folder scored before this stage could be bucketed has no key files for it: the
+    # single-node fit gives the same result.
+    if stage.bucket_by and buckets > 1 and before and all(folder.bucket_keys(index, stage.name, u.key).exists()
+                                                          for u in units):
         bucketed, bucket_facts = run_buckets(folder, units, index, stage, before[-1], buckets, map_tasks,
                                              task_memory_mb)
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:

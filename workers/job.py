@@ -18,7 +18,7 @@ from workers.bucketed_fit import bucket_count
 from workers.fits import run_fit
 from workers.job_folder import WRITE_STEP, FolderInUse, JobFolder
 from workers.manifest import build_manifest, code_version
-from workers.planner import plan_passes, step_names
+from workers.planner import plan_passes, stage_steps, step_names
 from workers.shards import InputError, Shard, Unit, open_parquet, plan_units, preflight, units_from_record
 from workers.spec import JobSpec
 
@@ -153,7 +153,10 @@ def _run(spec: JobSpec, folder: JobFolder, progress: bool) -> dict:
                           stages=stage_records(spec, stages), steps=step_names(stages))
     shards = preflight(spec)
     _check_inputs(spec, stages, shards, folder.job().get("inputs"))
-    for stage in stages:  # e.g. an index to deduplicate against: refused now, not after the scoring pass
+    for i, stage in enumerate(stages):  # e.g. an index to deduplicate against: refused now, not after scoring
+        fits = [st for st in stage_steps(i, stage) if st.kind == "fit"]
+        if fits and all(folder.done(st.name) for st in fits):
+            continue  # a resume after the fits: what they read is no longer needed
         try:
             stage.preflight()
         except ValueError as exc:
