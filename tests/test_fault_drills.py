@@ -32,9 +32,10 @@ def test_a_second_run_into_a_running_jobs_folder_is_refused_and_changes_nothing(
     other = write_spec(tmp_path, "second", [{"stage": "exact_dedup_v1"}])
     lock = tmp_path / ".out.run-lock"
     first = start_cli("run", str(slow), "--no-progress")
-    deadline = time.time() + 60
+    deadline = time.time() + 180  # a loaded machine can take a while to start the CLI
     while time.time() < deadline and not (lock.exists() and lock.read_text().startswith(f"pid {first.pid} ")):
         time.sleep(0.05)
+    assert lock.exists() and lock.read_text().startswith(f"pid {first.pid} "), "the first run never took the lock"
     for spec in (other, slow):  # another job, and the same job twice at once
         second = run_cli("run", str(spec), "--no-progress", check=False)
         assert first.poll() is None, "the first run ended before the second was tried"
