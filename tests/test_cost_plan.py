@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import random
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
 
+from filters import registry
+from filters.base import Selection, Stage
 from filters.exact_dedup import ExactDedupV1
 from filters.minhash import MinHashDedupV1
 from filters.quality_rules import QualityRulesV1
@@ -144,3 +147,29 @@ def test_curate_plan_prints_the_table_and_writes_nothing(corpus, tmp_path):
     as_json = json.loads(run_cli("plan", str(spec), "--sample", "200", "--json").stdout)
     assert as_json["stages"][0]["docs_in"] == 3000
     assert not (tmp_path / "out").exists()
+
+
+class _FirstBigCallIsSlow(Stage):
+    """A one-off cost on a path only a larger batch reaches, as a compiled loop's first call
+    on a rare branch: it must not read as a per-document cost."""
+
+    name = "first_big_call_is_slow_v1"
+    paid = False
+
+    def score(self, docs):
+        if docs.num_rows > 150 and not _FirstBigCallIsSlow.paid:
+            _FirstBigCallIsSlow.paid = True
+            time.sleep(2)
+        return pa.table({"n": pa.array([1.0] * docs.num_rows)})
+
+    def select(self, scores, fitted):
+        return Selection(keep=[True] * scores.num_rows, reason=[None] * scores.num_rows)
+
+
+def test_a_one_off_cost_in_the_larger_sample_is_not_read_as_per_document(corpus, monkeypatch):
+    root, _ = corpus
+    monkeypatch.setitem(registry.STAGES, _FirstBigCallIsSlow.name, _FirstBigCallIsSlow)
+    p = plan(spec_for(root, [{"stage": _FirstBigCallIsSlow.name}]), sample=200, cpus=2)
+    stage = next(s for s in p["stages"] if s["stage"] == _FirstBigCallIsSlow.name)
+    assert _FirstBigCallIsSlow.paid  # the sample did reach the slow path, in the warm-up
+    assert stage["cpu_hours"] * 3600 < 1.0  # 3,000 documents: a 2 s sleep over 100 would say 60 s
