@@ -24,7 +24,7 @@ import fcntl
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -173,6 +173,13 @@ def _write_part(path: Path, tables: Iterator[pa.Table]) -> int:
     return rows
 
 
+def _new_part(path: Path, write: Callable[[Path, Iterator[pa.Table]], int], tables: Iterator[pa.Table],
+              job_id: str) -> dict:
+    """Write one part of a new version; its entry in index.json."""
+    rows = write(path, tables)
+    return {"file": path.name, "job_id": job_id, "rows": rows, "sha256": atomic.sha256_file(path)}
+
+
 def _link(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
@@ -229,19 +236,15 @@ def add_job(index_dir: str | Path, job_dir: str | Path) -> AddResult:
                                                  "output": str(folder.root.resolve()), "rows": 0,
                                                  "added_in": name, "added_at": now}
             if stage is not None:
-                part_file = f"part-{number:06d}.parquet"
-                rows = _write_part(tmp / part_file, _survivor_rows(folder, stage, job_id))
-                parts.append({"file": part_file, "job_id": job_id, "rows": rows,
-                              "sha256": atomic.sha256_file(tmp / part_file)})
+                parts.append(_new_part(tmp / f"part-{number:06d}.parquet", _write_part,
+                                       _survivor_rows(folder, stage, job_id), job_id))
                 params = params or {k: stage["params"].get(k) for k in MATCH_PARAMS}
-                record |= {"rows": rows, "stage_index": stage["index"]}
+                record |= {"rows": parts[-1]["rows"], "stage_index": stage["index"]}
             if exact is not None:
-                hash_file = f"hashes-{number:06d}.parquet"
-                hashed = _write_hashes(tmp / hash_file, _hash_rows(folder, exact, job_id))
-                hash_parts.append({"file": hash_file, "job_id": job_id, "rows": hashed,
-                                   "sha256": atomic.sha256_file(tmp / hash_file)})
+                hash_parts.append(_new_part(tmp / f"hashes-{number:06d}.parquet", _write_hashes,
+                                            _hash_rows(folder, exact, job_id), job_id))
                 exact_params = exact_params or {k: exact["params"].get(k) for k in EXACT_MATCH_PARAMS}
-                record |= {"hash_rows": hashed, "exact_stage_index": exact["index"]}
+                record |= {"hash_rows": hash_parts[-1]["rows"], "exact_stage_index": exact["index"]}
             jobs = [record if j is known else j for j in jobs] if known else [*jobs, record]
             info = {"version": name, "parent": cur.version if cur else None, "created_at": now, "params": params,
                     "jobs": jobs, "parts": parts,
