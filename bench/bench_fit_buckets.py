@@ -8,9 +8,10 @@
    ``--input`` reuses a folder of shards made before, ``--parquet`` takes one file, e.g.
    the peers' synthetic corpus: ``python ../shared/peers/corpus.py --synthetic 20000``).
    ``--exact-copies`` adds that fraction of verbatim copies.
-2. The whole ``--stage`` job (``minhash_dedup_v1`` or ``exact_dedup_v1``) with
-   ``execution.fit_buckets`` = B on a local Ray cluster: the scoring pass writes the keys
-   (band keys, text hashes) by bucket.
+2. The whole ``--stage`` job (``minhash_dedup_v1``, ``exact_dedup_v1`` or
+   ``concept_prune_v1`` with the model2vec embedder) with ``execution.fit_buckets`` = B on a
+   local Ray cluster: the scoring pass writes the keys (band keys, text hashes) by bucket;
+   concept clusters write theirs in the fit, after k-means.
 3. The fit alone, twice over the job's score files: bucketed (B Ray tasks, then the merge
    in the driver) and single-node (``fit_buckets`` 1: one DuckDB in the driver, as before),
    each in a fresh process with the memory sampler of ``bench_minhash_scale``; ``--single-first`` swaps the
@@ -50,6 +51,9 @@ from workers.planner import plan_passes  # noqa: E402
 from workers.shards import preflight, units_from_record  # noqa: E402
 from workers.spec import JobSpec, parse_spec  # noqa: E402
 
+# Concept clusters embed with the static (model2vec) embedder: MiniLM would take hours at 1 M.
+STAGE_PARAMS = {"concept_prune_v1": {"embedder": {"kind": "model2vec"}}}
+
 
 class DiskGuard(threading.Thread):
     """Interrupts the run (KeyboardInterrupt in the main thread) when the job folder's disk
@@ -73,7 +77,9 @@ def fit_alone(spec, buckets: int, memory_mb: int, floor: int) -> dict:
     folder = JobFolder(spec.output)
     stages = build_stages(spec)
     units = units_from_record(preflight(spec), folder.job()["units"])
-    step = next(p.fit_after for p in plan_passes(stages) if p.fit_after is not None)
+    # The fit that runs in buckets (concept clusters: after their train fit).
+    step = next(p.fit_after for p in plan_passes(stages) if p.fit_after is not None
+                and p.fit_after.method == (stages[p.fit_after.stage_index].regroup_fit or p.fit_after.method))
     folder.update_job(fit_buckets=buckets)
     folder.marker(step.name).unlink()
     sampler, guard = MemorySampler(), DiskGuard(folder.root, floor)
@@ -120,7 +126,8 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=1_000_000)
     ap.add_argument("--shards", type=int, default=20)
     ap.add_argument("--buckets", type=int, default=8)
-    ap.add_argument("--stage", choices=["minhash_dedup_v1", "exact_dedup_v1"], default="minhash_dedup_v1")
+    ap.add_argument("--stage", choices=["minhash_dedup_v1", "exact_dedup_v1", "concept_prune_v1"],
+                    default="minhash_dedup_v1")
     ap.add_argument("--exact-copies", type=float, default=0.0, help="fraction of verbatim copies to plant")
     ap.add_argument("--task-memory-mb", type=int, default=2048)
     ap.add_argument("--workdir", default=tempfile.gettempdir())
@@ -153,13 +160,14 @@ def main() -> None:
             print(f"generated {args.docs:,} docs ({planted:,} planted) in {time.perf_counter() - t:.0f} s", flush=True)
         connect_ray()
         spec = parse_spec({"name": "buckets", "inputs": [str(source / "*.parquet")], "output": str(work / "out"),
-                           "stages": [{"stage": args.stage}],
+                           "stages": [{"stage": args.stage, "params": STAGE_PARAMS.get(args.stage, {})}],
                            "execution": {"fit_buckets": args.buckets, "fit_task_memory_mb": args.task_memory_mb,
                                          "unit_rows": args.unit_rows}})
         manifest, wall, sampler = measured(lambda: run_job(spec, progress=False))
         stage_dir = JobFolder(spec.output).stage_dir(1, args.stage)
         sizes = {name: sum(f.stat().st_size for f in (stage_dir / name).rglob("*") if f.is_file())
-                 for name in ("scores", "buckets/keys", "decisions")}
+                 for name in ("scores-embed" if args.stage == "concept_prune_v1" else "scores", "buckets/keys",
+                              "decisions")}
         print("disk: " + ", ".join(f"{k} {v / 2**30:.2f} GiB ({v / docs_in:,.0f} B/doc)" for k, v in sizes.items())
               if (docs_in := manifest["funnel"][1]["docs_in"]) else "", flush=True)
         if args.drop_outputs:  # room for the fits' spill on a small disk; the fits read scores only

@@ -152,16 +152,32 @@ class SqlEngine(Protocol):
         """Make an in-memory Arrow table queryable as ``name``."""
         ...
 
+    def stream(self, query: str, batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
+        """Run a query and read its result a batch at a time (a sorted result larger than
+        memory spills, so only a batch is held here)."""
+        ...
+
+
+class OverBudget(ValueError):
+    """A per-bucket step would hold more than its task's memory budget: ``need`` bytes for
+    ``what`` (the worker layer names the setting to change)."""
+
+    def __init__(self, what: str, need: int) -> None:
+        super().__init__(f"{what} needs ~{need / 2**20:,.1f} MiB")
+        self.what, self.need = what, need
+
 
 @dataclass(frozen=True)
 class Bucketed:
     """What the per-bucket tasks of a bucketed fit wrote (see ``Stage.bucket_by``):
     Parquet files of verified edges (``a``, ``b``: document orders, ``sim``) and of the
     rows of every document in a candidate pair (``ord`` and ``Stage.bucket_columns``, once
-    per bucket whose pairs hold it: read them with ``DISTINCT ON (ord)``)."""
+    per bucket whose pairs hold it: read them with ``DISTINCT ON (ord)``). A regrouped fit
+    (``Stage.regroup_fit``) gets only ``groups``: each bucket's ``regroup_bucket`` result."""
 
-    edges: list[Path]
-    ends: list[Path]
+    edges: list[Path] = field(default_factory=list)
+    ends: list[Path] = field(default_factory=list)
+    groups: list[Path] = field(default_factory=list)
 
 
 class ScoreView(SqlEngine, Protocol):
@@ -333,6 +349,12 @@ class Stage(Generic[P]):
     bucket_by: ClassVar[str | None] = None
     # Score columns ``verify_bucket`` reads for each document in a candidate pair.
     bucket_columns: ClassVar[tuple[str, ...]] = ()
+    # A fit whose grouping key only an earlier fit makes (concept clusters: the centroids
+    # the ``train`` fit wrote). Before the fit named here the job runs one task per unit
+    # (``regroup_keys``: each document's key row, hashed into buckets) and one per bucket
+    # (``regroup_bucket``), and hands the fit their results as ``view.bucketed.groups``;
+    # the result must not depend on the number of buckets (one bucket: the single-node fit).
+    regroup_fit: ClassVar[str | None] = None
     # A folder of this stage in the job folder, kept across reruns of the job (a cache of
     # paid model calls, a budget ledger); set by the runner, None outside a job.
     workspace: Path | None = None
@@ -385,6 +407,23 @@ class Stage(Generic[P]):
         """One unit's key rows for a bucketed fit, from its scores (``order`` and the score
         columns): ``ord`` (the document's order), ``hash`` (uint64; its high 32 bits pick the
         bucket, so equal keys must have equal hashes) and the columns ``bucket_pairs`` reads."""
+        raise NotImplementedError
+
+    def bucket_doc_bytes(self) -> int | None:
+        """Bytes one document's key rows take in a bucket task (sizes the buckets); None:
+        the worker layer's estimate for a key row times ``keys_per_doc``."""
+        return None
+
+    def regroup_keys(self, scores: pa.Table, artifacts: Path) -> pa.Table:
+        """One unit's key rows for a regrouped fit, from its scores and what the earlier
+        fits wrote under ``artifacts``: ``ord``, ``hash`` (as in ``bucket_keys``) and the
+        columns ``regroup_bucket`` reads; a document without a key has no row."""
+        raise NotImplementedError
+
+    def regroup_bucket(self, sql: SqlEngine, rows: str, memory_bytes: int) -> pa.Table:
+        """One bucket's part of the fit from its key rows (the query ``rows``: as
+        ``regroup_keys`` made them, less ``hash``); raise ``OverBudget`` rather than hold
+        more than ``memory_bytes`` in Python."""
         raise NotImplementedError
 
     def bucket_pairs(self, sql: SqlEngine, keys: str) -> pa.Table:

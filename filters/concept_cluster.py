@@ -1,14 +1,10 @@
-"""Out-of-core spherical k-means and SemDeDup for ``concept_prune_v1`` (methods.md §4).
-
-The embeddings are streamed once into a float32 memory map (rows of the score files, in
-input order), so no step holds more than a batch or one cluster in RAM: k-means trains on
-a seeded sample, every row is assigned in batches, and SemDeDup reads one cluster's rows
-at a time (blockwise inside it).
+"""Spherical k-means and SemDeDup for ``concept_prune_v1`` (methods.md §4), in pieces no
+larger than a training sample, a unit or one cluster: k-means trains on a seeded sample,
+each unit's rows are assigned to their nearest centroid, and SemDeDup reads one cluster's
+rows at a time (blockwise inside it).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -21,37 +17,30 @@ def default_k(n: int) -> int:
     return int(max(1, min(n, max(2, round(np.sqrt(n))), 50_000)))
 
 
-class EmbeddingMap:
-    """A float32 (n, dim) memory map filled from Arrow batches of a fixed-size-list column."""
-
-    def __init__(self, path: Path, n: int, dim: int) -> None:
-        self.path, self.n, self.dim = path, n, dim
-        self.array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))
-
-    def put(self, rows: np.ndarray, column: pa.Array) -> None:
-        """Write a column of non-null vectors to the given rows."""
-        flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-        self.array[rows] = flat.reshape(-1, self.dim)
-
-    def close(self) -> None:
-        self.array.flush()
-        del self.array
-        self.path.unlink(missing_ok=True)
+def sample_rows(n: int, max_train_points: int, seed: int) -> np.ndarray:
+    """The rows (of n, in input order) k-means trains on: all, or a seeded sample."""
+    if n <= max_train_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, max_train_points, replace=False))
 
 
-def train_centroids(emb: np.ndarray, k: int, niter: int, seed: int, max_train_points: int,
-                    threads: int) -> np.ndarray:
+def matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A column of non-null, equal-length float vectors (fixed-size or plain lists, as
+    Arrow or DuckDB gives them) as a float32 (n, dim) array."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(len(column), -1) if len(column) else np.zeros((0, 0), np.float32)
+
+
+def train_centroids(sample: np.ndarray, k: int, niter: int, seed: int, threads: int) -> np.ndarray:
     """faiss spherical k-means (``faiss.Kmeans(d, k, niter, seed, spherical=True)`` as in
-    SemDeDup's clustering) on a seeded sample of at most ``max_train_points`` rows."""
+    SemDeDup's clustering) on the training sample (``sample_rows``)."""
     import faiss
 
     faiss.omp_set_num_threads(threads)
-    n, dim = emb.shape
-    if n > max_train_points:
-        rows = np.sort(np.random.default_rng(seed).choice(n, max_train_points, replace=False))
-        sample = np.ascontiguousarray(emb[rows])
-    else:
-        sample = np.ascontiguousarray(emb[:])
+    dim = sample.shape[1]
+    sample = np.ascontiguousarray(sample)
     # faiss would subsample again above 256 points per centroid; the sample is ours.
     km = faiss.Kmeans(dim, k, niter=niter, seed=seed, spherical=True, verbose=False,
                       max_points_per_centroid=max(256, len(sample) // k + 1), min_points_per_centroid=1)

@@ -6,10 +6,13 @@ and inside a cluster drops the most prototypical documents. On the stage contrac
    embedder from the bundled MiniLM into the stage's artifacts (once per job); else nothing.
 2. ``embed`` (per unit, on the actor pool): an L2-normalised embedding per document, kept
    in the score files (a fixed-size list: not in the lineage map).
-3. ``cluster`` (fit, out of core): faiss spherical k-means, every document assigned in
-   batches, and per cluster in hard-first order each document's largest cosine to an
-   earlier one (SemDeDup's upper triangle). Centroids and a cluster report are artifacts.
-4. ``select``: SemDeDup drops cosine > 1 − ε; DBP quotas from d_intra · d_inter and
+3. ``train`` (fit): faiss spherical k-means on a seeded sample; the centroids are an artifact.
+4. ``cluster`` (fit, regrouped: ``Stage.regroup_fit``): one task per unit assigns its
+   documents to their nearest centroid and writes them into buckets by cluster; one task
+   per bucket computes, per cluster in hard-first order, each document's largest cosine
+   to an earlier one (SemDeDup's upper triangle); the fit joins the buckets' rows into
+   its table and writes a cluster report. No step holds more than a unit or a cluster.
+5. ``select``: SemDeDup drops cosine > 1 − ε; DBP quotas from d_intra · d_inter and
    softmax(C / τ); each cluster keeps its n_j least prototypical documents. ``keep_ratio``,
    ``temperature``, ``epsilon``, ``num_nns`` and ``within`` only change this step, so a new
    value is a re-select: no re-embedding, no re-clustering.
@@ -31,11 +34,36 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import xxhash
 from pydantic import Field
 
-from filters.base import ID, ORDER, TEXT, Fitted, ModelParams, Phase, ScoreView, Selection, Stage, scores_view
-from filters.concept_cluster import EmbeddingMap, assign, default_k, hard_first, semdedup, tie_key, train_centroids
+from filters.base import (
+    ID,
+    ORDER,
+    TEXT,
+    Fitted,
+    ModelParams,
+    OverBudget,
+    Phase,
+    ScoreView,
+    Selection,
+    SqlEngine,
+    Stage,
+    scores_view,
+    sql_list,
+)
+from filters.concept_cluster import (
+    assign,
+    default_k,
+    hard_first,
+    matrix,
+    sample_rows,
+    semdedup,
+    tie_key,
+    train_centroids,
+)
 from filters.concept_method import dbp_quotas, inter_cluster_distance
 from filters.embedders import EmbedderSpec, distill_model2vec, embedder_files, load_embedder, minilm_path, model_folder
 
@@ -45,6 +73,8 @@ EMBEDDING = "embedding"
 DISTILLED = "model2vec"
 CENTROIDS = "centroids.npy"
 REPORT = "clusters.json"
+STREAM_BATCH = 65_536  # key rows a bucket task reads at a time
+SEMDEDUP_BLOCK_CELLS = 32_000_000  # semdedup_max_cosine's default block of similarities
 
 
 class ConceptPruneParams(ModelParams):
@@ -90,7 +120,8 @@ class Plan:
 class ConceptPruneV1(Stage[ConceptPruneParams]):
     name = "concept_prune_v1"
     Params = ConceptPruneParams
-    phases = (Phase.fit("prepare"), Phase.score("embed"), Phase.fit("cluster"))
+    phases = (Phase.fit("prepare"), Phase.score("embed"), Phase.fit("train"), Phase.fit("cluster"))
+    regroup_fit = "cluster"
     reasons = ("concept.empty", "concept.semantic_duplicate", "concept.pruned_prototypical",
                "concept.pruned_over_quota")
     sample_undercounts = True  # semantic duplicates are pairs
@@ -144,59 +175,121 @@ class ConceptPruneV1(Stage[ConceptPruneParams]):
                                                    mask=pa.array(mask))
         return pa.table({EMBEDDING: column})
 
-    # -- 3: clusters and SemDeDup, out of core ---------------------------------------------------
-    def cluster(self, view: ScoreView | None, artifacts: Path) -> pa.Table:
+    # -- 3: k-means, then clusters and SemDeDup a bucket of clusters at a time ----------------
+    def train(self, view: ScoreView | None, artifacts: Path) -> None:
+        """Spherical k-means on a seeded sample of the embeddings; the centroids are an artifact."""
         view = scores_view(view, self.name)
         p = self.params
-        meta = view.sql(f'SELECT id, "order", {EMBEDDING} IS NOT NULL AS valid FROM scores ORDER BY "order"')
-        ids, orders = meta[ID].to_pylist(), meta[ORDER].to_numpy(zero_copy_only=False)
-        valid = meta["valid"].to_numpy(zero_copy_only=False).astype(bool)
-        rows = np.flatnonzero(valid)  # fit-table row of each embedding, in input order
-        n = len(ids)
-        cluster = np.full(n, -1, np.int64)
-        dist = np.full(n, np.nan)
-        best = np.full(n, np.nan)
-        nearest = np.full(n, -1, np.int64)
+        orders = view.sql(f'SELECT "{ORDER}" FROM scores WHERE {EMBEDDING} IS NOT NULL ORDER BY "{ORDER}"')
+        n = orders.num_rows
         centroids = np.zeros((0, 0), np.float32)
-        if len(rows):
-            dim = view.sql(f"SELECT len({EMBEDDING}) AS d FROM scores WHERE {EMBEDDING} IS NOT NULL LIMIT 1")["d"][0]
-            # Beside the artifacts, not in them: a fit killed mid-way leaves nothing that gets hashed.
-            scratch = Path(tempfile.mkdtemp(prefix=".cluster-", dir=artifacts.parent))
-            emap = EmbeddingMap(scratch / "embeddings.npy", len(rows), int(dim.as_py()))
-            try:
-                # Streamed a batch at a time, each row to its place in input order.
-                placed = orders[rows]
-                for batch in view.batches(columns=[ORDER, EMBEDDING]):
-                    vectors = batch.column(1)
-                    present = vectors.is_valid()
-                    at = np.searchsorted(placed, batch.column(0).filter(present).to_numpy(zero_copy_only=False))
-                    emap.put(at, vectors.filter(present))
-                threads = p.n_threads or os.cpu_count() or 1
-                k = min(p.k or default_k(len(rows)), len(rows), p.max_train_points)  # faiss: k ≤ sample
-                centroids = train_centroids(emap.array, k, p.niter, p.seed, p.max_train_points, threads)
-                labels, d = assign(emap.array, centroids)
-                ranked = hard_first(labels, d, orders[rows])
-                m, near = semdedup(emap.array, labels, ranked)
-            finally:
-                emap.close()
-                shutil.rmtree(scratch, ignore_errors=True)
-            cluster[rows], dist[rows] = labels, d
-            best[rows] = np.where(np.isfinite(m), m, np.nan)
-            nearest[rows] = np.where(near >= 0, rows[np.maximum(near, 0)], -1)
+        if n:
+            picked = orders.take(pa.array(sample_rows(n, p.max_train_points, p.seed)))
+            view.register("train_orders", picked)
+            sample = matrix(view.sql(f'SELECT s.{EMBEDDING} FROM scores s JOIN train_orders t ON s."{ORDER}" = '
+                                     f't."{ORDER}" ORDER BY s."{ORDER}"')[EMBEDDING])
+            k = min(p.k or default_k(n), n, p.max_train_points)  # faiss: k ≤ sample
+            centroids = train_centroids(sample, k, p.niter, p.seed, p.n_threads or os.cpu_count() or 1)
         _save_npy(artifacts / CENTROIDS, centroids)
+
+    def bucket_doc_bytes(self) -> int:
+        # A key row: the float32 embedding, its order, cluster and distance.
+        spec = self.params.embedder
+        return 4 * (spec.pca_dims if spec.kind == "model2vec" else 384) + 32
+
+    def regroup_keys(self, scores: pa.Table, artifacts: Path) -> pa.Table:
+        """A unit's embedded documents with their nearest centroid (the key) and cosine distance."""
+        present = scores.filter(pc.is_valid(scores[EMBEDDING]))
+        vectors = matrix(present[EMBEDDING])
+        if len(vectors):
+            labels, dist = assign(vectors, np.load(artifacts / CENTROIDS))
+        else:
+            labels, dist = np.zeros(0, np.int64), np.zeros(0)
+        return pa.table({"ord": present[ORDER], "hash": pa.array(labels.astype(np.uint64) << np.uint64(32)),
+                         "cluster": pa.array(labels, pa.int64()), "distance": pa.array(dist, pa.float64()),
+                         EMBEDDING: present[EMBEDDING]})
+
+    def regroup_bucket(self, sql: SqlEngine, rows: str, memory_bytes: int) -> pa.Table:
+        """Each document's largest cosine to an earlier one of its cluster in hard-first
+        order (``dup_cos``) and that one's order (``nearest_ord``): the bucket's rows sorted
+        by cluster (DuckDB spills), one cluster at a time in memory."""
+        largest = sql.sql(f"SELECT cluster, count(*) AS n, max(len({EMBEDDING})) AS d FROM ({rows}) "
+                          f"GROUP BY cluster ORDER BY n DESC, cluster LIMIT 1").to_pylist()
+        if largest:
+            c, n, d = largest[0]["cluster"], largest[0]["n"], largest[0]["d"]
+            # The cluster and a batch beside it, a copy in hard-first order, SemDeDup's block of similarities.
+            need = 2 * (n + STREAM_BATCH) * d * 4 + 4 * SEMDEDUP_BLOCK_CELLS
+            if need > memory_bytes:
+                raise OverBudget(f"concept cluster {c} ({n:,} documents of {d} dimensions)", need)
+        parts = []
+        pending: pa.Table | None = None
+        for batch in sql.stream(f"SELECT ord, cluster, distance, {EMBEDDING} FROM ({rows}) ORDER BY cluster, ord",
+                                STREAM_BATCH):
+            table = pa.Table.from_batches([batch])
+            table = table if pending is None else pa.concat_tables([pending, table])
+            labels = table["cluster"].to_numpy()
+            done = int(np.searchsorted(labels, labels[-1]))  # the last cluster may go on in the next batch
+            if done:
+                parts.append(_semdedup_clusters(table.slice(0, done)))
+            pending = table.slice(done)
+        if pending is not None and pending.num_rows:
+            parts.append(_semdedup_clusters(pending))
+        return pa.concat_tables(parts) if parts else _semdedup_clusters(None)
+
+    def cluster(self, view: ScoreView | None, artifacts: Path) -> pa.Table:
+        """The fit table: per document its cluster, distance, ``dup_cos`` and ``nearest`` (a
+        row of this table), in input order, from the buckets' results (``regroup_bucket``);
+        outside a job, train and one bucket run here."""
+        view = scores_view(view, self.name)
+        if view.bucketed is not None:
+            found = view.sql(f"SELECT * FROM read_parquet({sql_list(view.bucketed.groups)}) ORDER BY ord")
+        else:
+            found = self._one_bucket(view, artifacts)
+        meta = view.sql(f'SELECT id, "{ORDER}" FROM scores ORDER BY "{ORDER}"')
+        orders = meta[ORDER].to_numpy(zero_copy_only=False)
+        n = len(orders)
+        cluster = np.full(n, -1, np.int64)
+        dist, best = np.full(n, np.nan), np.full(n, np.nan)
+        nearest = np.full(n, -1, np.int64)
+        at = np.searchsorted(orders, found["ord"].to_numpy(zero_copy_only=False))
+        cluster[at] = found["cluster"].to_numpy(zero_copy_only=False)
+        dist[at] = found["distance"].to_numpy(zero_copy_only=False)
+        best[at] = found["dup_cos"].to_numpy(zero_copy_only=False)
+        near = found["nearest_ord"].fill_null(-1).to_numpy(zero_copy_only=False)
+        nearest[at] = np.where(near >= 0, np.searchsorted(orders, near), -1)
         table = pa.table({
-            ID: pa.array(ids, pa.string()), ORDER: pa.array(orders, pa.int64()),
+            ID: meta[ID], ORDER: pa.array(orders, pa.int64()),
             "cluster": pa.array(cluster, pa.int64(), mask=cluster < 0),
             "distance": pa.array(dist, pa.float64(), from_pandas=True),
             "dup_cos": pa.array(best, pa.float64(), from_pandas=True),
             "nearest": pa.array(nearest, pa.int64(), mask=nearest < 0),
         })
-        report = self.plan(table, centroids).report
+        report = self.plan(table, np.load(artifacts / CENTROIDS)).report
         _write_text(artifacts / REPORT, json.dumps(report, indent=1) + "\n")
         spread = report["probability_spread"]
         log.info("%s: %d clusters; P from %.4g to %.4g (max/min %.2f, normalised entropy %.3f)", self.name,
                  report["clusters"], spread["min"], spread["max"], spread["max_over_min"], spread["entropy"])
         return table
+
+    def _one_bucket(self, view: ScoreView, artifacts: Path) -> pa.Table:
+        """``train`` (unless done) and one bucket in this process, for a fit called outside a
+        job (benchmarks); the key rows go to a scratch file beside the artifacts."""
+        if not (artifacts / CENTROIDS).exists():
+            self.train(view, artifacts)
+        scratch = Path(tempfile.mkdtemp(prefix=".cluster-", dir=artifacts.parent))
+        try:
+            keys = scratch / "keys.parquet"
+            writer = None
+            for batch in view.batches(columns=[ORDER, EMBEDDING]):
+                rows = self.regroup_keys(pa.Table.from_batches([batch]), artifacts).drop_columns(["hash"])
+                writer = writer or pq.ParquetWriter(keys, rows.schema)
+                writer.write_table(rows)
+            if writer is None:
+                return _semdedup_clusters(None)
+            writer.close()
+            return self.regroup_bucket(view, f"SELECT * FROM read_parquet({sql_list([keys])})", 2**62)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     # -- 4: the decision ---------------------------------------------------------------------------
     def plan(self, table: pa.Table, centroids: np.ndarray) -> Plan:
@@ -353,3 +446,20 @@ def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _semdedup_clusters(rows: pa.Table | None) -> pa.Table:
+    """SemDeDup over rows holding whole clusters (``ord``, ``cluster``, ``distance``, the
+    embedding): per row ``dup_cos`` (NaN for a cluster's first) and ``nearest_ord``."""
+    if rows is None:
+        return pa.table({"ord": pa.array([], pa.int64()), "cluster": pa.array([], pa.int64()),
+                         "distance": pa.array([], pa.float64()), "dup_cos": pa.array([], pa.float64()),
+                         "nearest_ord": pa.array([], pa.int64())})
+    ords = rows["ord"].to_numpy().astype(np.int64)
+    labels = rows["cluster"].to_numpy().astype(np.int64)
+    dist = rows["distance"].to_numpy().astype(np.float64)
+    best, nearest = semdedup(matrix(rows[EMBEDDING]), labels, hard_first(labels, dist, ords))
+    return pa.table({"ord": pa.array(ords), "cluster": pa.array(labels), "distance": pa.array(dist),
+                     "dup_cos": pa.array(np.where(np.isfinite(best), best, np.nan), pa.float64(), from_pandas=True),
+                     "nearest_ord": pa.array(np.where(nearest >= 0, ords[np.maximum(nearest, 0)], -1), pa.int64(),
+                                             mask=nearest < 0)})

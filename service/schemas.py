@@ -202,7 +202,8 @@ class StagePlan(_Open):
     fit_seconds: float
     fit_memory_bytes: int = Field(description="the fit's result, held in memory by every worker")
     disk_bytes: int = Field(description="its scores and lineage files")
-    fit_buckets: int | None = Field(None, description="tasks a bucketed fit (MinHash) would run as; 1: single-node")
+    fit_buckets: int | None = Field(None, description="tasks a bucketed fit (MinHash, exact dedup, concept clusters) "
+                                    "would run as; 1: single-node")
     note: str | None = Field(None, description="a warning, e.g. a fit that would not fit in memory")
 
 

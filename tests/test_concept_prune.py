@@ -230,13 +230,66 @@ def test_local_run_records_cluster_distance_quota_and_drops_copies(docstrings):
     assert "embedding" not in kept["scores"]  # vectors stay in the score files
 
 
+# -- the regrouped fit: units assign, buckets of clusters run SemDeDup ---------------------------------
+
+def _fit_facts(run) -> list[tuple]:
+    return [(r["doc_id"], r["decision"], r["reason"], r["cluster_id"], r["survivor_id"],
+             r["scores"].get("dup_cos"), r["scores"].get("distance"), r["scores"].get("quota"))
+            for r in run.decisions(STAGE)]
+
+
+def test_the_fit_in_buckets_equals_the_single_node_fit(docstrings, tmp_path, monkeypatch):
+    import filters.concept_prune as concept
+
+    # Clusters cut across the stream's batches, so a cluster is put together from several.
+    monkeypatch.setattr(concept, "STREAM_BATCH", 7)
+    texts = docstrings[:200] + docstrings[:12]
+    docs = pa.table({"id": [f"d{i:03d}" for i in range(len(texts))], "text": texts})
+    params = {"keep_ratio": 0.6, "k": 9, "n_threads": 2}
+    one = run_stages([(STAGE, params)], docs, unit_rows=50, workdir=tmp_path / "one")
+    many = run_stages([(STAGE, params)], docs, unit_rows=50, fit_buckets=4, workdir=tmp_path / "many")
+    assert many.fits[STAGE].equals(one.fits[STAGE])
+    assert _fit_facts(many) == _fit_facts(one) and many.output.equals(one.output)
+    reasons = Counter(r[2] for r in _fit_facts(one))
+    assert reasons["concept.semantic_duplicate"] >= 12 and reasons["concept.pruned_prototypical"] > 0
+
+    root = tmp_path / "many" / "job" / "stages" / f"01-{STAGE}" / "buckets"
+    marker = json.loads(next((tmp_path / "many" / "job" / "_done").glob(f"*{STAGE}.cluster*")).read_text())
+    assert marker["buckets"]["buckets"] == 4 and marker["buckets"]["keys"] == len(texts)
+    assert len(list((root / "groups").glob("*.parquet"))) == 4
+    unit = pq.ParquetFile(next((root / "keys").glob("*.parquet")))
+    assert unit.metadata.num_row_groups == 4
+    for g in range(4):  # a row group per bucket, holding the clusters ≡ bucket (mod 4)
+        clusters = set(unit.read_row_group(g)["cluster"].to_pylist())
+        assert all(c % 4 == g for c in clusters)
+
+
+def test_a_cluster_over_the_task_budget_fails_naming_the_setting(docstrings):
+    from workers.bucketed_fit import FitBudgetError
+
+    docs = pa.table({"id": [f"d{i}" for i in range(30)], "text": docstrings[:30]})
+    with pytest.raises(FitBudgetError) as err:
+        run_stages([(STAGE, {"k": 2, "n_threads": 1})], docs, fit_task_memory_mb=1)
+    assert "concept cluster" in str(err.value) and "execution.fit_task_memory_mb = 1" in str(err.value)
+
+
+def test_concept_clusters_size_the_buckets_by_their_vectors():
+    from workers.bucketed_fit import bucket_count
+
+    minilm, static = ConceptPruneV1(), ConceptPruneV1({"embedder": {"kind": "model2vec", "pca_dims": 64}})
+    assert bucket_count(10_000_000, [minilm], 2048) == int(np.ceil(10_000_000 * (384 * 4 + 32) / 2**30))
+    assert bucket_count(10_000_000, [static], 2048) < bucket_count(10_000_000, [minilm], 2048)
+    assert bucket_count(1_000, [minilm], 2048) == 1
+
+
 # -- a real job on Ray -----------------------------------------------------------------------------
 
-def _job(tmp_path, name, docs, ids, workers, params):
+def _job(tmp_path, name, docs, ids, workers, params, **execution):
     write_shard(tmp_path / name / "in" / "a.parquet", docs[:120], ids[:120])
     write_shard(tmp_path / name / "in" / "b.parquet", docs[120:], ids[120:])
     spec = parse_spec({"name": name, "inputs": [str(tmp_path / name / "in" / "*.parquet")],
-                       "output": str(tmp_path / name / "out"), "execution": {"num_workers": workers, "unit_rows": 40},
+                       "output": str(tmp_path / name / "out"),
+                       "execution": {"num_workers": workers, "unit_rows": 40, **execution},
                        "stages": [{"stage": STAGE, "params": params}]})
     run_job(spec, progress=False)
     out = tmp_path / name / "out"
@@ -250,8 +303,10 @@ def test_job_on_ray_same_selection_with_1_and_2_workers_and_reselects_without_em
     ids = [f"d{i:03d}" for i in range(len(docs))]
     params = {"embedder": {"kind": "model2vec"}, "keep_ratio": 0.5, "num_actors": 2}
     out1, one = _job(tmp_path, "w1", docs, ids, 1, params)
-    out2, two = _job(tmp_path, "w2", docs, ids, 2, params)
+    # Two workers, and the cluster fit as 3 buckets of Ray tasks: the same selection.
+    out2, two = _job(tmp_path, "w2", docs, ids, 2, params, fit_buckets=3)
     assert one == two and sorted(one) == ids
+    assert len(list((out2 / f"stages/01-{STAGE}/buckets/groups").glob("*.parquet"))) == 3
     assert sum(d == "keep" for d, _ in one.values()) == int(0.5 * sum(r != "concept.semantic_duplicate"
                                                                        for _, r in one.values()))
     job = json.loads((out2 / "job.json").read_text())

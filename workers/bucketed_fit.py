@@ -64,11 +64,18 @@ def serial_map(fn: Callable[..., dict], calls: list[tuple], memory_mb: int) -> l
     return [fn(*args) for args in calls]
 
 
+def doc_key_bytes(stage: Stage) -> int:
+    """What one document's key rows take in a bucket task (0: the stage's fit is not bucketed)."""
+    if not (stage.bucket_by or stage.regroup_fit):
+        return 0
+    return stage.bucket_doc_bytes() or stage.keys_per_doc() * BYTES_PER_KEY_ROW
+
+
 def bucket_count(rows: int, stages: Sequence[Stage], memory_mb: int) -> int:
     """Buckets enough that one bucket's key rows fill at most half of ``memory_mb`` (1: no
     bucketed stage, or the keys fit one task: the single-node fit)."""
-    keys = max((s.keys_per_doc() for s in stages if s.bucket_by), default=0)
-    need = rows * keys * BYTES_PER_KEY_ROW / (memory_mb * 2**20 / 2)
+    per_doc = max((doc_key_bytes(s) for s in stages), default=0)
+    need = rows * per_doc / (memory_mb * 2**20 / 2)
     return min(MAX_BUCKETS, max(1, math.ceil(need)))
 
 
@@ -79,9 +86,13 @@ def _slices_by_bucket(table: pa.Table, buckets: int) -> list[pa.Table]:
 
 
 def partition_keys(stage: Stage, scores: pa.Table, buckets: int) -> list[pa.Table]:
-    """A unit's key rows (``Stage.bucket_keys``), one table per bucket: ``bucket`` = the high
-    32 bits of the row's ``hash`` mod ``buckets``."""
-    rows = stage.bucket_keys(scores)
+    """A unit's key rows (``Stage.bucket_keys``), one table per bucket."""
+    return partition_rows(stage.bucket_keys(scores), buckets)
+
+
+def partition_rows(rows: pa.Table, buckets: int) -> list[pa.Table]:
+    """Key rows, one table per bucket: ``bucket`` = the high 32 bits of the row's ``hash``
+    mod ``buckets``."""
     hashes = rows["hash"].to_numpy().astype(np.uint64, copy=False)
     bucket = ((hashes >> np.uint64(32)) % np.uint64(buckets)).astype(np.int32)
     order = np.argsort(bucket, kind="stable")

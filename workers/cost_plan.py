@@ -16,7 +16,7 @@ Extrapolated to the input's rows:
 * disk: bytes per document of the sample's score, lineage and output files;
 * a fit's result held in memory: its table's in-memory bytes per document × documents,
   flagged when it passes half the node's memory;
-* a bucketed fit (MinHash): the bucket count the job would choose from
+* a bucketed fit (MinHash, exact dedup, concept clusters): the bucket count the job would choose from
   ``execution.fit_task_memory_mb`` (``workers/bucketed_fit.py``), its tasks' time spread
   over the cluster's CPUs, and a flag when a single-node fit's keys would not fit a node.
 
@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workers.bucketed_fit import BYTES_PER_KEY_ROW, bucket_count
+from workers.bucketed_fit import bucket_count, doc_key_bytes
 from workers.job import JobError, build_stages
 from workers.job_folder import JobFolder
 from workers.local import run_stages
@@ -209,11 +209,12 @@ def plan(spec: JobSpec, *, sample: int = 400, cpus: int | None = None, memory_by
 
 def _buckets(spec: JobSpec, stage, docs: float, memory_bytes: int, chosen: int) -> tuple[int | None, list[str]]:
     """What to say about ``stage``'s fit in the job's ``chosen`` buckets (None: not bucketed)."""
-    if not stage.bucket_by:
+    per_doc = doc_key_bytes(stage)
+    if not per_doc:
         return None, []
     budget = spec.execution.fit_task_memory_mb
     keys = docs * stage.keys_per_doc()
-    held = keys * BYTES_PER_KEY_ROW / chosen
+    held = docs * per_doc / chosen
     if chosen == 1 and held > memory_bytes / 2:
         return chosen, [f"its single-node fit groups {keys:,.0f} keys (~{held / 2**30:.1f} GiB) on one node, more "
                         f"than half its memory; leave execution.fit_buckets unset (or raise it) to split the fit"]

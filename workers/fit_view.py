@@ -47,6 +47,9 @@ class SqlView:
     def register(self, name: str, table: pa.Table) -> None:
         self._con.register(name, table)
 
+    def stream(self, query: str, batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
+        yield from self._con.sql(query).to_arrow_reader(batch_size)
+
     def stage_scores(self, stage: str) -> str:
         if self._other_stage is None:
             raise ValueError(f"this view has no other stage's scores (asked for {stage!r})")

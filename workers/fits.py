@@ -15,6 +15,7 @@ from workers.bucketed_fit import DEFAULT_TASK_MEMORY_MB, TaskMap, run_buckets, s
 from workers.fit_view import FileScoreView
 from workers.job_folder import JobFolder, stage_folder_name
 from workers.planner import Step, score_phases
+from workers.regrouped_fit import run_regroup
 from workers.shards import Unit
 
 
@@ -65,6 +66,9 @@ def run_fit(folder: JobFolder, units: list[Unit], step: Step, stages: list[Stage
     if stage.bucket_by and buckets > 1 and before and all(folder.bucket_keys(index, stage.name, u.key).exists()
                                                           for u in units):
         bucketed, bucket_facts = run_buckets(folder, units, index, stage, before[-1], buckets, map_tasks,
+                                             task_memory_mb)
+    elif stage.regroup_fit == step.method and before:  # one bucket: the same tasks, the single-node fit
+        bucketed, bucket_facts = run_regroup(folder, units, index, stage, before[-1], buckets, map_tasks,
                                              task_memory_mb)
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         if before:

@@ -101,11 +101,13 @@ class Execution(_Strict):
                                   "Fixed when a job folder is first created; outputs never depend on it")
     allow_empty_shards: bool = Field(False, description="accept input shards with zero rows")
     fit_task_memory_mb: int = Field(2048, ge=1, description="memory budget of one task of a bucketed corpus-wide "
-                                    "fit (MinHash, exact dedup): sets the default fit_buckets and each task's Ray "
-                                    "memory request; a bucket that would need more fails naming this setting")
+                                    "fit (MinHash, exact dedup, concept clusters): sets the default fit_buckets and "
+                                    "each task's Ray memory request; a bucket that would need more fails naming this "
+                                    "setting")
     fit_buckets: int | None = Field(None, ge=1, le=4096, description="buckets the keys of a bucketed fit (MinHash "
-                                    "band keys, exact-dedup hashes) are hashed into, one Ray task each (1: the "
-                                    "single-node fit); default: enough that a bucket fits half of fit_task_memory_mb. "
+                                    "band keys, exact-dedup hashes, concept clusters) are hashed into, one Ray "
+                                    "task each (1: the single-node fit); default: enough that a bucket fits half of "
+                                    "fit_task_memory_mb. "
                                     "Fixed when a job folder is first created; outputs never depend on it")
 
 
