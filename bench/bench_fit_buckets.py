@@ -100,7 +100,7 @@ def fit_alone(spec, buckets: int, memory_mb: int, floor: int) -> dict:
     sampler.join()
     marker = json.loads(folder.marker(step.name).read_text())
     keep = folder.root.parent / f"fit-{buckets}.parquet"
-    shutil.copyfile(folder.fit(step.stage_index, step.stage), keep)
+    shutil.copyfile(folder.fit(step.stage_index, step.stage, step.method), keep)
     return {"seconds": seconds, "peak": sampler.peak_used, "rss": sampler.peak_rss, "table": str(keep),
             "buckets": marker.get("buckets")}
 
@@ -184,7 +184,8 @@ def main() -> None:
         print("|---|---:|---:|---:|---:|")
         for b in (1, args.buckets):
             r = runs[b]
-            name = "single-node (one DuckDB in the driver)" if b == 1 else f"bucketed, {b} Ray tasks + merge"
+            name = f"bucketed, {b} Ray tasks + merge" if b > 1 else "single-node (concept: one bucket task)" \
+                if args.stage == "concept_prune_v1" else "single-node (one DuckDB in the driver)"
             rows = f"{r['table'].num_rows:,}" if r["table"] is not None else r["error"]
             print(f"| {name} | {r['seconds']:.1f} | {r['peak'] / 2**30:.2f} GiB | {r['rss'] / 2**30:.2f} GiB "
                   f"| {rows} |")

@@ -184,7 +184,8 @@ class ScoreView(SqlEngine, Protocol):
     """The scores of one scoring phase for every document that reached the stage, out of
     core (the worker layer builds it over the stored score files). Columns: ``id``,
     ``order``, ``row`` and the phase's scores. ``bucketed``: set when the job ran the
-    stage's grouping as per-bucket tasks (``Stage.bucket_by``), None otherwise. ``sql`` runs a
+    stage's grouping as per-bucket tasks (``Stage.bucket_by``, ``Stage.regroup_fit``), None
+    otherwise. ``sql`` runs a
     query (DuckDB dialect) where the table ``scores`` is this view."""
 
     bucketed: Bucketed | None

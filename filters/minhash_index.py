@@ -62,6 +62,11 @@ class IndexVersion:
     def hash_parts(self) -> list[Path]:
         return [self.root / self.version / p["file"] for p in self.info.get("hash_parts", [])]
 
+    @property
+    def entries(self) -> list[dict]:
+        """index.json's record (file, sha256, ...) of every part: MinHash rows and hashes."""
+        return [*self.info["parts"], *self.info.get("hash_parts", [])]
+
 
 def version_name(n: int) -> str:
     return f"v{n:06d}"
@@ -116,11 +121,10 @@ def open_against(root: str | Path, artifacts: Path, params: dict, stage: str) ->
     index moves on)."""
     index = check_against(root, params, stage)
     verify_parts(index, "params.against")
-    files = [*index.info["parts"], *index.info.get("hash_parts", [])]
     (artifacts / "against.json").write_text(json.dumps(
         {"index": str(root), "version": index.version, "rows": index.rows,
          "jobs": [j["job_id"] for j in index.info["jobs"]],
-         "parts": {x["file"]: x["sha256"] for x in files}}, indent=2, sort_keys=True) + "\n")
+         "parts": {x["file"]: x["sha256"] for x in index.entries}}, indent=2, sort_keys=True) + "\n")
     return index
 
 
@@ -128,7 +132,7 @@ def verify_parts(index: IndexVersion, what: str) -> None:
     """MinHashIndexError naming the first part of ``index`` that is missing or whose bytes
     are not the ones ``curate index add`` recorded (sha256): a job never
     deduplicates against an index changed or damaged behind the adder's back."""
-    for part in [*index.info["parts"], *index.info.get("hash_parts", [])]:
+    for part in index.entries:
         path = index.root / index.version / part["file"]
         if not path.is_file():
             raise MinHashIndexError(f"{what}: index part {path} is missing (listed in {index.version}/{INDEX_JSON})")

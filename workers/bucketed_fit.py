@@ -182,7 +182,7 @@ def verify_task(stage: tuple[str, dict], bucket: int, pair_file: str, end_files:
         count = sql.sql("SELECT count(*) AS n FROM pairs")["n"][0].as_py()
         # In Python: the endpoints' rows (at their average uncompressed size) and a few
         # arrays of 8 bytes per pair.
-        need = (held * _row_bytes(end_files) if end_files else 0) + count * 48
+        need = round(held * _row_bytes(end_files)) + count * 48
         error = _over_budget(f"verifying bucket {bucket} ({count:,} pairs, {held:,} documents)", need, memory_mb)
         if error:
             return {"error": error}
