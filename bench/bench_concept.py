@@ -5,9 +5,10 @@ quotas at scale, and cluster quality on labelled text.
    column out) vs the library's own call on the same texts in the same run —
    sentence-transformers ``encode(normalize_embeddings=True)`` for MiniLM, model2vec's
    ``StaticModel.encode`` for the distilled model (distillation timed too).
-2. Scale: the stage's ``cluster`` fit (embeddings streamed to a memory map, faiss
-   spherical k-means with the default k ≈ √n on a ≤ 100k sample, batched assignment,
-   blockwise SemDeDup) and ``select`` (quotas, ranks) on n random unit vectors
+2. Scale: the stage's ``cluster`` fit called outside a job, i.e. its one-bucket form in
+   one process (faiss spherical k-means with the default k ≈ √n on a ≤ 100k sample, the
+   key rows assigned a batch at a time to a scratch file, sorted by cluster in DuckDB,
+   blockwise SemDeDup a cluster at a time) and ``select`` (quotas, ranks) on n random unit vectors
    (d = 384, MiniLM's size), each size in a fresh process: wall time and peak RSS.
 3. Quality: adjusted mutual information between the Debian Python docs' ``section``
    label and the cluster of each document, per embedder (k = default √n).

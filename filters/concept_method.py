@@ -16,6 +16,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def block_cells(n: int, budget_cells: int = 32_000_000) -> int:
+    """Similarities ``semdedup_max_cosine`` holds at once for a cluster of n (a block of
+    rows against every row before it)."""
+    return max(1, min(1024, budget_cells // max(n, 1))) * n
+
+
 def semdedup_max_cosine(emb: np.ndarray, budget_cells: int = 32_000_000) -> tuple[np.ndarray, np.ndarray]:
     """For rows already in the cluster's fixed order: (max cosine to an earlier row, index
     of that row; -inf and -1 for the first). Blockwise: a block of rows against every row

@@ -11,7 +11,8 @@ and inside a cluster drops the most prototypical documents. On the stage contrac
    documents to their nearest centroid and writes them into buckets by cluster; one task
    per bucket computes, per cluster in hard-first order, each document's largest cosine
    to an earlier one (SemDeDup's upper triangle); the fit joins the buckets' rows into
-   its table and writes a cluster report. No step holds more than a unit or a cluster.
+   its table and writes a cluster report. No task holds more than a unit's or one
+   cluster's vectors; the driver holds a few numbers per document.
 5. ``select``: SemDeDup drops cosine > 1 − ε; DBP quotas from d_intra · d_inter and
    softmax(C / τ); each cluster keeps its n_j least prototypical documents. ``keep_ratio``,
    ``temperature``, ``epsilon``, ``num_nns`` and ``within`` only change this step, so a new
@@ -64,7 +65,7 @@ from filters.concept_cluster import (
     tie_key,
     train_centroids,
 )
-from filters.concept_method import dbp_quotas, inter_cluster_distance
+from filters.concept_method import block_cells, dbp_quotas, inter_cluster_distance
 from filters.embedders import EmbedderSpec, distill_model2vec, embedder_files, load_embedder, minilm_path, model_folder
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,6 @@ DISTILLED = "model2vec"
 CENTROIDS = "centroids.npy"
 REPORT = "clusters.json"
 STREAM_BATCH = 65_536  # key rows a bucket task reads at a time
-SEMDEDUP_BLOCK_CELLS = 32_000_000  # semdedup_max_cosine's default block of similarities
 
 
 class ConceptPruneParams(ModelParams):
@@ -193,7 +193,8 @@ class ConceptPruneV1(Stage[ConceptPruneParams]):
         _save_npy(artifacts / CENTROIDS, centroids)
 
     def bucket_doc_bytes(self) -> int:
-        # A key row: the float32 embedding, its order, cluster and distance.
+        # A key row: the float32 embedding, its order, cluster and distance. An estimate
+        # (it sizes the buckets; a bucket's sort spills): a folder's model may differ.
         spec = self.params.embedder
         return 4 * (spec.pca_dims if spec.kind == "model2vec" else 384) + 32
 
@@ -213,14 +214,16 @@ class ConceptPruneV1(Stage[ConceptPruneParams]):
         """Each document's largest cosine to an earlier one of its cluster in hard-first
         order (``dup_cos``) and that one's order (``nearest_ord``): the bucket's rows sorted
         by cluster (DuckDB spills), one cluster at a time in memory."""
-        largest = sql.sql(f"SELECT cluster, count(*) AS n, max(len({EMBEDDING})) AS d FROM ({rows}) "
-                          f"GROUP BY cluster ORDER BY n DESC, cluster LIMIT 1").to_pylist()
+        largest = sql.sql(f"SELECT cluster, count(*) AS n, max(len({EMBEDDING})) AS d, sum(count(*)) OVER () AS "
+                          f"total FROM ({rows}) GROUP BY cluster ORDER BY n DESC, cluster LIMIT 1").to_pylist()
         if largest:
-            c, n, d = largest[0]["cluster"], largest[0]["n"], largest[0]["d"]
-            # The cluster and a batch beside it, a copy in hard-first order, SemDeDup's block of similarities.
-            need = 2 * (n + STREAM_BATCH) * d * 4 + 4 * SEMDEDUP_BLOCK_CELLS
+            c, n, d, total = (largest[0][k] for k in ("cluster", "n", "d", "total"))
+            # Three copies of the cluster and the batch read with it (Arrow, the joined matrix,
+            # the hard-first copy) and SemDeDup's block of float32 similarities.
+            need = 3 * (n + min(int(total), STREAM_BATCH)) * d * 4 + 4 * block_cells(n)
             if need > memory_bytes:
-                raise OverBudget(f"concept cluster {c} ({n:,} documents of {d} dimensions)", need)
+                raise OverBudget(f"concept cluster {c} ({n:,} documents of {d} dimensions; a cluster is never "
+                                 f"split, a larger k makes them smaller)", need)
         parts = []
         pending: pa.Table | None = None
         for batch in sql.stream(f"SELECT ord, cluster, distance, {EMBEDDING} FROM ({rows}) ORDER BY cluster, ord",
@@ -241,10 +244,12 @@ class ConceptPruneV1(Stage[ConceptPruneParams]):
         row of this table), in input order, from the buckets' results (``regroup_bucket``);
         outside a job, train and one bucket run here."""
         view = scores_view(view, self.name)
-        if view.bucketed is not None:
-            found = view.sql(f"SELECT * FROM read_parquet({sql_list(view.bucketed.groups)}) ORDER BY ord")
-        else:
+        if view.bucketed is None:
             found = self._one_bucket(view, artifacts)
+        elif view.bucketed.groups:
+            found = view.sql(f"SELECT * FROM read_parquet({sql_list(view.bucketed.groups)}) ORDER BY ord")
+        else:  # no document has an embedding
+            found = _semdedup_clusters(None)
         meta = view.sql(f'SELECT id, "{ORDER}" FROM scores ORDER BY "{ORDER}"')
         orders = meta[ORDER].to_numpy(zero_copy_only=False)
         n = len(orders)
@@ -272,14 +277,14 @@ class ConceptPruneV1(Stage[ConceptPruneParams]):
         return table
 
     def _one_bucket(self, view: ScoreView, artifacts: Path) -> pa.Table:
-        """``train`` (unless done) and one bucket in this process, for a fit called outside a
-        job (benchmarks); the key rows go to a scratch file beside the artifacts."""
-        if not (artifacts / CENTROIDS).exists():
-            self.train(view, artifacts)
+        """``train`` and one bucket in this process, for a fit called outside a job
+        (benchmarks), without a memory budget; the key rows go to a scratch file beside the
+        artifacts."""
+        self.train(view, artifacts)
         scratch = Path(tempfile.mkdtemp(prefix=".cluster-", dir=artifacts.parent))
+        writer = None
         try:
             keys = scratch / "keys.parquet"
-            writer = None
             for batch in view.batches(columns=[ORDER, EMBEDDING]):
                 rows = self.regroup_keys(pa.Table.from_batches([batch]), artifacts).drop_columns(["hash"])
                 writer = writer or pq.ParquetWriter(keys, rows.schema)
@@ -287,8 +292,11 @@ class ConceptPruneV1(Stage[ConceptPruneParams]):
             if writer is None:
                 return _semdedup_clusters(None)
             writer.close()
+            writer = None
             return self.regroup_bucket(view, f"SELECT * FROM read_parquet({sql_list([keys])})", 2**62)
         finally:
+            if writer is not None:
+                writer.close()
             shutil.rmtree(scratch, ignore_errors=True)
 
     # -- 4: the decision ---------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def test_k_is_capped_by_the_training_sample(tmp_path):
     stage = ConceptPruneV1({"k": 50, "max_train_points": 20, "n_threads": 1})
     fitted = stage.cluster(TableScoreView(table), tmp_path)
     assert len(set(fitted["cluster"].to_pylist())) <= 20 and np.load(tmp_path / CENTROIDS).shape == (20, 8)
-    assert not list(tmp_path.parent.glob(".cluster-*"))  # the memory map is gone
+    assert not list(tmp_path.parent.glob(".cluster-*"))  # the scratch key rows are gone
 
 
 # -- the selection on a synthetic fit -------------------------------------------------------------
@@ -256,21 +256,32 @@ def test_the_fit_in_buckets_equals_the_single_node_fit(docstrings, tmp_path, mon
     root = tmp_path / "many" / "job" / "stages" / f"01-{STAGE}" / "buckets"
     marker = json.loads(next((tmp_path / "many" / "job" / "_done").glob(f"*{STAGE}.cluster*")).read_text())
     assert marker["buckets"]["buckets"] == 4 and marker["buckets"]["keys"] == len(texts)
-    assert len(list((root / "groups").glob("*.parquet"))) == 4
-    unit = pq.ParquetFile(next((root / "keys").glob("*.parquet")))
-    assert unit.metadata.num_row_groups == 4
-    for g in range(4):  # a row group per bucket, holding the clusters ≡ bucket (mod 4)
-        clusters = set(unit.read_row_group(g)["cluster"].to_pylist())
-        assert all(c % 4 == g for c in clusters)
+    assert not (root / "keys").exists()  # a second copy of every vector: gone once the buckets are done
+    for b in range(4):  # a bucket's task gets whole clusters, those ≡ bucket (mod 4)
+        assert {c % 4 for c in pq.read_table(root / "groups" / f"b{b:05d}.parquet")["cluster"].to_pylist()} == {b}
+
+    # The reference: SemDeDup over each whole cluster in hard-first order, from the stored vectors.
+    fit = one.fits[STAGE].to_pylist()
+    vectors = np.array(one.scores[STAGE]["embedding"].to_pylist(), np.float32)
+    for c in {r["cluster"] for r in fit}:
+        rows = sorted((i for i, r in enumerate(fit) if r["cluster"] == c),
+                      key=lambda i: (-float(np.round(fit[i]["distance"], 5)), fit[i]["order"]))
+        best, arg = semdedup_max_cosine(vectors[rows])
+        for j, i in enumerate(rows):
+            assert fit[i]["nearest"] == (rows[arg[j]] if j else None)
+            assert fit[i]["dup_cos"] == (pytest.approx(best[j], abs=1e-6) if j else None)
 
 
 def test_a_cluster_over_the_task_budget_fails_naming_the_setting(docstrings):
     from workers.bucketed_fit import FitBudgetError
 
-    docs = pa.table({"id": [f"d{i}" for i in range(30)], "text": docstrings[:30]})
+    # One cluster of 80 MiniLM vectors: three copies and a batch beside them pass half of 1 MB.
+    docs = pa.table({"id": [f"d{i}" for i in range(80)], "text": docstrings[:80]})
     with pytest.raises(FitBudgetError) as err:
-        run_stages([(STAGE, {"k": 2, "n_threads": 1})], docs, fit_task_memory_mb=1)
-    assert "concept cluster" in str(err.value) and "execution.fit_task_memory_mb = 1" in str(err.value)
+        run_stages([(STAGE, {"k": 1, "n_threads": 1})], docs, fit_task_memory_mb=1)
+    assert "concept cluster 0 (80 documents" in str(err.value) and "larger k" in str(err.value)
+    assert "execution.fit_task_memory_mb = 1" in str(err.value)
+    run_stages([(STAGE, {"k": 1, "n_threads": 1})], docs.slice(0, 20), fit_task_memory_mb=1)  # 20 fit
 
 
 def test_concept_clusters_size_the_buckets_by_their_vectors():

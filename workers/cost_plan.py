@@ -174,7 +174,9 @@ def plan(spec: JobSpec, *, sample: int = 400, cpus: int | None = None, memory_by
         for step in stage_steps(i, stage):
             fixed, per_doc = _line(s1.get(step.name, 0.0), a["docs_in"], s2.get(step.name, 0.0), b["docs_in"])
             if step.kind == "fit":  # a bucketed fit's per-document work runs as tasks on every CPU
-                fit_s += fixed + per_doc * docs_full / (min(cpus, buckets) if buckets else 1)
+                in_tasks = stage.bucket_by or step.method == stage.regroup_fit  # not prepare/train
+                tasks = min(cpus, buckets) if buckets and in_tasks else 1
+                fit_s += fixed + per_doc * docs_full / tasks
             else:
                 unit_s += per_doc * docs_full + fixed * units
         folder = f"{i:02d}-{stage.name}"
@@ -220,6 +222,10 @@ def _buckets(spec: JobSpec, stage, docs: float, memory_bytes: int, chosen: int) 
                         f"than half its memory; leave execution.fit_buckets unset (or raise it) to split the fit"]
     if chosen == 1:
         return chosen, []
+    if stage.regroup_fit:  # a bucket's rows are sorted out of core; one cluster at a time is held
+        return chosen, [f"fit in {chosen} buckets of ~{docs / chosen:,.0f} documents (~{held / 2**20:,.0f} MiB a "
+                        f"task, sorted out of core; its largest cluster must fit half of "
+                        f"execution.fit_task_memory_mb = {budget})"]
     note = (f"fit in {chosen} buckets of ~{keys / chosen:,.0f} keys (~{held / 2**20:,.0f} MiB a task; "
             f"execution.fit_task_memory_mb = {budget})")
     if held > budget * 2**20 / 2:

@@ -10,7 +10,8 @@ unit, then one per bucket, so no task holds the corpus.
 
 The fit then reads the buckets' results (``view.bucketed.groups``). A job with one bucket
 runs the same two steps: that is the single-node fit, and a key's rows meet in one task
-whatever the number of buckets, so the result does not change with it.
+whatever the number of buckets, so the result does not change with it. The key files
+(a second copy of every vector) are deleted once the buckets are done.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ def keys_task(stage: tuple[str, dict], unit_index: int, score_file: str, artifac
               memory_mb: int) -> dict:
     """Step 1: one unit's key rows, by bucket."""
     started = time.perf_counter()
-    error = _over_budget(f"unit {unit_index}'s scores", round(pq.ParquetFile(score_file).metadata.num_rows *
-                                                             _row_bytes([score_file]) * 2), memory_mb)
+    held = pq.ParquetFile(score_file).metadata.num_rows
+    if not held:  # a unit no document reached (its columns may be untyped): no file
+        return {"keys": 0, "per_bucket": [0] * buckets, "seconds": time.perf_counter() - started}
+    error = _over_budget(f"unit {unit_index}'s scores", round(held * _row_bytes([score_file]) * 2), memory_mb)
     if error:
         return {"error": error}
     rows = get_stage(stage[0])(stage[1]).regroup_keys(pq.read_table(score_file), Path(artifacts))
@@ -74,11 +77,15 @@ def run_regroup(folder: JobFolder, units: list[Unit], index: int, stage: Stage, 
     keyed = _run(map_tasks, keys_task, [(spec, u.index, str(folder.scores(index, stage.name, u.key, phase)),
                                          artifacts, buckets, key_files[n], memory_mb)
                                         for n, u in enumerate(units)], memory_mb, timing)
-    group_files = [str(root / "groups" / f"b{b:05d}.parquet") for b in range(buckets)]
-    groups = _run(map_tasks, group_task, [(spec, key_files, b, buckets, group_files[b], str(root / "scratch"),
-                                           memory_mb) for b in range(buckets)], memory_mb, timing)
+    key_files = [f for f, r in zip(key_files, keyed, strict=True) if r["keys"]]
+    busy = [b for b in range(buckets) if any(r["per_bucket"][b] for r in keyed)]
+    group_files = [str(root / "groups" / f"b{b:05d}.parquet") for b in busy]
+    groups = _run(map_tasks, group_task, [(spec, key_files, b, buckets, out, str(root / "scratch"), memory_mb)
+                                          for b, out in zip(busy, group_files, strict=True)], memory_mb, timing)
+    # The keys hold a second copy of every vector; the fit reads only the groups.
+    shutil.rmtree(root / "keys", ignore_errors=True)
     summary = {"buckets": buckets, "keys": sum(r["keys"] for r in keyed),
                "largest_bucket_keys": int(np.sum([r["per_bucket"] for r in keyed], axis=0).max()),
-               "slowest_task_seconds": round(max(r["seconds"] for r in keyed + groups), 3),
+               "groups": len(group_files), "slowest_task_seconds": round(max(r["seconds"] for r in keyed + groups), 3),
                "steps_wall_and_task_seconds": timing}
     return Bucketed(groups=[Path(f) for f in group_files]), summary
