@@ -291,6 +291,14 @@ def test_concept_clusters_size_the_buckets_by_their_vectors():
     assert bucket_count(10_000_000, [minilm], 2048) == int(np.ceil(10_000_000 * (384 * 4 + 32) / 2**30))
     assert bucket_count(10_000_000, [static], 2048) < bucket_count(10_000_000, [minilm], 2048)
     assert bucket_count(1_000, [minilm], 2048) == 1
+    # What curate plan says: a bucket is sorted out of core; only its largest cluster must fit.
+    from workers.cost_plan import _buckets
+
+    spec = parse_spec({"name": "c", "inputs": ["x/*.parquet"], "output": "out", "stages": [{"stage": STAGE}]})
+    chosen = bucket_count(10_000_000, [minilm], 2048)
+    n, notes = _buckets(spec, minilm, 10_000_000, 64 * 2**30, chosen)
+    assert n == chosen and f"{chosen} buckets of ~{10_000_000 / chosen:,.0f} documents" in notes[0]
+    assert "largest cluster must fit half of execution.fit_task_memory_mb = 2048" in notes[0]
 
 
 # -- a real job on Ray -----------------------------------------------------------------------------
