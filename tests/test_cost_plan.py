@@ -13,12 +13,12 @@ import pytest
 from conftest import run_cli
 
 from filters import registry
-from filters.base import Selection, Stage
+from filters.base import Phase, Selection, Stage
 from filters.exact_dedup import ExactDedupV1
 from filters.minhash import MinHashDedupV1
 from filters.quality_rules import QualityRulesV1
 from workers.bucketed_fit import BYTES_PER_KEY_ROW, bucket_count
-from workers.cost_plan import PlanError, _buckets, _line, plan
+from workers.cost_plan import PlanError, _buckets, _line, format_plan, plan
 from workers.local import run_stages
 from workers.spec import parse_spec
 
@@ -173,3 +173,35 @@ def test_a_one_off_cost_in_the_larger_sample_is_not_read_as_per_document(corpus,
     stage = next(s for s in p["stages"] if s["stage"] == _FirstBigCallIsSlow.name)
     assert _FirstBigCallIsSlow.paid  # the sample did reach the slow path, in the warm-up
     assert stage["cpu_hours"] * 3600 < 1.0  # 3,000 documents: a 2 s sleep over 100 would say 60 s
+
+
+class _FitNeedsManyDocs(Stage):
+    """A fit that refuses fewer than 150 documents, like PreSelect's calibration when few
+    documents of a small sample reach it."""
+
+    name = "fit_needs_many_docs_v1"
+    phases = (Phase.score(), Phase.fit())
+
+    def score(self, docs):
+        return pa.table({"n": pa.array([1.0] * docs.num_rows)})
+
+    def fit(self, view, artifacts):
+        if view.num_rows < 150:
+            raise ValueError(f"needs 150 documents, got {view.num_rows}")
+        return None
+
+    def select(self, scores, fitted):
+        return Selection(keep=[True] * scores.num_rows, reason=[None] * scores.num_rows)
+
+
+def test_a_sample_whose_half_is_too_small_for_a_fit_is_doubled(corpus, monkeypatch):
+    root, _ = corpus
+    monkeypatch.setitem(registry.STAGES, _FitNeedsManyDocs.name, _FitNeedsManyDocs)
+    spec = spec_for(root, [{"stage": _FitNeedsManyDocs.name}])
+    p = plan(spec, sample=200, cpus=2)  # 200 runs, its half of 100 does not: 400 is measured
+    assert p["input"]["sample"] == 400 and p["stages"][0]["docs_in"] == 3000
+    assert p["input"]["resampled"] == ["a sample of 200 was too small (a stage: needs 150 documents, got 100)"]
+    assert "! a sample of 200 was too small (a stage: needs 150 documents, got 100); sampled more" in format_plan(p)
+    # The whole sample failing is not a size the plan can fix by itself: no retry, named.
+    with pytest.raises(PlanError, match=r"sample of 100 documents: .*got 100\); a larger --sample"):
+        plan(spec, sample=100, cpus=2)

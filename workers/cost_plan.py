@@ -52,7 +52,17 @@ CHARS_PER_TOKEN = 4  # the estimate the manifest and the dashboard use
 
 class PlanError(ValueError):
     """The job cannot be measured on a sample (a stage failed on it): the message says
-    which stage and why."""
+    which stage and why. ``too_small``: the whole sample ran and only its half failed, so
+    the failure comes from the sample's size (a larger one is tried)."""
+
+    def __init__(self, message: str, reason: str = "", too_small: bool = False) -> None:
+        super().__init__(message)
+        self.reason, self.too_small = reason or message, too_small
+
+
+# Times a sample whose half failed is doubled before the plan gives up (400 → 1,600 by
+# default): a late stage's fit may need more documents than reach it from a small sample.
+RESAMPLES = 2
 
 
 @dataclass
@@ -126,6 +136,31 @@ def _measure(spec: JobSpec, docs: pa.Table, root: Path) -> tuple[dict, list[dict
     return seconds, folder.funnel(), {"stage": sizes, "fit_table": fit_bytes, "output": output}
 
 
+def _measure_sample(spec: JobSpec, docs: pa.Table, workdir: Path | None) -> tuple:
+    """The warm-up, then the half and the whole sample measured: (seconds, funnel) of each
+    and the whole sample's bytes; PlanError naming the stage that failed on it."""
+    small = docs.take(pa.array(range(0, docs.num_rows, 2)))
+    root = Path(tempfile.mkdtemp(prefix="curate-plan-", dir=workdir))
+    whole_ran = False
+    try:
+        # A warm-up on the whole sample first: one-off costs of this process (a compiled
+        # loop's first call, a code path only some documents reach, imports, the file cache)
+        # land there, not in the line. Before it, one such cost of 2 s in the larger sample
+        # read as 10 ms a document: 12 h of CPU for a 10 M-document MinHash job of 0.4 h.
+        _measure(spec, docs, root / "warm-up")
+        whole_ran = True
+        s1, f1, _ = _measure(spec, small, root / "half")
+        s2, f2, b2 = _measure(spec, docs, root / "full")
+    except (JobError, ValueError, RuntimeError, OSError) as exc:  # a fit's own error is raised as is
+        stage = exc.where.get("stage") if isinstance(exc, JobError) else None
+        raise PlanError(f"cannot measure the job on a sample of {docs.num_rows} documents: {stage or 'a stage'} "
+                        f"failed on it ({exc}); a larger --sample may help", reason=f"{stage or 'a stage'}: {exc}",
+                        too_small=whole_ran) from None
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return s1, f1, s2, f2, b2
+
+
 def _line(t1: float, d1: float, t2: float, d2: float) -> tuple[float, float]:
     """(fixed, per_doc) through two measurements; a noisy pair falls back to proportional."""
     if d2 > d1 and t2 >= t1:
@@ -136,28 +171,25 @@ def _line(t1: float, d1: float, t2: float, d2: float) -> tuple[float, float]:
 
 def plan(spec: JobSpec, *, sample: int = 400, cpus: int | None = None, memory_bytes: int | None = None,
          workdir: Path | None = None) -> dict:
+    """The estimate. When the whole sample runs but its half fails (too few documents
+    reach a late stage's fit), the sample is doubled, up to ``RESAMPLES`` times, and the
+    result says so."""
     cpus = cpus or os.cpu_count() or 1
     memory_bytes = memory_bytes or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    docs, rows, input_bytes = _sample(spec, sample)
-    if docs.num_rows == 0:
-        raise ValueError("the inputs hold no rows: nothing to plan")
-    small = docs.take(pa.array(range(0, docs.num_rows, 2)))
-    root = Path(tempfile.mkdtemp(prefix="curate-plan-", dir=workdir))
     started = time.perf_counter()
-    try:
-        # A warm-up on the whole sample first: one-off costs of this process (a compiled
-        # loop's first call, a code path only some documents reach, imports, the file cache)
-        # land there, not in the line. Before it, one such cost of 2 s in the larger sample
-        # read as 10 ms a document: 12 h of CPU for a 10 M-document MinHash job of 0.4 h.
-        _measure(spec, docs, root / "warm-up")
-        s1, f1, _ = _measure(spec, small, root / "half")
-        s2, f2, b2 = _measure(spec, docs, root / "full")
-    except (JobError, ValueError, RuntimeError, OSError) as exc:  # a fit's own error is raised as is
-        stage = exc.where.get("stage") if isinstance(exc, JobError) else None
-        raise PlanError(f"cannot measure the job on a sample of {docs.num_rows} documents: {stage or 'a stage'} "
-                        f"failed on it ({exc}); a larger --sample may help") from None
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    resampled: list[str] = []
+    while True:
+        docs, rows, input_bytes = _sample(spec, sample)
+        if docs.num_rows == 0:
+            raise ValueError("the inputs hold no rows: nothing to plan")
+        try:
+            s1, f1, s2, f2, b2 = _measure_sample(spec, docs, workdir)
+            break
+        except PlanError as exc:
+            if not exc.too_small or docs.num_rows >= rows or len(resampled) == RESAMPLES:
+                raise
+            resampled.append(f"a sample of {docs.num_rows} was too small ({exc.reason})")
+            sample = docs.num_rows * 2
     n = docs.num_rows
     scale = rows / n
     unit_rows = spec.execution.unit_rows or min(MAX_UNIT_ROWS, max(MIN_UNIT_ROWS, math.ceil(rows / (2 * cpus))))
@@ -199,7 +231,8 @@ def plan(spec: JobSpec, *, sample: int = 400, cpus: int | None = None, memory_by
     write_s = s2.get("write", 0.0) * scale / workers
     return {
         "input": {"rows": rows, "bytes": input_bytes, "sample": n, "sampled_seconds": round(time.perf_counter() -
-                                                                                          started, 2)},
+                                                                                          started, 2),
+                  "resampled": resampled},
         "cluster": {"cpus": cpus, "memory_bytes": memory_bytes, "units": units, "unit_rows": unit_rows},
         "stages": [asdict(s) for s in stages],
         "total": {"cpu_hours": sum(s.cpu_hours for s in stages) + write_s / 3600,
@@ -251,6 +284,7 @@ def format_plan(p: dict) -> str:
              f"{p['input']['sample']} in {p['input']['sampled_seconds']} s",
              f"cluster: {c['cpus']} CPUs, {_size(c['memory_bytes'])} per node; {c['units']} work units of "
              f"{c['unit_rows']:,} rows",
+             *(f"  ! {note}; sampled more" for note in p["input"].get("resampled", [])),
              f"{'stage':<22} {'docs in':>12} {'kept':>12} {'tokens in':>14} {'CPU':>9} {'wall':>9} {'fit':>9} "
              f"{'fit memory':>10} {'disk':>10}"]
     for s in p["stages"]:
