@@ -15,21 +15,28 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def block_cells(n: int, budget_cells: int = 32_000_000) -> int:
-    """Similarities ``semdedup_max_cosine`` holds at once for a cluster of n (a block of
-    rows against every row before it)."""
-    return max(1, min(1024, budget_cells // max(n, 1))) * n
+BLOCK_CELLS = 32_000_000  # similarities SemDeDup computes at once (128 MB of float32)
 
 
-def semdedup_max_cosine(emb: np.ndarray, budget_cells: int = 32_000_000) -> tuple[np.ndarray, np.ndarray]:
+def block_rows(n: int, budget_cells: int = BLOCK_CELLS) -> int:
+    """Rows of a cluster of n that ``semdedup_max_cosine`` compares at once, each against
+    every row before it, so a block holds at most ``budget_cells`` similarities."""
+    return max(1, min(1024, budget_cells // max(n, 1)))
+
+
+def block_cells(n: int, budget_cells: int = BLOCK_CELLS) -> int:
+    """Similarities ``semdedup_max_cosine`` holds at once for a cluster of n."""
+    return block_rows(n, budget_cells) * n
+
+
+def semdedup_max_cosine(emb: np.ndarray, budget_cells: int = BLOCK_CELLS) -> tuple[np.ndarray, np.ndarray]:
     """For rows already in the cluster's fixed order: (max cosine to an earlier row, index
     of that row; -inf and -1 for the first). Blockwise: a block of rows against every row
     before it, the block sized so it holds at most ``budget_cells`` similarities (128 MB)."""
     n = len(emb)
     best = np.full(n, -np.inf, dtype=np.float64)
     arg = np.full(n, -1, dtype=np.int64)
-    block = max(1, min(1024, budget_cells // max(n, 1)))
+    block = block_rows(n, budget_cells)
     for start in range(1, n, block):
         stop = min(n, start + block)
         sims = emb[start:stop] @ emb[:stop].T  # rows j ∈ [start, stop), columns i < stop

@@ -214,10 +214,13 @@ class ConceptPruneV1(Stage[ConceptPruneParams]):
         """Each document's largest cosine to an earlier one of its cluster in hard-first
         order (``dup_cos``) and that one's order (``nearest_ord``): the bucket's rows sorted
         by cluster (DuckDB spills), one cluster at a time in memory."""
-        largest = sql.sql(f"SELECT cluster, count(*) AS n, max(len({EMBEDDING})) AS d, sum(count(*)) OVER () AS "
-                          f"total FROM ({rows}) GROUP BY cluster ORDER BY n DESC, cluster LIMIT 1").to_pylist()
+        # Counted from the cluster column alone (the vectors are read once, by the sort below);
+        # every vector has the same length, so one row gives it.
+        largest = sql.sql(f"SELECT cluster, count(*) AS n, sum(count(*)) OVER () AS total FROM ({rows}) "
+                          f"GROUP BY cluster ORDER BY n DESC, cluster LIMIT 1").to_pylist()
         if largest:
-            c, n, d, total = (largest[0][k] for k in ("cluster", "n", "d", "total"))
+            c, n, total = (largest[0][k] for k in ("cluster", "n", "total"))
+            d = sql.sql(f"SELECT len({EMBEDDING}) AS d FROM ({rows}) LIMIT 1")["d"][0].as_py()
             # Three copies of the cluster and the batch read with it (Arrow, the joined matrix,
             # the hard-first copy) and SemDeDup's block of float32 similarities.
             need = 3 * (n + min(int(total), STREAM_BATCH)) * d * 4 + 4 * block_cells(n)
